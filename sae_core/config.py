@@ -1,0 +1,284 @@
+"""The one experiment configuration: a validated pydantic object, loaded from preset data files.
+
+Presets live in ``sae_core/presets/*.yaml`` (toy, gpt2-small, gemma-2-2b); where the original
+SAEs of a hub model come from lives in ``sae_core/presets/sae_releases.yaml``. Everything is
+checked here, before any task runs: unknown preset, metric, hook type, bad sparsities, ...
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sae_core.data import check_dataset_name
+from sae_core.toy.world import ToyWorldConfig
+
+PRESET_DIR = Path(__file__).parent / "presets"
+TOY_MODEL = "toy"
+KNOWN_METRICS = ("core", "absorption", "scr", "tpp", "sparse_probing", "ravel", "autointerp")
+SAE_PRUNING_RULES = ("wanda", "paper", "magnitude")
+LLM_PRUNING_METHODS = ("wanda", "magnitude_row", "magnitude_matrix")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_fraction(values: list[float], what: str) -> list[float]:
+    for value in values:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{what} must be in [0, 1), got {value}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} has duplicates: {values}")
+    return values
+
+
+class ActivationSettings(_Frozen):
+    n_tokens: int = Field(gt=0, le=10_000_000_000)
+    seq_len: int = Field(128, ge=2)
+    batch_sequences: int = Field(16, ge=1)
+    shard_sequences: int = Field(256, ge=1)
+
+
+class LLMPruningSettings(_Frozen):
+    method: str = "wanda"
+    sparsities: list[float] = [0.5]
+    structure: str = "unstructured"
+    module_groups: list[Literal["attention", "mlp"]] = ["attention", "mlp"]
+    calibration_dataset: str
+    n_calibration_samples: int = Field(128, gt=0)
+    seq_len: int = Field(128, ge=2)
+    seed: int = 0
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if value not in LLM_PRUNING_METHODS:
+            raise ValueError(f"unknown LLM pruning method {value!r}; known: {list(LLM_PRUNING_METHODS)}")
+        return value
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsities(cls, values: list[float]) -> list[float]:
+        if not values:
+            raise ValueError("llm_pruning.sparsities is empty")
+        return _check_fraction(values, "LLM sparsity")
+
+    @field_validator("structure")
+    @classmethod
+    def _structure(cls, value: str) -> str:
+        if value == "unstructured":
+            return value
+        try:
+            n, m = (int(x) for x in value.split(":"))
+        except ValueError:
+            raise ValueError(f"structure must be 'unstructured' or 'N:M' (e.g. '2:4'), got {value!r}") from None
+        if not 0 < n < m:
+            raise ValueError(f"N:M structure needs 0 < N < M, got {value!r}")
+        return value
+
+    @field_validator("calibration_dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        check_dataset_name(value)
+        return value
+
+
+class TrainSAESettings(_Frozen):
+    architecture: Literal["topk", "jumprelu", "standard"] = "topk"
+    d_sae: int = Field(gt=0)
+    k: int | None = Field(None, gt=0)
+    train_tokens: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _k_for_topk(self):
+        if self.architecture == "topk" and self.k is None:
+            raise ValueError("a topk SAE needs k")
+        return self
+
+
+class OriginalSAESettings(_Frozen):
+    """Where the SAE trained on the dense model comes from: trained here, a release, or folders."""
+
+    train: TrainSAESettings | None = None
+    release: str | None = None  # "from_registry" = sae_releases.yaml, or an explicit sae-lens release
+    sae_id_template: str | None = None
+    local_folders: dict[str, str] | None = None  # hook name -> sae-lens folder
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [x is not None for x in (self.train, self.release, self.local_folders)]
+        if sum(given) != 1:
+            raise ValueError("original_sae needs exactly one of: train, release, local_folders")
+        return self
+
+
+class RetrainSettings(_Frozen):
+    enabled: bool = True
+    train_tokens: int = Field(gt=0)
+
+
+class PrunedSAESettings(_Frozen):
+    rules: list[str] = list(SAE_PRUNING_RULES)
+    sparsities: list[float] = [0.25, 0.5, 0.75]
+    calibration_tokens: int = Field(gt=0)
+
+    @field_validator("rules")
+    @classmethod
+    def _rules(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value not in SAE_PRUNING_RULES:
+                raise ValueError(f"unknown SAE pruning rule {value!r}; known: {list(SAE_PRUNING_RULES)}")
+        return values
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsities(cls, values: list[float]) -> list[float]:
+        return _check_fraction(values, "SAE sparsity")
+
+
+class QualitySettings(_Frozen):
+    n_tokens: int = Field(20_000, gt=0)
+    ce_sequences: int = Field(32, gt=0)
+
+
+class ExperimentConfig(_Frozen):
+    name: str
+    model: str
+    toy_world: ToyWorldConfig | None = None
+    dataset: str
+    layers: list[int]
+    hook_types: list[str]
+    activations: ActivationSettings
+    llm_pruning: LLMPruningSettings
+    original_sae: OriginalSAESettings
+    retrained_sae: RetrainSettings
+    pruned_sae: PrunedSAESettings
+    quality: QualitySettings = QualitySettings()
+    metrics: list[str] = list(KNOWN_METRICS)
+    metric_profile: Literal["toy", "hub"] = "toy"
+    metric_overrides: dict[str, dict[str, Any]] = {}
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    seed: int = 0
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value not in KNOWN_METRICS:
+                raise ValueError(f"unknown metric {value!r}; known: {list(KNOWN_METRICS)}")
+        return values
+
+    @field_validator("hook_types")
+    @classmethod
+    def _hook_types(cls, values: list[str]) -> list[str]:
+        known = sae_registry()["hook_types"]
+        for value in values:
+            if value not in known:
+                raise ValueError(f"unknown hook type {value!r}; known: {sorted(known)}")
+        if not values:
+            raise ValueError("hook_types is empty")
+        return values
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, values: list[int]) -> list[int]:
+        if not values or any(v < 0 for v in values):
+            raise ValueError(f"layers must be a non-empty list of non-negative ints, got {values}")
+        return values
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        check_dataset_name(value)
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device must be cpu, cuda[:N] or mps, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.model == TOY_MODEL:
+            if self.toy_world is None:
+                raise ValueError("model 'toy' needs a toy_world section")
+            too_deep = [layer for layer in self.layers if layer >= self.toy_world.n_layer]
+            if too_deep:
+                raise ValueError(f"layers {too_deep} do not exist in the {self.toy_world.n_layer}-layer toy model")
+        if self.original_sae.release == "from_registry":
+            releases = sae_registry()["releases"].get(self.model)
+            if releases is None:
+                raise ValueError(f"no SAE releases registered for model {self.model!r}; give original_sae.release or local_folders")
+            missing = [h for h in self.hook_types if h not in releases]
+            if missing:
+                raise ValueError(f"no SAE release registered for hook types {missing} of {self.model!r}")
+        elif self.original_sae.release is not None and self.original_sae.sae_id_template is None:
+            raise ValueError("original_sae.release needs sae_id_template (e.g. 'blocks.{layer}.hook_resid_post')")
+        if self.original_sae.local_folders is not None:
+            missing = [h for h in self.hook_names() if h not in self.original_sae.local_folders]
+            if missing:
+                raise ValueError(f"original_sae.local_folders has no folder for hooks {missing}")
+        return self
+
+    # ------------------------------------------------------------ derived views
+    def hook_names(self) -> list[str]:
+        templates = sae_registry()["hook_types"]
+        return [templates[t].format(layer=layer) for layer in self.layers for t in self.hook_types]
+
+    def hook_type_of(self, hook_name: str) -> str:
+        for hook_type, template in sae_registry()["hook_types"].items():
+            for layer in self.layers:
+                if template.format(layer=layer) == hook_name:
+                    return hook_type
+        raise ValueError(f"hook {hook_name!r} is not part of this experiment")
+
+    def original_sae_source(self, hook_name: str) -> dict[str, str] | None:
+        """{'release', 'sae_id'} or {'folder'}; None when the original SAE is trained here."""
+        sae = self.original_sae
+        if sae.train is not None:
+            return None
+        if sae.local_folders is not None:
+            return {"folder": sae.local_folders[hook_name]}
+        layer = int(hook_name.split(".")[1])
+        if sae.release == "from_registry":
+            entry = sae_registry()["releases"][self.model][self.hook_type_of(hook_name)]
+            return {"release": entry["release"], "sae_id": entry["sae_id"].format(layer=layer)}
+        return {"release": sae.release, "sae_id": sae.sae_id_template.format(layer=layer)}
+
+
+@lru_cache(maxsize=1)
+def sae_registry() -> dict[str, Any]:
+    return yaml.safe_load((PRESET_DIR / "sae_releases.yaml").read_text())
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem != "sae_releases")
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        raise ValueError(f"unknown preset {name!r}; known: {preset_names()}")
+    return yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(preset: str = "toy", overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """A preset plus nested overrides (e.g. ``{"pruned_sae": {"sparsities": [0.25]}}``), validated."""
+    return ExperimentConfig.model_validate(_deep_merge(load_preset(preset), overrides or {}))

@@ -1,0 +1,82 @@
+"""Text sources and token windows: the same code path for hub datasets and the toy corpus.
+
+A dataset is named by a string:
+- ``toy-corpus:<seed>`` — the toy world's grammar, generated on the fly (offline);
+- anything else — a Hugging Face dataset id, streamed (``datasets.load_dataset(..., streaming=True)``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterable, Iterator
+
+import torch
+
+TOY_PREFIX = "toy-corpus:"
+# Documents generated per chunk when streaming the (unbounded) toy corpus.
+_TOY_CHUNK = 2000
+
+
+def is_toy_dataset(name: str) -> bool:
+    return name.startswith(TOY_PREFIX)
+
+
+def toy_dataset_name(seed: int) -> str:
+    return f"{TOY_PREFIX}{seed}"
+
+
+def check_dataset_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"dataset must be a hub id or '{TOY_PREFIX}<seed>', got {name!r}")
+    if is_toy_dataset(name):
+        try:
+            int(name[len(TOY_PREFIX) :])
+        except ValueError:
+            raise ValueError(f"toy dataset {name!r} must end in an integer seed, e.g. '{TOY_PREFIX}1'") from None
+
+
+def iter_texts(name: str, split: str = "train", text_column: str = "text") -> Iterator[str]:
+    """Texts of a dataset, streamed; the toy corpus never ends (chunks with derived seeds)."""
+    check_dataset_name(name)
+    if is_toy_dataset(name):
+        from sae_core.toy.corpus import generate_corpus
+
+        seed = int(name[len(TOY_PREFIX) :])
+        for chunk in itertools.count():
+            for doc in generate_corpus(_TOY_CHUNK, seed=seed * 100_003 + chunk):
+                yield doc.text
+        return
+    from datasets import load_dataset
+
+    for row in load_dataset(name, split=split, streaming=True):
+        text = row[text_column]
+        if text:
+            yield text
+
+
+def token_windows(tokenizer, texts: Iterable[str], seq_len: int, prepend_bos: bool = True) -> Iterator[torch.Tensor]:
+    """Concatenate documents (separated by EOS) and cut fixed windows, each starting with BOS."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    body = seq_len - 1 if prepend_bos else seq_len
+    buffer: list[int] = []
+    for text in texts:
+        buffer.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        buffer.append(separator)
+        while len(buffer) >= body:
+            window, buffer = buffer[:body], buffer[body:]
+            if prepend_bos:
+                window = [tokenizer.bos_token_id] + window
+            yield torch.tensor(window, dtype=torch.long)
+
+
+def token_batch(tokenizer, dataset: str, n_sequences: int, seq_len: int, skip_sequences: int = 0, split: str = "train") -> torch.Tensor:
+    """``n_sequences`` windows as one [n, seq_len] tensor (after skipping ``skip_sequences``)."""
+    if n_sequences <= 0:
+        raise ValueError(f"n_sequences must be positive, got {n_sequences}")
+    windows = token_windows(tokenizer, iter_texts(dataset, split=split), seq_len)
+    chosen = list(itertools.islice(windows, skip_sequences, skip_sequences + n_sequences))
+    if len(chosen) < n_sequences:
+        raise ValueError(f"dataset {dataset!r} yields only {len(chosen)} windows of {seq_len} tokens, {n_sequences} asked")
+    return torch.stack(chosen)

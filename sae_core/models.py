@@ -1,0 +1,160 @@
+"""Load a causal LM once and expose it in the two forms the pipeline needs.
+
+- the Hugging Face model (WANDA pruning, RAVEL), and
+- a TransformerLens ``HookedTransformer`` built from the *same in-memory weights*
+  (sae-lens and sae-bench need it), with the weight processing an SAE expects.
+
+A model is named by a hub id (``gpt2``, ``google/gemma-2-2b``) or a local HF folder. A local
+folder never touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# TransformerLens' own defaults for from_pretrained; SAEs record overrides of these
+# (sae-lens: ``model_from_pretrained_kwargs``, e.g. OpenAI GPT-2 SAEs want center_writing_weights=False).
+DEFAULT_PROCESSING: dict[str, bool] = {
+    "fold_ln": True,
+    "center_writing_weights": True,
+    "center_unembed": True,
+    "fold_value_biases": True,
+}
+PROCESSING_KEYS = frozenset(DEFAULT_PROCESSING) | {"refactor_factored_attn_matrices"}
+
+
+class ModelNotFound(ValueError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    hf_model: Any
+    tokenizer: Any
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    _hooked_cache: dict = field(default_factory=dict, repr=False)
+
+    def hooked(self, processing: dict[str, bool] | None = None):
+        """The HookedTransformer form with the given weight processing (cached per processing)."""
+        processing = resolve_processing(processing)
+        key = tuple(sorted(processing.items()))
+        if key not in self._hooked_cache:
+            self._hooked_cache[key] = to_hooked_transformer(self.hf_model, self.tokenizer, self.name, processing, self.device)
+        return self._hooked_cache[key]
+
+
+def resolve_processing(processing: dict[str, Any] | None) -> dict[str, bool]:
+    processing = dict(processing or {})
+    unknown = set(processing) - PROCESSING_KEYS
+    if unknown:
+        raise ValueError(f"unknown weight-processing option(s) {sorted(unknown)}; known: {sorted(PROCESSING_KEYS)}")
+    return {**DEFAULT_PROCESSING, **{k: bool(v) for k, v in processing.items()}}
+
+
+def is_local_model(name_or_path: str) -> bool:
+    return Path(name_or_path).expanduser().exists()
+
+
+def check_model_reference(name_or_path: str) -> None:
+    """Fail fast on a model reference that cannot be loaded, before anything heavy happens."""
+    if not name_or_path or not isinstance(name_or_path, str):
+        raise ModelNotFound(f"model must be a hub id or a local folder, got {name_or_path!r}")
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelNotFound(f"model folder {name_or_path!r} has no config.json; is it an HF model folder?")
+        return
+    if name_or_path.startswith((".", "/", "~")):
+        raise ModelNotFound(f"model folder {name_or_path!r} does not exist")
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, make_model_alias_map
+
+    if name_or_path.lower() not in make_model_alias_map() and name_or_path not in OFFICIAL_MODEL_NAMES:
+        raise ModelNotFound(
+            f"unknown model {name_or_path!r}: not a local folder and not a TransformerLens-supported hub model "
+            f"(e.g. 'gpt2', 'google/gemma-2-2b')"
+        )
+
+
+def load_language_model(name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """The HF model + tokenizer; the hooked form is built lazily from the same weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_model_reference(name_or_path)
+    local = is_local_model(name_or_path)
+    kwargs = {"local_files_only": True} if local else {}
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs).to(device)
+    hf_model.eval()
+    if tokenizer.pad_token is None:  # sae-bench pads batches
+        tokenizer.pad_token = tokenizer.eos_token
+    name = str(Path(name_or_path).expanduser().resolve()) if local else name_or_path
+    return LoadedModel(name=name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype)
+
+
+def to_hooked_transformer(hf_model, tokenizer, name_or_path: str, processing: dict[str, bool], device: str = "cpu"):
+    """Build a HookedTransformer from ``hf_model``'s in-memory weights.
+
+    TransformerLens reads only the *config* from ``name_or_path`` (a local folder's config.json,
+    or its table for hub ids); weights come from ``hf_model``, so a pruned model stays pruned.
+    """
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*TransformerBridge.*")
+        if not is_local_model(name_or_path):
+            hooked = HookedTransformer.from_pretrained(
+                name_or_path, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype, **processing
+            )
+        else:
+            # from_pretrained insists on an official name; for a local folder, do its steps directly:
+            # config from the folder's config.json, weights from the in-memory HF model.
+            cfg = loading.get_pretrained_model_config(
+                name_or_path, hf_cfg=hf_model.config.to_dict(), fold_ln=processing["fold_ln"], device=device,
+                dtype=hf_model.dtype, local_files_only=True,
+            )
+            state_dict = loading.get_pretrained_state_dict(name_or_path, cfg, hf_model, dtype=hf_model.dtype)
+            hooked = HookedTransformer(cfg, tokenizer, move_to_device=False)
+            hooked.load_and_process_state_dict(state_dict, **processing)
+            hooked.move_model_modules_to_device()
+    hooked.eval()
+    return hooked
+
+
+def hook_names(hooked) -> list[str]:
+    return sorted(hooked.hook_dict)
+
+
+def check_hook(hooked, hook_name: str) -> None:
+    if hook_name not in hooked.hook_dict:
+        near = [h for h in hooked.hook_dict if h.split(".")[-1] == hook_name.split(".")[-1]][:6]
+        raise ValueError(f"hook {hook_name!r} is not in model {hooked.cfg.model_name!r}; e.g. {near or hook_names(hooked)[:6]}")
+
+
+def hook_width(hooked, hook_name: str) -> int:
+    """Width of the activation at ``hook_name`` (flattened over heads for attn.hook_z)."""
+    check_hook(hooked, hook_name)
+    seen: dict[str, int] = {}
+
+    def grab(activation, hook):
+        seen["width"] = int(activation[0, 0].numel())
+        raise _StopForward
+
+    try:
+        hooked.run_with_hooks(torch.zeros(1, 1, dtype=torch.long, device=hooked.cfg.device), fwd_hooks=[(hook_name, grab)])
+    except _StopForward:
+        pass
+    return seen["width"]
+
+
+class _StopForward(Exception):
+    pass

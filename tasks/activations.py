@@ -1,0 +1,29 @@
+"""Activation caching as a task: shards in storage, a manifest as the result."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from sae_core.activations import ActivationCacheSpec, cache_activations
+from sae_core.hashing import config_hash
+from sae_core.storage import Storage
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, load_model_ref
+
+
+def activation_prefix(model: dict, spec: ActivationCacheSpec, processing: dict) -> str:
+    identity = model.get("content_hash") or model.get("hub_id")
+    return f"activations/{config_hash(identity, spec, processing, code_fingerprint('activations', 'data'))}"
+
+
+@task(name="cache-activations", **ARTIFACT_TASK_OPTIONS)
+def cache_activations_task(model: dict, spec: ActivationCacheSpec, processing: dict, storage_url: str,
+                           device: str = "cpu", dtype: str = "float32") -> dict:
+    storage = Storage(storage_url)
+    prefix = activation_prefix(model, spec, processing)
+    if not storage.is_committed(prefix):
+        loaded = load_model_ref(storage, model, device, dtype)
+        cache_activations(loaded.hooked(processing), loaded.tokenizer, spec, storage, prefix,
+                          extra_manifest={"model": model, "processing": processing})
+    manifest = storage.manifest(prefix)
+    return {"kind": "activations", "prefix": prefix, "uri": storage.uri(prefix), "n_tokens": manifest["n_tokens"],
+            "d_in": manifest["d_in"], "hook_name": spec.hook_name}

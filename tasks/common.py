@@ -1,0 +1,89 @@
+"""What every artifact task shares: caching, retries, result format, and loaded-object reuse.
+
+Two layers of reuse, on purpose:
+- Prefect's cache (INPUTS + TASK_SOURCE, JSON results in the configured storage) skips a task
+  whose inputs, code and library fingerprint are unchanged;
+- each task also writes its artifact under a content-hashed key and returns the existing
+  manifest when that key is already committed, so work is never redone even if Prefect's
+  result store was wiped or another machine did it.
+Results are small JSON manifests; tensors never pass through Prefect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+import sae_core
+from sae_core.storage import StorageError
+
+SAE_CORE_DIR = Path(sae_core.__file__).parent
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Storage and network trouble is worth retrying; deterministic errors are not."""
+    if exc is None:
+        return False
+    if isinstance(exc, (ValueError, TypeError, KeyError, FileNotFoundError)):
+        return False
+    return isinstance(exc, (StorageError, ConnectionError, TimeoutError, OSError))
+
+
+def retry_transient(task, task_run, state) -> bool:  # Prefect's retry_condition_fn signature
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - we only classify it
+        return is_transient(exc)
+    return False
+
+
+ARTIFACT_TASK_OPTIONS: dict[str, Any] = dict(
+    cache_policy=INPUTS + TASK_SOURCE,
+    persist_result=True,
+    result_serializer="json",
+    retries=3,
+    retry_delay_seconds=[2, 8, 30],
+    retry_condition_fn=retry_transient,
+)
+
+
+@lru_cache(maxsize=None)
+def code_fingerprint(*modules: str) -> str:
+    """Hash of library source files, so a change in an algorithm invalidates its cached artifacts."""
+    digest = hashlib.sha256()
+    for module in modules:
+        path = SAE_CORE_DIR / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = SAE_CORE_DIR / module.replace(".", "/") / "__init__.py"
+        digest.update(module.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+# ------------------------------------------------------------------ loaded-object reuse
+# Several tasks of one flow run use the same model; loading it once per process saves minutes
+# on GPT-2/Gemma. Keyed by the artifact's storage URI, so a different model is never reused.
+_model_lock = threading.Lock()
+_models: dict[tuple, Any] = {}
+_MAX_MODELS = 2
+
+
+def load_model_ref(storage, ref: dict, device: str, dtype: str):
+    """A LoadedModel for a model manifest ({'hub_id'} or {'prefix'} in storage)."""
+    import torch
+
+    from sae_core.models import load_language_model
+
+    key = (storage.url, ref.get("prefix") or ref["hub_id"], device, dtype)
+    with _model_lock:
+        if key not in _models:
+            source = str(storage.materialise_dir(ref["prefix"])) if ref.get("prefix") else ref["hub_id"]
+            if len(_models) >= _MAX_MODELS:
+                _models.pop(next(iter(_models)))
+            _models[key] = load_language_model(source, device=device, dtype=getattr(torch, dtype))
+        return _models[key]

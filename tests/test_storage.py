@@ -1,0 +1,101 @@
+"""The storage layer on a local folder and on a real S3 endpoint (moto server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from sae_core.storage import CorruptArtifact, Storage, StorageError, StorageObjectMissing, normalise_url
+
+
+def test_round_trips_every_format(storage_url):
+    storage = Storage(storage_url)
+    storage.put_bytes("a/b.bin", b"\x00\x01")
+    assert storage.get_bytes("a/b.bin") == b"\x00\x01"
+    storage.put_json("a/c.json", {"x": [1, 2]})
+    assert storage.get_json("a/c.json") == {"x": [1, 2]}
+    tensors = {"w": torch.arange(12, dtype=torch.float32).view(3, 4), "ids": torch.tensor([1, 2, 3])}
+    storage.put_tensors("t/x.safetensors", tensors, metadata={"hook": "h"})
+    back = storage.get_tensors("t/x.safetensors")
+    assert torch.equal(back["w"], tensors["w"]) and torch.equal(back["ids"], tensors["ids"])
+    frame = pd.DataFrame({"metric": ["mse", "l0"], "value": [0.1, 16.0]})
+    storage.put_parquet("m/one.parquet", frame)
+    storage.put_parquet("m/two.parquet", frame.assign(value=[0.2, 8.0]))
+    assert len(storage.read_parquet_prefix("m")) == 4
+    assert storage.list("a") == ["a/b.bin", "a/c.json"]
+    assert storage.exists("a/b.bin") and not storage.exists("a/nope")
+
+
+def test_missing_object_is_a_clear_error(storage_url):
+    storage = Storage(storage_url)
+    with pytest.raises(StorageObjectMissing, match="no object at .*missing.json"):
+        storage.get_json("missing.json")
+
+
+def test_corrupt_and_foreign_files_are_refused_not_unpickled(storage_url):
+    storage = Storage(storage_url)
+    storage.put_tensors("ok.safetensors", {"w": torch.ones(64, 64)})
+    storage.put_bytes("truncated.safetensors", storage.get_bytes("ok.safetensors")[:500])
+    with pytest.raises(CorruptArtifact, match="not a valid safetensors"):
+        storage.get_tensors("truncated.safetensors")
+    buffer = __import__("io").BytesIO()
+    torch.save({"w": torch.ones(2)}, buffer)  # a pickle where a checkpoint should be
+    storage.put_bytes("pickle.safetensors", buffer.getvalue())
+    with pytest.raises(CorruptArtifact):
+        storage.get_tensors("pickle.safetensors")
+    storage.put_bytes("bad.parquet", b"not parquet")
+    with pytest.raises(CorruptArtifact, match="not a valid Parquet"):
+        storage.get_parquet("bad.parquet")
+
+
+def test_multi_file_artifact_is_invisible_until_its_manifest_lands(storage_url, tmp_path):
+    storage = Storage(storage_url)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "weights.safetensors").write_bytes(b"x" * 1000)
+    # Half an upload (a crash before the manifest) is not a committed artifact.
+    storage.put_bytes("models/m1/config.json", b"{}")
+    assert not storage.is_committed("models/m1")
+    storage.upload_dir(folder, "models/m1", {"kind": "model", "content_hash": "abc123"})
+    assert storage.is_committed("models/m1")
+    assert storage.manifest("models/m1")["files"] == ["config.json", "weights.safetensors"]
+    local = storage.materialise_dir("models/m1", cache_root=tmp_path / "cache")
+    assert (local / "weights.safetensors").read_bytes() == b"x" * 1000
+
+
+def test_local_writes_leave_no_temporary_files(tmp_path):
+    storage = Storage(f"file://{tmp_path}")
+    for i in range(5):
+        storage.put_bytes("x.bin", os.urandom(100) + bytes([i]))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_url_forms():
+    assert normalise_url("s3://bucket/pre/fix/") == "s3://bucket/pre/fix"
+    assert normalise_url("/tmp/x").startswith("file:///")
+    with pytest.raises(ValueError, match="unsupported storage URL scheme 'gs'"):
+        normalise_url("gs://bucket/x")
+    with pytest.raises(ValueError, match="names no bucket"):
+        normalise_url("s3://")
+
+
+def test_unreachable_and_missing_bucket_are_clear_errors(s3_server, monkeypatch):
+    with pytest.raises(StorageError, match="not reachable or not writable"):
+        Storage("s3://no-such-bucket-here/prefix").check_reachable()
+    monkeypatch.setenv("SAE_TRANSFER_S3_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(StorageError, match="not reachable"):
+        Storage("s3://bucket/prefix").check_reachable()
+
+
+def test_credentials_never_in_repr_or_errors(s3_bucket, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-xyz")
+    storage = Storage(s3_bucket)
+    assert "secret" not in repr(storage).lower()
+    try:
+        storage.check_reachable()
+    except StorageError as err:
+        assert "wrong-secret-xyz" not in str(err)
