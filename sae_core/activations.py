@@ -39,6 +39,8 @@ class ActivationCacheSpec(BaseModel):
     dtype: str = "float32"
     exclude_special_tokens: bool = True
     split: str = "train"
+    # Start this many windows into the dataset: held-out caches skip past the training ones.
+    skip_sequences: int = Field(0, ge=0)
 
     @field_validator("dtype")
     @classmethod
@@ -93,7 +95,8 @@ def cache_activations(
     started = time.perf_counter()
     dtype = getattr(torch, spec.dtype)
     specials = torch.tensor(sorted(special_token_ids(tokenizer))) if spec.exclude_special_tokens else torch.tensor([], dtype=torch.long)
-    windows = token_windows(tokenizer, iter_texts(spec.dataset, split=spec.split), spec.seq_len)
+    windows = itertools.islice(token_windows(tokenizer, iter_texts(spec.dataset, split=spec.split), spec.seq_len),
+                               spec.skip_sequences, None)
     shards: list[dict] = []
     rows_done = 0
     width = None

@@ -93,6 +93,8 @@ class TrainSAESettings(_Frozen):
     d_sae: int = Field(gt=0)
     k: int | None = Field(None, gt=0)
     train_tokens: int = Field(gt=0)
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(4096, gt=0)
 
     @model_validator(mode="after")
     def _k_for_topk(self):
@@ -118,8 +120,12 @@ class OriginalSAESettings(_Frozen):
 
 
 class RetrainSettings(_Frozen):
+    """The retrained SAE copies the original's architecture, width and k; budget and optimiser are here."""
+
     enabled: bool = True
     train_tokens: int = Field(gt=0)
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(4096, gt=0)
 
 
 class PrunedSAESettings(_Frozen):
@@ -228,7 +234,21 @@ class ExperimentConfig(_Frozen):
                 raise ValueError(f"original_sae.local_folders has no folder for hooks {missing}")
         return self
 
+    @field_validator("metric_overrides")
+    @classmethod
+    def _metric_overrides(cls, values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        unknown = [name for name in values if name not in KNOWN_METRICS]
+        if unknown:
+            raise ValueError(f"metric_overrides names unknown metrics {unknown}; known: {list(KNOWN_METRICS)}")
+        return values
+
     # ------------------------------------------------------------ derived views
+    def metric_settings(self, metric: str) -> dict[str, Any]:
+        """The metric's full settings: the profile's defaults (toy or hub) plus this config's overrides."""
+        from sae_core.metrics.registry import settings_for
+
+        return settings_for(metric, self.metric_profile, self.metric_overrides.get(metric))
+
     def hook_names(self) -> list[str]:
         templates = sae_registry()["hook_types"]
         return [templates[t].format(layer=layer) for layer in self.layers for t in self.hook_types]

@@ -26,4 +26,4 @@ def cache_activations_task(model: dict, spec: ActivationCacheSpec, processing: d
                           extra_manifest={"model": model, "processing": processing})
     manifest = storage.manifest(prefix)
     return {"kind": "activations", "prefix": prefix, "uri": storage.uri(prefix), "n_tokens": manifest["n_tokens"],
-            "d_in": manifest["d_in"], "hook_name": spec.hook_name}
+            "d_in": manifest["d_in"], "hook_name": spec.hook_name, "spec": spec.model_dump(), "processing": processing}

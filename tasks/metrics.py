@@ -1,0 +1,102 @@
+"""Every SAEBench metric family as its own cached task, run on the pruned model.
+
+One generic task body, named per family in the flow (``metric-core``, ``metric-scr``, ...). The
+family is an explicit input, so each family has its own cache entries. Each run stores
+SAEBench's JSON as it came (``metrics/<family>/<key>.json``) and its headline numbers as one
+tidy Parquet file (``metrics/<family>/<key>.parquet``); concurrent runs never share a file, and
+every run is one ``read_parquet`` over ``metrics/``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+
+from sae_core.hashing import config_hash
+from sae_core.storage import Storage
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, load_model_ref
+from tasks.saes import load_stored_sae
+
+METRIC_COLUMNS = ["run_id", "experiment", "model", "pruning_method", "model_sparsity", "hook", "layer", "sae_variant",
+                  "sae_scoring_rule", "sae_sparsity", "metric_family", "metric_name", "value", "higher_is_better",
+                  "status", "reason", "eval_config_hash", "sae_bench_version", "sae_prefix", "model_prefix", "timestamp"]
+# SAEBench keeps global state (seeds, grad mode, patched dataset loaders): one metric at a time per process.
+_SAE_BENCH_LOCK = threading.Lock()
+
+
+def metric_key(metric: str, variant: dict, settings: dict, profile: str) -> str:
+    from sae_core.metrics.registry import sae_bench_version
+
+    return config_hash(metric, variant["sae_prefix"], variant["llm"].get("prefix") or variant["llm"].get("hub_id"),
+                       variant.get("processing", {}), settings, profile, code_fingerprint("metrics"), sae_bench_version())
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("SAE_TRANSFER_CACHE", Path.home() / ".cache" / "sae-transfer"))
+
+
+def _run_id() -> str:
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id or "local")
+    except Exception:  # noqa: BLE001 - outside a flow run
+        return "local"
+
+
+@task(name="metric", **ARTIFACT_TASK_OPTIONS)
+def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, experiment: str, storage_url: str,
+                    device: str = "cpu", dtype: str = "float32", seed: int = 0) -> dict:
+    """Run one SAEBench metric family for one SAE variant on its pruned model; store raw JSON + tidy rows."""
+    from sae_core.metrics import registry
+
+    storage = Storage(storage_url)
+    key = metric_key(metric, variant, settings, profile)
+    rows_key, raw_key = f"metrics/{metric}/{key}.parquet", f"metrics/{metric}/{key}.json"
+    if not storage.exists(rows_key):
+        model = load_model_ref(storage, variant["llm"], device, dtype)
+        sae = load_stored_sae(storage, variant["sae_prefix"], device)
+        hooked = model.hooked(variant.get("processing", {}))
+        with _SAE_BENCH_LOCK, tempfile.TemporaryDirectory() as scratch:
+            result = registry.run_metric(
+                metric, sae=sae, hooked_model=hooked, hf_model=model.hf_model, tokenizer=model.tokenizer,
+                settings=settings, profile=profile, artifacts_dir=_cache_root() / "sae_bench" / metric, scratch_dir=Path(scratch),
+                device=device, seed=seed,
+            )
+        storage.put_json(raw_key, result.model_dump(mode="json"))
+        storage.put_parquet(rows_key, tidy_rows(result, variant, settings, experiment, key))  # the row file commits the run
+    rows = storage.get_parquet(rows_key)
+    return {"kind": "metric", "metric": metric, "rows_key": rows_key, "raw_key": raw_key, "uri": storage.uri(rows_key),
+            "status": str(rows["status"].iloc[0]) if len(rows) else "empty",
+            "headline": {r["metric_name"]: (None if pd.isna(r["value"]) else float(r["value"])) for _, r in rows.iterrows()}}
+
+
+def tidy_rows(result, variant: dict, settings: dict, experiment: str, key: str) -> pd.DataFrame:
+    from sae_core.metrics.registry import sae_bench_version
+
+    llm = variant["llm"]
+    pruning = llm.get("pruning", {})
+    hook = variant["hook"]
+    base = {
+        "run_id": _run_id(), "experiment": experiment,
+        "model": llm.get("base_model") or llm.get("hub_id") or llm.get("prefix"),
+        "pruning_method": pruning.get("method", "none"), "model_sparsity": float(pruning.get("sparsity", 0.0)),
+        "hook": hook, "layer": int(hook.split(".")[1]) if hook.startswith("blocks.") else -1,
+        "sae_variant": variant["variant"], "sae_scoring_rule": variant.get("rule") or "",
+        "sae_sparsity": float(variant.get("sparsity") or 0.0), "metric_family": result.metric,
+        "status": result.status, "reason": result.reason or "", "eval_config_hash": config_hash(settings),
+        "sae_bench_version": sae_bench_version(), "sae_prefix": variant["sae_prefix"],
+        "model_prefix": llm.get("prefix") or llm.get("hub_id"), "timestamp": datetime.now(timezone.utc).isoformat(),
+    }
+    headline = result.headline or [{"metric_name": "skipped", "value": float("nan"), "higher_is_better": None}]
+    rows = [{**base, "metric_name": h["metric_name"], "value": float(h["value"]),
+             "higher_is_better": h["higher_is_better"]} for h in headline]
+    frame = pd.DataFrame(rows)[METRIC_COLUMNS]
+    frame["higher_is_better"] = frame["higher_is_better"].astype("boolean")
+    return frame

@@ -1,0 +1,60 @@
+"""The combined table and report: Parquet + PNG + markdown in storage, and Prefect artifacts."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from sae_core import report as rep
+from sae_core.hashing import config_hash
+from sae_core.storage import Storage
+from tasks.common import ARTIFACT_TASK_OPTIONS
+
+
+def collect_metrics(storage: Storage, metric_results: list[dict]) -> pd.DataFrame:
+    frames = [storage.get_parquet(r["rows_key"]) for r in metric_results if r.get("rows_key")]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+@task(name="report", **{**ARTIFACT_TASK_OPTIONS, "cache_policy": None, "persist_result": False})
+def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], variants: list[dict],
+                 metric_results: list[dict], storage_url: str) -> dict:
+    """Always runs (it is cheap): the report reflects whatever the cached steps produced."""
+    storage = Storage(storage_url)
+    prefix = f"reports/{experiment_name}-{config_hash(config, length=10)}"
+    variant_rows = pd.DataFrame([v["row"] for v in variants])
+    metrics = collect_metrics(storage, metric_results)
+
+    plots = rep.metric_vs_sparsity_plots(metrics)
+    cost_png = rep.cost_plot(variant_rows)
+    if cost_png:
+        plots["cost_per_variant.png"] = cost_png
+    for name, png in plots.items():
+        storage.put_bytes(f"{prefix}/{name}", png)
+    storage.put_parquet(f"{prefix}/variants.parquet", variant_rows)
+    if not metrics.empty:
+        storage.put_parquet(f"{prefix}/metrics.parquet", metrics)
+        headline = rep.headline_table(metrics)
+        storage.put_parquet(f"{prefix}/headline.parquet", headline)
+    summary = rep.markdown_summary(metrics, variant_rows, pruned_llms, sorted(plots))
+    storage.put_bytes(f"{prefix}/summary.md", summary.encode())
+    storage.put_json(f"{prefix}/config.json", config)
+
+    key = f"sae-transfer-{experiment_name}".lower().replace("_", "-")
+    if not metrics.empty:
+        create_table_artifact(key=f"{key}-headline", table=_records(rep.headline_table(metrics)),
+                              description="Headline SAEBench metrics per SAE variant, on the pruned model")
+    create_table_artifact(key=f"{key}-variants", table=_records(variant_rows), description="SAE variants: cost and reconstruction")
+    create_markdown_artifact(key=f"{key}-report", markdown=summary.replace("](", f"]({storage.uri(prefix)}/"),
+                             description="Full comparison report (plots are in storage)")
+    create_link_artifact(key=f"{key}-storage", link=storage.uri(prefix), description="Report folder in storage")
+    for variant in variants[:50]:  # links to checkpoints; a cap keeps the UI readable
+        create_link_artifact(link=variant["sae_uri"], description=f"{variant['hook']} {rep.variant_label(variant['row'])} checkpoint")
+    return {"prefix": prefix, "uri": storage.uri(prefix), "plots": sorted(plots), "n_metric_rows": int(len(metrics)),
+            "n_variants": int(len(variant_rows))}
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+            for row in frame.astype(object).to_dict(orient="records")]

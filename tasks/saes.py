@@ -1,0 +1,184 @@
+"""The SAE variants as tasks: original (transfer), retrained on the pruned model, pruned SAE.
+
+Each variant task stores (once) its checkpoint in sae-lens' folder format under
+``saes/<variant>/<hash>/`` and one Parquet row under ``variants/<hash>.parquet``: what it is,
+what it cost (tokens, wall time) and how well it reconstructs the *pruned* model's held-out
+activations (MSE, explained variance, L0, CE loss with the SAE spliced in).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+
+from sae_core.activations import ActivationShards
+from sae_core.data import token_batch
+from sae_core.hashing import config_hash, folder_hash
+from sae_core.storage import Storage
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, load_model_ref
+
+SAE_CODE = ("sae_io", "sae_prune", "sae_train", "sae_quality")
+READ_BATCH = 4096
+
+
+# ------------------------------------------------------------------ helpers (no algorithms here)
+def _store_sae(storage: Storage, sae, prefix: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    from sae_core.sae_io import save_sae
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "sae"
+        save_sae(sae, folder)
+        storage.upload_dir(folder, prefix, {**manifest, "kind": "sae", "content_hash": folder_hash(folder),
+                                            "architecture": sae.cfg.architecture(), "d_in": int(sae.cfg.d_in),
+                                            "d_sae": int(sae.cfg.d_sae)})
+    return storage.manifest(prefix)
+
+
+def load_stored_sae(storage: Storage, prefix: str, device: str = "cpu"):
+    from sae_core.sae_io import load_sae
+
+    return load_sae(str(storage.materialise_dir(prefix)), device=device)
+
+
+def sae_processing(sae) -> dict[str, bool]:
+    """The HookedTransformer weight processing this SAE was trained with (sae-lens records it)."""
+    from sae_core.models import PROCESSING_KEYS
+
+    kwargs = getattr(sae.cfg.metadata, "model_from_pretrained_kwargs", None) or {}
+    return {k: bool(v) for k, v in kwargs.items() if k in PROCESSING_KEYS}
+
+
+def _batches(storage: Storage, acts: dict, max_tokens: int | None = None, shuffle: bool = False, seed: int = 0):
+    return ActivationShards(storage, acts["prefix"], batch_size=READ_BATCH, shuffle=shuffle, seed=seed, max_tokens=max_tokens)
+
+
+def _quality(storage: Storage, sae, llm: dict, held_out: dict, quality: dict, dataset: str, device: str, dtype: str) -> dict:
+    from sae_core.sae_quality import reconstruction_stats, spliced_ce
+
+    stats = reconstruction_stats(sae, _batches(storage, held_out, max_tokens=quality["n_tokens"]))
+    model = load_model_ref(storage, llm, device, dtype)
+    hooked = model.hooked(sae_processing(sae))
+    spec = held_out["spec"]
+    tokens = token_batch(model.tokenizer, dataset, quality["ce_sequences"], spec["seq_len"], skip_sequences=spec["skip_sequences"])
+    ce = spliced_ce(hooked, sae.to(device), tokens, hook_name=held_out["hook_name"])
+    return {**{k: float(v) for k, v in stats.items()}, **{k: float(v) for k, v in ce.items()}}
+
+
+def _variant_result(storage, key, sae_manifest, prefix, llm, held_out, compute_quality) -> dict:
+    """Write (once) the variant's Parquet row; ``compute_quality`` runs only if the row is new."""
+    row_key = f"variants/{key}.parquet"
+    if storage.exists(row_key):
+        row = storage.get_parquet(row_key).iloc[0].to_dict()
+    else:
+        row = {
+            "hook": held_out["hook_name"], "model_prefix": llm.get("prefix") or llm.get("hub_id"),
+            "model_sparsity": float(llm.get("pruning", {}).get("sparsity", 0.0)),
+            "sae_variant": sae_manifest["variant"], "sae_scoring_rule": sae_manifest.get("rule") or "",
+            "sae_sparsity": float(sae_manifest.get("sparsity") or 0.0),
+            "achieved_sparsity": float(sae_manifest.get("achieved_sparsity") or 0.0),
+            "tokens_used": int(sae_manifest.get("tokens_used") or 0),
+            "wall_time_s": float(sae_manifest.get("wall_time_s") or 0.0),
+            "sae_prefix": prefix, **compute_quality(),
+        }
+        storage.put_parquet(row_key, pd.DataFrame([row]))
+    row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+    return {"kind": "sae_variant", "sae_prefix": prefix, "sae_uri": storage.uri(prefix), "variant": sae_manifest["variant"],
+            "rule": sae_manifest.get("rule"), "sparsity": sae_manifest.get("sparsity"), "hook": held_out["hook_name"],
+            "llm": llm, "row": row, "row_uri": storage.uri(row_key), "processing": sae_manifest.get("processing", {})}
+
+
+# ------------------------------------------------------------------ the original SAE
+@task(name="original-sae", **ARTIFACT_TASK_OPTIONS)
+def original_sae(dense: dict, hook_name: str, source: dict | None, train: dict | None, dense_acts: dict | None,
+                 storage_url: str, device: str = "cpu", seed: int = 0) -> dict:
+    """The SAE trained on the dense model: from a release / folder, or trained here (toy preset)."""
+    storage = Storage(storage_url)
+    identity = dense.get("content_hash") or dense.get("hub_id")
+    prefix = f"saes/original/{config_hash(identity, hook_name, source, train, dense_acts and dense_acts['prefix'], code_fingerprint(*SAE_CODE))}"
+    if not storage.is_committed(prefix):
+        started = time.perf_counter()
+        if source is not None:
+            from sae_core.sae_io import load_sae
+
+            sae = load_sae(source["folder"] if "folder" in source else f"release:{source['release']}?id={source['sae_id']}", device=device)
+            report = {"tokens_used": 0}
+        else:
+            from sae_core.sae_io import new_sae
+            from sae_core.sae_train import train_sae
+
+            blank = new_sae(train["architecture"], dense_acts["d_in"], train["d_sae"], hook_name, k=train.get("k"), seed=seed)
+            sae, report = train_sae(blank, _batches(storage, dense_acts, shuffle=True, seed=seed), train["train_tokens"],
+                                    lr=train["lr"], batch_size=train["batch_size"], seed=seed)
+        _store_sae(storage, sae, prefix, {"variant": "original", "hook": hook_name, "source": source or {"trained_on": dense_acts["prefix"]},
+                                          "processing": sae_processing(sae), "tokens_used": int(report.get("tokens_used", 0)),
+                                          "wall_time_s": round(time.perf_counter() - started, 3)})
+    manifest = storage.manifest(prefix)
+    return {"kind": "sae", "prefix": prefix, "uri": storage.uri(prefix), "hook": hook_name, "processing": manifest["processing"],
+            "architecture": manifest["architecture"], "d_in": manifest["d_in"], "d_sae": manifest["d_sae"]}
+
+
+# ------------------------------------------------------------------ variants on the pruned model
+@task(name="transfer-sae", **ARTIFACT_TASK_OPTIONS)
+def transfer_sae(original: dict, llm: dict, held_out: dict, quality: dict, dataset: str, storage_url: str,
+                 device: str = "cpu", dtype: str = "float32") -> dict:
+    """Variant 1: the original SAE, unchanged, read on the pruned model."""
+    storage = Storage(storage_url)
+    key = config_hash("transfer", original["prefix"], llm.get("prefix"), held_out["prefix"], quality, code_fingerprint(*SAE_CODE))
+    manifest = {**storage.manifest(original["prefix"]), "variant": "original", "tokens_used": 0, "wall_time_s": 0.0}
+    return _variant_result(storage, key, manifest, original["prefix"], llm, held_out, lambda: _quality(
+        storage, load_stored_sae(storage, original["prefix"], device), llm, held_out, quality, dataset, device, dtype))
+
+
+@task(name="retrain-sae", **ARTIFACT_TASK_OPTIONS)
+def retrain_sae(original: dict, llm: dict, train_acts: dict, held_out: dict, retrain: dict, quality: dict, dataset: str,
+                storage_url: str, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> dict:
+    """Variant 2: a fresh SAE of the original's architecture, width and k, trained on the pruned model."""
+    from sae_core.sae_train import train_sae
+
+    storage = Storage(storage_url)
+    key = config_hash("retrain", original["prefix"], train_acts["prefix"], retrain, seed, code_fingerprint(*SAE_CODE))
+    prefix = f"saes/retrained/{key}"
+    if not storage.is_committed(prefix):
+        like = load_stored_sae(storage, original["prefix"], device)
+        started = time.perf_counter()
+        # Same architecture, width and k as the original: a sparsity-matched, fair baseline.
+        sae, report = train_sae(like, _batches(storage, train_acts, shuffle=True, seed=seed), retrain["train_tokens"],
+                                lr=retrain["lr"], batch_size=retrain["batch_size"], seed=seed)
+        _store_sae(storage, sae, prefix, {"variant": "retrained", "hook": original["hook"], "parent": original["prefix"],
+                                          "trained_on": train_acts["prefix"], "processing": original["processing"],
+                                          "tokens_used": int(report["tokens_used"]), "wall_time_s": round(time.perf_counter() - started, 3)})
+    quality_key = config_hash(key, llm.get("prefix"), held_out["prefix"], quality)
+    return _variant_result(storage, quality_key, storage.manifest(prefix), prefix, llm, held_out, lambda: _quality(
+        storage, load_stored_sae(storage, prefix, device), llm, held_out, quality, dataset, device, dtype))
+
+
+@task(name="prune-sae", **ARTIFACT_TASK_OPTIONS)
+def prune_sae_task(original: dict, llm: dict, calibration_acts: dict, held_out: dict, rule: str, sparsity: float,
+                   calibration_tokens: int, quality: dict, dataset: str, storage_url: str,
+                   device: str = "cpu", dtype: str = "float32") -> dict:
+    """Variant 3: the original SAE's encoder and decoder pruned by ``rule`` at ``sparsity``."""
+    from sae_core.sae_prune import accumulate_sae_norms, prune_sae
+
+    storage = Storage(storage_url)
+    key = config_hash("prune", original["prefix"], calibration_acts["prefix"], rule, sparsity, calibration_tokens, code_fingerprint(*SAE_CODE))
+    prefix = f"saes/pruned/{key}"
+    if not storage.is_committed(prefix):
+        sae = load_stored_sae(storage, original["prefix"], device)
+        started = time.perf_counter()
+        norms = None
+        if rule != "magnitude":  # magnitude needs no activations
+            norms = accumulate_sae_norms(sae, _batches(storage, calibration_acts, max_tokens=calibration_tokens))
+        pruned, report = prune_sae(sae, rule, sparsity, norms)
+        _store_sae(storage, pruned, prefix, {
+            "variant": "pruned", "hook": original["hook"], "parent": original["prefix"], "rule": rule, "sparsity": sparsity,
+            "achieved_sparsity": float(report.get("achieved_sparsity", report.get("achieved_overall_sparsity", sparsity))),
+            "prune_report": report, "calibration": calibration_acts["prefix"], "processing": original["processing"],
+            "tokens_used": int(norms.n_tokens) if norms is not None else 0, "wall_time_s": round(time.perf_counter() - started, 3)})
+    quality_key = config_hash(key, llm.get("prefix"), held_out["prefix"], quality)
+    return _variant_result(storage, quality_key, storage.manifest(prefix), prefix, llm, held_out, lambda: _quality(
+        storage, load_stored_sae(storage, prefix, device), llm, held_out, quality, dataset, device, dtype))

@@ -1,0 +1,207 @@
+"""Tests of sae_core.sae_train (sae-lens training on cached activations) and sae_core.sae_quality.
+
+Activations come from a tiny randomly initialised HookedTransformer; token budgets are a few
+thousand tokens so that every training run takes well under a second on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+try:
+    import sae_core  # noqa: F401
+except ImportError:  # running `pytest` without the repo root on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sae_lens import SAE
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from sae_core.sae_io import new_sae, save_sae
+from sae_core.sae_prune import prune_sae
+from sae_core.sae_quality import reconstruction_stats, spliced_ce
+from sae_core.sae_train import train_sae, training_to_inference_sae
+
+HOOK = "blocks.0.hook_resid_post"
+D_MODEL = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny matmuls on a shared 2-core box: one intra-op thread avoids spin-wait stalls."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def model() -> HookedTransformer:
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=D_MODEL, n_ctx=32, d_head=8, n_heads=4, d_vocab=100, act_fn="gelu", d_mlp=64, seed=0
+    )
+    return HookedTransformer(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 100, (96, 32), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def acts(model, tokens) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=HOOK)
+    flat = cache[HOOK].reshape(-1, D_MODEL)  # 3072 tokens
+    return {"train": flat[:2048], "held_out": flat[2048:]}
+
+
+def batches(x: torch.Tensor, size: int = 200) -> list[torch.Tensor]:
+    return list(x.split(size))  # uneven last batch on purpose
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("arch,k", [("standard", None), ("topk", 8), ("jumprelu", None)])
+def test_retrained_sae_beats_its_random_init(acts, arch, k):
+    like = new_sae(arch, D_MODEL, 64, HOOK, k=k, seed=1)
+    # exactly what training starts from (same seed, sae-lens training init), as an inference SAE
+    init = training_to_inference_sae(new_sae(like=like, training=True, seed=0))
+    trained, report = train_sae(
+        like, batches(acts["train"]), total_tokens=8192, batch_size=256, lr=3e-3,
+        l1_coefficient=0.05, l0_coefficient=0.01, seed=0, progress=False,
+    )
+    assert type(trained) is type(like)
+    assert (trained.cfg.d_in, trained.cfg.d_sae) == (D_MODEL, 64)
+    assert trained.cfg.metadata.hook_name == HOOK
+    if k is not None:
+        assert trained.cfg.k == k
+    assert report["tokens_used"] == 8192 and report["steps"] == 32 and report["tokens_requested"] == 8192
+    assert report["data_passes"] >= 4  # 2048 training tokens reused
+    assert report["wall_time_s"] > 0 and report["final_mse"] > 0 and report["final_l0"] > 0
+
+    before = reconstruction_stats(init, batches(acts["held_out"]))
+    after = reconstruction_stats(trained, batches(acts["held_out"]))
+    assert after["mse"] < 0.5 * before["mse"], (before, after)
+    assert after["explained_variance"] > before["explained_variance"] + 0.2, (before, after)
+    assert after["explained_variance"] > 0.3, after
+
+
+def test_training_is_deterministic_and_round_trips(acts, tmp_path):
+    like = new_sae("topk", D_MODEL, 48, HOOK, k=6, seed=0)
+    kw = dict(total_tokens=2048, batch_size=256, lr=3e-3, progress=False, shuffle_buffer_batches=2)
+    a, _ = train_sae(like, batches(acts["train"]), seed=0, **kw)
+    b, _ = train_sae(like, batches(acts["train"]), seed=0, **kw)
+    c, _ = train_sae(like, batches(acts["train"]), seed=1, **kw)
+    assert all(torch.equal(a.state_dict()[n], t) for n, t in b.state_dict().items())
+    assert not torch.equal(a.W_enc, c.W_enc)
+
+    loaded = SAE.load_from_disk(save_sae(a, tmp_path / "retrained"))
+    assert all(torch.equal(loaded.state_dict()[n], t) for n, t in a.state_dict().items())
+    assert loaded.cfg.metadata.sae_transfer_training["tokens_used"] == 2048
+
+
+def test_training_reads_a_one_shot_stream_and_reports_when_it_runs_dry(acts):
+    like = new_sae("standard", D_MODEL, 48, HOOK, seed=0)
+    stream = (b for b in batches(acts["train"]))  # 2048 tokens, not re-iterable
+    _, report = train_sae(like, stream, total_tokens=1024, batch_size=256, progress=False)
+    assert report["tokens_used"] == 1024 and report["data_passes"] == 1
+
+    stream = (b for b in batches(acts["train"]))
+    with pytest.raises(ValueError, match="ran out after 2048 tokens"):
+        train_sae(like, stream, total_tokens=4096, batch_size=256, progress=False)
+
+
+def test_training_bad_inputs_name_the_value(acts):
+    like = new_sae("standard", D_MODEL, 48, HOOK, seed=0)
+    data = batches(acts["train"])
+    with pytest.raises(ValueError, match="total_tokens=100"):
+        train_sae(like, data, total_tokens=100, batch_size=256, progress=False)
+    with pytest.raises(ValueError, match="total_tokens must be a positive int, got 0"):
+        train_sae(like, data, total_tokens=0, progress=False)
+    with pytest.raises(ValueError, match=r"\(10, 16\)"):
+        train_sae(like, [torch.randn(10, 16)], total_tokens=512, batch_size=256, progress=False)
+    with pytest.raises(ValueError, match="not_a_field"):
+        train_sae(like, data, total_tokens=512, batch_size=256, progress=False, trainer_overrides={"not_a_field": 1})
+    with pytest.raises(ValueError, match="lr"):
+        train_sae(like, data, total_tokens=512, batch_size=256, lr=-1.0, progress=False)
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def identity_sae(d: int) -> SAE:
+    """ReLU SAE with W_enc=[I, -I], W_dec=[I; -I], zero biases: x̂ = relu(x) - relu(-x) = x."""
+    sae = new_sae("standard", d, 2 * d, HOOK, seed=0)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def zero_sae(d: int) -> SAE:
+    sae = new_sae("standard", d, 2 * d, HOOK, seed=0)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.zero_()
+    return sae
+
+
+def test_reconstruction_stats_accumulate_over_all_batches(acts):
+    x = acts["held_out"]
+    sae = new_sae("jumprelu", D_MODEL, 64, HOOK, seed=2)
+    split = reconstruction_stats(sae, batches(x, 100))
+    whole = reconstruction_stats(sae, [x])
+    for key in ("mse", "explained_variance", "cosine_similarity", "l0"):
+        assert split[key] == pytest.approx(whole[key], rel=1e-9, abs=1e-12), key
+    with torch.no_grad():
+        x_hat = sae(x).double()
+    xd = x.double()
+    ev = 1 - (xd - x_hat).pow(2).sum() / (xd - xd.mean(0)).pow(2).sum()
+    assert whole["explained_variance"] == pytest.approx(ev.item(), rel=1e-9)
+    assert whole["mse"] == pytest.approx((xd - x_hat).pow(2).mean().item(), rel=1e-9)
+    assert whole["n_tokens"] == x.shape[0]
+
+    perfect = reconstruction_stats(identity_sae(D_MODEL), batches(x))
+    assert perfect["mse"] == 0.0 and perfect["explained_variance"] == 1.0
+    assert perfect["cosine_similarity"] == pytest.approx(1.0)
+
+    # heavily pruned / all-zero SAEs give finite numbers, never NaN
+    pruned, _ = prune_sae(sae, "magnitude", 0.99)
+    for stats in (reconstruction_stats(pruned, batches(x)), reconstruction_stats(zero_sae(D_MODEL), batches(x))):
+        assert all(v == v and abs(v) != float("inf") for v in stats.values()), stats
+    assert reconstruction_stats(zero_sae(D_MODEL), batches(x))["cosine_similarity"] == 0.0
+
+    with pytest.raises(ValueError, match="no activations"):
+        reconstruction_stats(sae, [])
+
+
+def test_spliced_ce(model, tokens):
+    toks = tokens[:12]
+    clean = model(toks, return_type="loss").item()
+
+    perfect = spliced_ce(model, identity_sae(D_MODEL), toks, batch_size=5)
+    assert perfect["ce_clean"] == pytest.approx(clean, rel=1e-5)
+    assert perfect["ce_with_sae"] == pytest.approx(clean, rel=1e-5)
+    assert perfect["ce_loss_score"] == pytest.approx(1.0, abs=1e-3)
+    assert perfect["ce_zero_ablation"] != pytest.approx(clean, rel=1e-3)
+    assert perfect["ce_tokens"] == 12 * 31
+
+    ablated = spliced_ce(model, zero_sae(D_MODEL), toks, batch_size=12)
+    assert ablated["ce_with_sae"] == pytest.approx(ablated["ce_zero_ablation"], rel=1e-6)
+    assert ablated["ce_loss_score"] == pytest.approx(0.0, abs=1e-6)
+
+    with pytest.raises(ValueError, match="d_in=16"):
+        spliced_ce(model, new_sae("standard", 16, 32, HOOK, seed=0), toks)
+    with pytest.raises(ValueError, match="tokens must be an integer tensor"):
+        spliced_ce(model, identity_sae(D_MODEL), toks.float())
