@@ -31,7 +31,7 @@ from tasks.saes import original_sae, prune_sae_task, retrain_sae, transfer_sae
 from tasks.world import base_model
 
 
-@flow(name="sae-transfer-experiment", log_prints=True)
+@flow(name="sae-transfer-experiment", log_prints=True, result_serializer="json")
 def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
     c, store, dev = config, storage_url, (config.device, config.dtype)
     dense = base_model(c.model, c.toy_world, store)
@@ -54,25 +54,45 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
             held_out = cache_activations_task(llm, held_out_spec(c, hook), processing, store, *dev)
             q = c.quality.model_dump()
 
-            # 3. The three ways to get an SAE for the pruned model.
-            hook_variants = [transfer_sae(original, llm, held_out, q, c.dataset, store, *dev)]
+            # 3. The three ways to get an SAE for the pruned model (submitted: they can run side by side).
+            hook_variants = [transfer_sae.submit(original, llm, held_out, q, c.dataset, store, *dev)]
             if c.retrained_sae.enabled:
-                hook_variants.append(retrain_sae(original, llm, acts, held_out, c.retrained_sae.model_dump(), q, c.dataset, store, *dev, c.seed))
+                hook_variants.append(retrain_sae.submit(original, llm, acts, held_out, c.retrained_sae.model_dump(), q, c.dataset,
+                                                        store, *dev, c.seed))
             for rule in c.pruned_sae.rules:
                 for sae_sparsity in c.pruned_sae.sparsities:
-                    hook_variants.append(prune_sae_task(original, llm, acts, held_out, rule, sae_sparsity,
-                                                        c.pruned_sae.calibration_tokens, q, c.dataset, store, *dev))
+                    hook_variants.append(prune_sae_task.submit(original, llm, acts, held_out, rule, sae_sparsity,
+                                                               c.pruned_sae.calibration_tokens, q, c.dataset, store, *dev))
             variants += hook_variants
 
             # 4. Every SAEBench metric, each its own cached task, on the pruned model.
             for variant in hook_variants:
                 for metric in c.metrics:
-                    metric_results.append(evaluate_metric.with_options(name=f"metric-{metric}")(
+                    metric_results.append(evaluate_metric.with_options(name=f"metric-{metric}").submit(
                         metric, variant, c.metric_settings(metric), c.metric_profile, c.name, store, *dev, c.seed))
 
     # 5. One table, plots and a markdown report, in storage and as Prefect artifacts.
-    report = write_report(c.name, c.model_dump(mode="json"), pruned_llms, variants, metric_results, store)
-    return {"report": report, "n_variants": len(variants), "n_metric_results": len(metric_results)}
+    #    A failed variant or metric does not stop the others; the report shows what finished,
+    #    then the run fails loudly, naming what did not.
+    done_variants, failed = finished(variants)
+    done_metrics, failed_metrics = finished(metric_results)
+    report = write_report(c.name, c.model_dump(mode="json"), pruned_llms, done_variants, done_metrics, store)
+    if failed or failed_metrics:
+        raise RuntimeError(f"{len(failed)} SAE variant task(s) and {len(failed_metrics)} metric task(s) failed "
+                           f"(report of the rest: {report['uri']}): " + "; ".join((failed + failed_metrics)[:5]))
+    return {"report": report, "n_variants": len(done_variants), "n_metric_results": len(done_metrics)}
+
+
+def finished(futures: list) -> tuple[list[dict], list[str]]:
+    """Results of the futures that completed, and a line for each that did not."""
+    results, failures = [], []
+    for future in futures:
+        future.wait()
+        if future.state.is_completed():
+            results.append(future.result())
+        else:
+            failures.append(f"{future.state.name}: {future.state.message}")
+    return results, failures
 
 
 def train_spec(c: ExperimentConfig, hook: str) -> ActivationCacheSpec:
@@ -94,7 +114,7 @@ def prune_config(c: ExperimentConfig, sparsity: float) -> PruneConfig:
                        n_calibration_samples=p.n_calibration_samples, seq_len=p.seq_len, seed=p.seed)
 
 
-@flow(name="sae-transfer", log_prints=True)
+@flow(name="sae-transfer", log_prints=True, result_serializer="json")
 def full(preset: str = "toy", overrides: dict[str, Any] | None = None, storage_url: str = DEFAULT_STORAGE_URL,
          runner: str = "threads") -> dict[str, Any]:
     """Entry point for the CLI and deployments: validate everything, then run the experiment."""

@@ -113,6 +113,11 @@ class Storage:
             if self.get_bytes(probe) != b"ok":
                 raise StorageError(f"storage {self.url} returned different bytes than written")
             self.fs.rm(self.path(probe))
+            if self.scheme == "file":  # leave no trace: remove the now-empty probe folder
+                try:
+                    os.rmdir(self.path("_probe"))
+                except OSError:
+                    pass
         except Exception as err:  # noqa: BLE001 - every backend failure becomes one clear error
             raise StorageError(f"storage {self.url} is not reachable or not writable: {err}") from None
 

@@ -16,12 +16,14 @@ The model is pruned sequentially, block by block, like the reference implementat
    recorder for one embedding-only pass, which stops at the last block by raising
    :class:`_StopForward`. Non-hidden-state arguments are recorded *per block* because some
    architectures (Gemma-2: sliding-window vs. global layers) hand different masks to
-   different blocks.
+   different blocks. (If a model cannot run with pass-through blocks, it falls back to the
+   classic pre-hook catcher on block 0 and reuses block 0's arguments, with a warning.)
 2. For block ``l``: one pass over the stored inputs through the *dense* block with forward
    pre-hooks on the selected linear modules, accumulating the per-input-column sum of
    squares in (at least) float32 over all calibration tokens. The pass stops right after the
    last hooked module has seen its input (its own matmul and the rest of the block are
-   skipped), because nothing after it is needed for statistics.
+   skipped), because nothing after it is needed for statistics. This is only done when
+   every hooked module runs exactly once per forward (checked on the first batch).
 3. Prune every selected module of the block from those statistics (all modules of a block
    use statistics of the dense block, like the reference).
 4. Re-run the *pruned* block on the stored inputs; its outputs overwrite the stored inputs
@@ -430,23 +432,23 @@ def _n_prune(n: int, sparsity: float) -> int:
     return int(math.floor(n * sparsity + _EPS_K))
 
 
-def _order_keys(scores: torch.Tensor) -> torch.Tensor:
+def _order_keys(scores: torch.Tensor, nonneg: bool = False) -> torch.Tensor:
     """Integer view with the same order as the (non-negative) float scores: selecting on
     int32/int64 bit patterns is exact and faster than on floats (no NaN handling)."""
     view = {torch.float32: torch.int32, torch.float64: torch.int64}.get(scores.dtype)
-    if view is None or not bool((scores >= 0).all()):
+    if view is None or not (nonneg or bool((scores >= 0).all())):
         return scores
     return scores.view(view)
 
 
-def _lowest_k_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
+def _lowest_k_rows(scores: torch.Tensor, k: int, nonneg: bool = False) -> torch.Tensor:
     """Bool mask with exactly ``k`` True per row at the lowest scores (stable tie-break)."""
     rows, n = scores.shape
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k >= n:
         return torch.ones_like(scores, dtype=torch.bool)
-    keys = _order_keys(scores)
+    keys = _order_keys(scores, nonneg)
     # Fast path: k-th value per row (quickselect, O(n)), then <=. Every row then has >= k
     # entries selected, exactly k unless the k-th value is tied; such rows are redone with
     # a stable sort (lower index pruned first).
@@ -466,12 +468,15 @@ def prune_mask(
     sparsity: float,
     structure: str = "unstructured",
     per: Literal["row", "matrix"] = "row",
+    *,
+    nonneg: bool = False,
 ) -> torch.Tensor:
     """Bool ``[out, in]`` mask (True = prune) of the lowest scores.
 
     ``per="row"``: ``floor(in * sparsity)`` per row; ``per="matrix"``: ``floor(numel *
     sparsity)`` over the whole matrix (row-major tie-break); N:M: exactly N per group of M
-    consecutive inputs of each row (``sparsity`` is then ignored).
+    consecutive inputs of each row (``sparsity`` is then ignored). ``nonneg=True`` promises
+    scores >= 0 (skips a check).
     """
     if scores.ndim != 2:
         raise ValueError(f"scores must be 2-D [out, in], got shape {tuple(scores.shape)}")
@@ -481,7 +486,7 @@ def prune_mask(
         n, m = nm
         if in_f % m:
             raise ValueError(f"structure {structure!r}: M={m} does not divide the input dimension {in_f}")
-        g = scores.reshape(out_f * (in_f // m), m)
+        g = _order_keys(scores, nonneg).reshape(out_f * (in_f // m), m)
         idx = torch.sort(g, dim=1, stable=True).indices[:, :n]
         mask = torch.zeros_like(g, dtype=torch.bool)
         mask.scatter_(1, idx, True)
@@ -489,9 +494,10 @@ def prune_mask(
     if not (0.0 <= sparsity < 1.0):
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
     if per == "row":
-        return _lowest_k_rows(scores, _n_prune(in_f, sparsity))
+        return _lowest_k_rows(scores, _n_prune(in_f, sparsity), nonneg)
     if per == "matrix":
-        return _lowest_k_rows(scores.reshape(1, -1), _n_prune(scores.numel(), sparsity)).reshape(out_f, in_f)
+        flat = scores.reshape(1, -1)
+        return _lowest_k_rows(flat, _n_prune(scores.numel(), sparsity), nonneg).reshape(out_f, in_f)
     raise ValueError(f"per must be 'row' or 'matrix', got {per!r}")
 
 
@@ -521,7 +527,7 @@ def prune_module_(
             raise ValueError(f"input_sq_sum has shape {tuple(input_sq_sum.shape)}, expected ({in_f},)")
         norms = input_sq_sum.to(device=w.device, dtype=dt).sqrt()
     elif cfg.method == "magnitude_matrix":
-        mask = prune_mask(magnitude_scores(w), cfg.sparsity, cfg.structure, per="matrix")
+        mask = prune_mask(magnitude_scores(w), cfg.sparsity, cfg.structure, per="matrix", nonneg=True)
         w.masked_fill_(mask, 0)
         return int(torch.count_nonzero(mask))
 
@@ -533,7 +539,7 @@ def prune_module_(
         sc.copy_(wc).abs_()  # always a copy: the weight itself is only touched by masked_fill_
         if norms is not None:
             sc.mul_(norms)
-        mask = prune_mask(sc, cfg.sparsity, cfg.structure, per="row")
+        mask = prune_mask(sc, cfg.sparsity, cfg.structure, per="row", nonneg=True)
         del sc
         wc.masked_fill_(mask, 0)  # in place through the (possibly transposed) view
         n_pruned += int(torch.count_nonzero(mask))

@@ -7,7 +7,7 @@ from prefect import task
 from sae_core.activations import ActivationCacheSpec, cache_activations
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, load_model_ref
+from tasks.common import ARTIFACT_TASK_OPTIONS, COMPUTE_LOCK, code_fingerprint, load_model_ref
 
 
 def activation_prefix(model: dict, spec: ActivationCacheSpec, processing: dict) -> str:
@@ -22,8 +22,9 @@ def cache_activations_task(model: dict, spec: ActivationCacheSpec, processing: d
     prefix = activation_prefix(model, spec, processing)
     if not storage.is_committed(prefix):
         loaded = load_model_ref(storage, model, device, dtype)
-        cache_activations(loaded.hooked(processing), loaded.tokenizer, spec, storage, prefix,
-                          extra_manifest={"model": model, "processing": processing})
+        with COMPUTE_LOCK:
+            cache_activations(loaded.hooked(processing), loaded.tokenizer, spec, storage, prefix,
+                              extra_manifest={"model": model, "processing": processing})
     manifest = storage.manifest(prefix)
     return {"kind": "activations", "prefix": prefix, "uri": storage.uri(prefix), "n_tokens": manifest["n_tokens"],
             "d_in": manifest["d_in"], "hook_name": spec.hook_name, "spec": spec.model_dump(), "processing": processing}

@@ -66,6 +66,11 @@ def code_fingerprint(*modules: str) -> str:
 
 
 # ------------------------------------------------------------------ loaded-object reuse
+# Tasks of one process share loaded models, and hooks added for one task's forward pass would
+# leak into another's; SAEBench also sets global state. So heavy compute holds this lock: threads
+# overlap I/O, while real parallelism comes from process-based runners (Ray), one task per process.
+COMPUTE_LOCK = threading.RLock()
+
 # Several tasks of one flow run use the same model; loading it once per process saves minutes
 # on GPT-2/Gemma. Keyed by the artifact's storage URI, so a different model is never reused.
 _model_lock = threading.Lock()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,14 +19,12 @@ from prefect import task
 
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, load_model_ref
+from tasks.common import ARTIFACT_TASK_OPTIONS, COMPUTE_LOCK, code_fingerprint, load_model_ref
 from tasks.saes import load_stored_sae
 
 METRIC_COLUMNS = ["run_id", "experiment", "model", "pruning_method", "model_sparsity", "hook", "layer", "sae_variant",
                   "sae_scoring_rule", "sae_sparsity", "metric_family", "metric_name", "value", "higher_is_better",
                   "status", "reason", "eval_config_hash", "sae_bench_version", "sae_prefix", "model_prefix", "timestamp"]
-# SAEBench keeps global state (seeds, grad mode, patched dataset loaders): one metric at a time per process.
-_SAE_BENCH_LOCK = threading.Lock()
 
 
 def metric_key(metric: str, variant: dict, settings: dict, profile: str) -> str:
@@ -62,8 +59,9 @@ def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, ex
     if not storage.exists(rows_key):
         model = load_model_ref(storage, variant["llm"], device, dtype)
         sae = load_stored_sae(storage, variant["sae_prefix"], device)
-        hooked = model.hooked(variant.get("processing", {}))
-        with _SAE_BENCH_LOCK, tempfile.TemporaryDirectory() as scratch:
+        # SAEBench sets global state (seeds, grad mode, dataset loaders): one metric at a time per process.
+        with COMPUTE_LOCK, tempfile.TemporaryDirectory() as scratch:
+            hooked = model.hooked(variant.get("processing", {}))
             result = registry.run_metric(
                 metric, sae=sae, hooked_model=hooked, hf_model=model.hf_model, tokenizer=model.tokenizer,
                 settings=settings, profile=profile, artifacts_dir=_cache_root() / "sae_bench" / metric, scratch_dir=Path(scratch),

@@ -20,7 +20,7 @@ from sae_core.activations import ActivationShards
 from sae_core.data import token_batch
 from sae_core.hashing import config_hash, folder_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, load_model_ref
+from tasks.common import ARTIFACT_TASK_OPTIONS, COMPUTE_LOCK, code_fingerprint, load_model_ref
 
 SAE_CODE = ("sae_io", "sae_prune", "sae_train", "sae_quality")
 READ_BATCH = 4096
@@ -60,12 +60,13 @@ def _batches(storage: Storage, acts: dict, max_tokens: int | None = None, shuffl
 def _quality(storage: Storage, sae, llm: dict, held_out: dict, quality: dict, dataset: str, device: str, dtype: str) -> dict:
     from sae_core.sae_quality import reconstruction_stats, spliced_ce
 
-    stats = reconstruction_stats(sae, _batches(storage, held_out, max_tokens=quality["n_tokens"]))
     model = load_model_ref(storage, llm, device, dtype)
-    hooked = model.hooked(sae_processing(sae))
     spec = held_out["spec"]
     tokens = token_batch(model.tokenizer, dataset, quality["ce_sequences"], spec["seq_len"], skip_sequences=spec["skip_sequences"])
-    ce = spliced_ce(hooked, sae.to(device), tokens, hook_name=held_out["hook_name"])
+    with COMPUTE_LOCK:
+        stats = reconstruction_stats(sae, _batches(storage, held_out, max_tokens=quality["n_tokens"]))
+        hooked = model.hooked(sae_processing(sae))
+        ce = spliced_ce(hooked, sae.to(device), tokens, hook_name=held_out["hook_name"])
     return {**{k: float(v) for k, v in stats.items()}, **{k: float(v) for k, v in ce.items()}}
 
 
@@ -147,8 +148,9 @@ def retrain_sae(original: dict, llm: dict, train_acts: dict, held_out: dict, ret
         like = load_stored_sae(storage, original["prefix"], device)
         started = time.perf_counter()
         # Same architecture, width and k as the original: a sparsity-matched, fair baseline.
-        sae, report = train_sae(like, _batches(storage, train_acts, shuffle=True, seed=seed), retrain["train_tokens"],
-                                lr=retrain["lr"], batch_size=retrain["batch_size"], seed=seed)
+        with COMPUTE_LOCK:
+            sae, report = train_sae(like, _batches(storage, train_acts, shuffle=True, seed=seed), retrain["train_tokens"],
+                                    lr=retrain["lr"], batch_size=retrain["batch_size"], seed=seed)
         _store_sae(storage, sae, prefix, {"variant": "retrained", "hook": original["hook"], "parent": original["prefix"],
                                           "trained_on": train_acts["prefix"], "processing": original["processing"],
                                           "tokens_used": int(report["tokens_used"]), "wall_time_s": round(time.perf_counter() - started, 3)})
@@ -171,9 +173,10 @@ def prune_sae_task(original: dict, llm: dict, calibration_acts: dict, held_out: 
         sae = load_stored_sae(storage, original["prefix"], device)
         started = time.perf_counter()
         norms = None
-        if rule != "magnitude":  # magnitude needs no activations
-            norms = accumulate_sae_norms(sae, _batches(storage, calibration_acts, max_tokens=calibration_tokens))
-        pruned, report = prune_sae(sae, rule, sparsity, norms)
+        with COMPUTE_LOCK:
+            if rule != "magnitude":  # magnitude needs no activations
+                norms = accumulate_sae_norms(sae, _batches(storage, calibration_acts, max_tokens=calibration_tokens))
+            pruned, report = prune_sae(sae, rule, sparsity, norms)
         _store_sae(storage, pruned, prefix, {
             "variant": "pruned", "hook": original["hook"], "parent": original["prefix"], "rule": rule, "sparsity": sparsity,
             "achieved_sparsity": float(report.get("achieved_sparsity", report.get("achieved_overall_sparsity", sparsity))),

@@ -19,6 +19,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+import torch  # noqa: E402
+
+# One intra-op thread: on a shared 2-core machine, tiny matmuls with 2 threads are far slower.
+torch.set_num_threads(1)
+
 # The toy world used by tests: same code as the preset, smaller so it trains in seconds.
 TEST_TOY_WORLD = {"seed": 0, "n_documents": 3000, "vocab_size": 1024, "n_layer": 2, "d_model": 64, "n_head": 4,
                   "n_ctx": 64, "train_steps": 150, "batch_size": 16}
@@ -94,3 +99,16 @@ def toy_model(toy_world):
 
 def committed_files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+# A complete experiment small enough for tests: every step runs, on a tiny toy world.
+TINY_FLOW_OVERRIDES = {
+    "toy_world": {**TEST_TOY_WORLD, "n_documents": 2000, "train_steps": 80},
+    "activations": {"n_tokens": 8000, "seq_len": 64, "batch_sequences": 16, "shard_sequences": 64},
+    "llm_pruning": {"n_calibration_samples": 8, "seq_len": 64},
+    "original_sae": {"train": {"architecture": "topk", "d_sae": 128, "k": 8, "train_tokens": 8000, "lr": 0.003, "batch_size": 256}},
+    "retrained_sae": {"train_tokens": 8000, "lr": 0.003, "batch_size": 256},
+    "pruned_sae": {"rules": ["wanda", "magnitude"], "sparsities": [0.5], "calibration_tokens": 2000},
+    "quality": {"n_tokens": 2000, "ce_sequences": 4},
+    "metrics": ["core"],
+}

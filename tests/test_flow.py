@@ -1,0 +1,126 @@
+"""The experiment flow under Prefect's test harness: it runs end to end, caches, and recomputes
+only what a changed knob touches."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sae_core.storage import Storage
+from tests.conftest import TINY_FLOW_OVERRIDES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def task_runs_since(since: dt.datetime) -> list:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(limit=500)
+    return [r for r in runs if r.created and r.created >= since]
+
+
+def run_full(storage_url: str, overrides: dict) -> dict:
+    from flows.full import full
+
+    return full(preset="toy", overrides=overrides, storage_url=storage_url)
+
+
+def states_by_name(runs) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for run in runs:
+        found.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+    return found
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, tmp_path_factory):
+    storage_url = f"file://{tmp_path_factory.mktemp('flow')}/store"
+    summary = run_full(storage_url, TINY_FLOW_OVERRIDES)
+    return storage_url, summary
+
+
+def test_flow_produces_every_artifact(first_run):
+    storage_url, summary = first_run
+    storage = Storage(storage_url)
+    assert summary["n_variants"] == 4  # original, retrained, pruned-wanda-50%, pruned-magnitude-50%
+    assert summary["n_metric_results"] == 4
+    variants = storage.read_parquet_prefix("variants")
+    assert sorted(variants["sae_variant"]) == ["original", "pruned", "pruned", "retrained"]
+    assert variants[["mse", "explained_variance", "l0", "ce_loss_score"]].notna().all().all()
+    metrics = storage.read_parquet_prefix("metrics")
+    assert set(metrics["metric_family"]) == {"core"} and metrics["value"].notna().all()
+    for prefix in ("toy_world", "pruned_models", "saes/original", "saes/retrained", "saes/pruned", "activations"):
+        assert any(k.endswith("manifest.json") for k in storage.list(prefix)), prefix
+    report = summary["report"]["prefix"]
+    assert storage.exists(f"{report}/summary.md") and storage.exists(f"{report}/metrics.parquet")
+    assert any(name.endswith(".png") for name in summary["report"]["plots"])
+    # Every Prefect result is a small JSON manifest, never a pickle.
+    results = [k for k in storage.list("prefect-results") if not k.endswith(".lock")]
+    assert results
+    for key in results:
+        json.loads(storage.get_bytes(key))
+
+
+def test_second_run_is_served_from_cache(first_run):
+    storage_url, _ = first_run
+    storage = Storage(storage_url)
+    before = {k: storage.fs.info(storage.path(k))["mtime"] for k in storage.list() if not k.startswith(("reports", "prefect-results"))}
+    since = dt.datetime.now(dt.timezone.utc)
+    run_full(storage_url, TINY_FLOW_OVERRIDES)
+    states = states_by_name(task_runs_since(since))
+    not_cached = {name: s for name, s in states.items() if name != "report" and set(s) != {"Cached"}}
+    assert not not_cached, not_cached
+    after = {k: storage.fs.info(storage.path(k))["mtime"] for k in before}
+    assert before == after, "a cached re-run rewrote artifacts"
+
+
+def test_changing_one_knob_recomputes_only_what_depends_on_it(first_run):
+    storage_url, _ = first_run
+    overrides = copy.deepcopy(TINY_FLOW_OVERRIDES)
+    overrides["pruned_sae"]["sparsities"] = [0.25, 0.5]
+    since = dt.datetime.now(dt.timezone.utc)
+    summary = run_full(storage_url, overrides)
+    assert summary["n_variants"] == 6
+    runs = task_runs_since(since)
+    computed = sorted(r.name.rsplit("-", 1)[0] for r in runs if r.state.name == "Completed")
+    # Only the two new pruned SAEs, their metrics, and the (always fresh) report did work.
+    assert computed == ["metric-core", "metric-core", "prune-sae", "prune-sae", "report"], computed
+
+
+def test_bad_config_fails_before_any_task(prefect_harness, tmp_path):
+    from flows.full import full
+
+    since = dt.datetime.now(dt.timezone.utc)
+    with pytest.raises(ValueError, match="unknown metric 'bogus'"):
+        full(preset="toy", overrides={"metrics": ["bogus"]}, storage_url=f"file://{tmp_path}")
+    assert task_runs_since(since) == []
+    assert not (tmp_path / "toy_world").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--sae-sparsities", "1.0"], "SAE sparsity must be in [0, 1), got 1.0"),
+    (["--model-sparsities", "-0.1"], "LLM sparsity must be in [0, 1), got -0.1"),
+    (["--metrics", "core,bogus"], "unknown metric 'bogus'"),
+    (["--layers", "7"], "layers [7] do not exist"),
+    (["--storage", "gs://bucket/x"], "unsupported storage URL scheme 'gs'"),
+    (["--set", "llm_pruning.structure=5:4"], "N:M structure needs 0 < N < M"),
+])
+def test_cli_rejects_bad_input_before_prefect_starts(args, message, tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    started = dt.datetime.now()
+    proc = subprocess.run([sys.executable, "-m", "flows.full", "--storage", f"file://{tmp_path}/s", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert not (tmp_path / "prefect").exists(), "Prefect was started for a config that could never run"
+    assert (dt.datetime.now() - started).total_seconds() < 60
