@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def task_runs_since(since: dt.datetime) -> list:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import TaskRunSort
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(limit=500)
+        runs = client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
     return [r for r in runs if r.created and r.created >= since]
 
 
@@ -77,7 +78,8 @@ def test_second_run_is_served_from_cache(first_run):
     since = dt.datetime.now(dt.timezone.utc)
     run_full(storage_url, TINY_FLOW_OVERRIDES)
     states = states_by_name(task_runs_since(since))
-    not_cached = {name: s for name, s in states.items() if name != "report" and set(s) != {"Cached"}}
+    # The subflow's own placeholder run and the always-fresh report are the only runs that are not cached.
+    not_cached = {name: s for name, s in states.items() if name not in ("report", "sae-transfer-experiment") and set(s) != {"Cached"}}
     assert not not_cached, not_cached
     after = {k: storage.fs.info(storage.path(k))["mtime"] for k in before}
     assert before == after, "a cached re-run rewrote artifacts"
@@ -91,7 +93,7 @@ def test_changing_one_knob_recomputes_only_what_depends_on_it(first_run):
     summary = run_full(storage_url, overrides)
     assert summary["n_variants"] == 6
     runs = task_runs_since(since)
-    computed = sorted(r.name.rsplit("-", 1)[0] for r in runs if r.state.name == "Completed")
+    computed = sorted(r.name.rsplit("-", 1)[0] for r in runs if r.state.name == "Completed" and r.name.rsplit("-", 1)[0] != "sae-transfer-experiment")
     # Only the two new pruned SAEs, their metrics, and the (always fresh) report did work.
     assert computed == ["metric-core", "metric-core", "prune-sae", "prune-sae", "report"], computed
 
@@ -113,7 +115,7 @@ def test_bad_config_fails_before_any_task(prefect_harness, tmp_path):
     (["--metrics", "core,bogus"], "unknown metric 'bogus'"),
     (["--layers", "7"], "layers [7] do not exist"),
     (["--storage", "gs://bucket/x"], "unsupported storage URL scheme 'gs'"),
-    (["--set", "llm_pruning.structure=5:4"], "N:M structure needs 0 < N < M"),
+    (["--set", "llm_pruning.structure='5:4'"], "N:M structure needs 0 < N < M"),
 ])
 def test_cli_rejects_bad_input_before_prefect_starts(args, message, tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
@@ -122,5 +124,6 @@ def test_cli_rejects_bad_input_before_prefect_starts(args, message, tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
-    assert not (tmp_path / "prefect").exists(), "Prefect was started for a config that could never run"
+    # Importing Prefect creates its home folder; starting its API server would create the database.
+    assert not list((tmp_path / "prefect").glob("*.db")), "Prefect's server was started for a config that could never run"
     assert (dt.datetime.now() - started).total_seconds() < 60
