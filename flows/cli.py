@@ -88,12 +88,28 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def check_references(config) -> None:
+    """Model and SAE release names exist (local checks: folders, TransformerLens and sae-lens registries)."""
+    from sae_core.config import TOY_MODEL
+    from sae_core.models import check_model_reference
+
+    if config.model != TOY_MODEL:
+        check_model_reference(config.model)
+    for hook in config.hook_names():
+        source = config.original_sae_source(hook)
+        if source and "release" in source:
+            from sae_core.sae_io import validate_pretrained
+
+            validate_pretrained(source["release"], source["sae_id"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     overrides = overrides_from_args(args)
     # Everything that can be wrong is checked here, before Prefect (and its server) starts.
     try:
         config = build_config(args.preset, overrides)
+        check_references(config)
         storage = Storage(args.storage)
         storage.check_reachable()
     except (ValueError, StorageError) as err:

@@ -89,8 +89,9 @@ def load_language_model(name_or_path: str, device: str = "cpu", dtype: torch.dty
 
     check_model_reference(name_or_path)
     local = is_local_model(name_or_path)
-    kwargs = {"local_files_only": True} if local else {}
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    # safetensors only: a folder holding a pickled pytorch_model.bin is refused, never unpickled.
+    kwargs = {"local_files_only": True, "use_safetensors": True} if local else {"use_safetensors": True}
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **{k: v for k, v in kwargs.items() if k != "use_safetensors"})
     hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs).to(device)
     hf_model.eval()
     if tokenizer.pad_token is None:  # sae-bench pads batches

@@ -123,9 +123,12 @@ class Storage:
 
     # ---------------------------------------------------------------- single objects
     def exists(self, key: str) -> bool:
-        if self.scheme == "s3":
-            self.fs.invalidate_cache(self.path(key))
-        return self.fs.exists(self.path(key))
+        try:
+            if self.scheme == "s3":
+                self.fs.invalidate_cache(self.path(key))
+            return self.fs.exists(self.path(key))
+        except Exception as err:  # noqa: BLE001 - e.g. botocore's EndpointConnectionError during an outage
+            raise StorageError(f"could not check {self.uri(key)}: {type(err).__name__}: {err}") from None
 
     def put_bytes(self, key: str, data: bytes) -> str:
         target = self.path(key)
@@ -219,8 +222,11 @@ class Storage:
 
     def delete_prefix(self, prefix: str) -> None:
         base = self.path(prefix)
-        if self.fs.exists(base):
-            self.fs.rm(base, recursive=True)
+        try:
+            if self.fs.exists(base):
+                self.fs.rm(base, recursive=True)
+        except Exception as err:  # noqa: BLE001
+            raise StorageError(f"could not delete {self.uri(prefix)}: {type(err).__name__}: {err}") from None
 
     # ---------------------------------------------------------------- multi-file artifacts
     def upload_dir(self, local_dir: Path, prefix: str, manifest: dict[str, Any]) -> str:

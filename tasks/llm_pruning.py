@@ -58,7 +58,8 @@ def _prune_and_store(dense, prune, calibration_dataset, storage, prefix, device,
         folder = Path(tmp)
         model.hf_model.save_pretrained(folder, safe_serialization=True)
         model.tokenizer.save_pretrained(folder)
-        rows = pd.DataFrame(report.to_rows())
+        # No wall time in the folder: it is hashed into every downstream key and must be deterministic.
+        rows = pd.DataFrame(report.to_rows()).drop(columns=["wall_time_s"], errors="ignore")
         rows["method"], rows["target_sparsity"], rows["structure"] = prune.method, prune.sparsity, prune.structure
         rows.to_parquet(folder / REPORT_NAME, index=False)
         content_hash = folder_hash(folder)

@@ -1,0 +1,347 @@
+"""SAEBench *feature absorption* (first-letter task) on a given model.
+
+SAEBench's ``sae_bench.evals.absorption.main.run_eval`` loads the model by *name*
+(``HookedTransformer.from_pretrained_no_processing(config.model_name)``). This adapter adapts at
+that boundary: it performs the same two steps ``run_eval`` performs, calling the same SAEBench
+functions with the given ``HookedTransformer``:
+
+1. ``k_sparse_probing.run_k_sparse_probing_experiment(model=..., sae=...)``
+2. if at least ``min_feats_for_eval`` letters have a ground-truth probe F1 above ``min_GT_probe_f1``,
+   ``feature_absorption.run_feature_absortion_experiment(model=..., sae=...)``, then
+   ``main._aggregate_results_df`` and the per-letter filter / mean / stdev of ``run_eval``.
+
+Differences from ``run_eval`` (all about where files go, none about numbers):
+
+* probe and experiment folders are passed explicitly (SAEBench's defaults are inside the installed
+  package and cache the first-letter probe by ``model.cfg.model_name``, which a pruned model
+  shares with its parent): the LLM probe goes to
+  ``artifacts_dir/absorption/<hash of model weights + template + seed>/probes``, per-SAE results to
+  a temporary folder that is removed afterwards (``force=True``, as SAE-specific caches keyed by
+  SAE name would be stale);
+* ``random`` / ``torch`` are seeded with ``random_seed`` first (``run_eval`` doesn't seed the
+  vocabulary train/test split), and restored afterwards;
+* when too few first-letter features are found, ``run_eval`` prints and stops; here the result is
+  ``status="skipped"`` with that reason.
+
+Data: none to download -- SAEBench builds the word list from the model's vocabulary (all purely
+alphabetic tokens; offline, the toy stand-in list via ``ABSORPTION_WORDS``, see
+:mod:`sae_core.metrics.offline_datasets`).
+
+Tokenizer requirements (checked up front; unmet -> ``status="skipped"`` with the reason, because
+SAEBench would otherwise crash or silently read wrong token positions):
+
+* every answer token `` A`` ... `` Z`` is a single token, and the template tail
+  ``" has the first letter:"`` is ``-prompt_token_pos - 1`` tokens (SAEBench right-pads batched
+  ICL prompts and reads a fixed position from the end);
+* every letter a-z has a word in the seeded 80 % train split of the word list (SAEBench trains one
+  k-sparse probe per letter seen there and later indexes all 26).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import tempfile
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae_core.metrics.base import (
+    MetricResult,
+    MetricSettings,
+    Timer,
+    cache_dir,
+    headline,
+    hooked_model_name,
+    model_fingerprint,
+    prepare_sae,
+    resolve_llm_dtype,
+    sae_bench_context,
+    sae_bench_version,
+    sae_lens_version,
+    to_jsonable,
+)
+
+METRIC = "absorption"
+
+
+class AbsorptionSettings(MetricSettings):
+    """Mirrors ``AbsorptionEvalConfig``; defaults are SAEBench's."""
+
+    random_seed: int = 42
+    f1_jump_threshold: float = 0.03
+    max_k_value: int = 10
+    prompt_template: str = "{word} has the first letter:"
+    prompt_token_pos: int = -6
+    llm_batch_size: int = 10
+    #: None -> the model's own dtype.
+    llm_dtype: str | None = None
+    k_sparse_probe_l1_decay: float = 0.01
+    k_sparse_probe_batch_size: int = 4096
+    k_sparse_probe_num_epochs: int = 50
+    min_GT_probe_f1: float = 0.6
+    min_feats_for_eval: int = 20
+    eval_k_sparse_probe_batch_size: int = 24
+    precalc_k_sparse_probe_sae_acts: bool = False
+
+
+TOY_DEFAULTS = AbsorptionSettings(
+    max_k_value=4,
+    llm_batch_size=32,
+    k_sparse_probe_num_epochs=20,
+    k_sparse_probe_batch_size=512,
+    min_feats_for_eval=2,
+    eval_k_sparse_probe_batch_size=64,
+    precalc_k_sparse_probe_sae_acts=True,
+)
+HUB_DEFAULTS = AbsorptionSettings()
+
+
+def absorption_words(tokenizer: Any) -> list[str]:
+    """The word list SAEBench will use: the vocabulary's alphabetic tokens, or the offline stand-in
+    when :data:`~sae_core.metrics.offline_datasets.ABSORPTION_WORDS` is mapped."""
+    from sae_bench.evals.absorption import common
+
+    return list(common.get_alpha_tokens(tokenizer))
+
+
+def prompt_layout_problems(tokenizer: Any, prompt_template: str, prompt_token_pos: int) -> list[str]:
+    """What breaks SAEBench's fixed-position reading of ``"{word} has the first letter:"`` prompts.
+
+    SAEBench batches ICL prompts (10 examples ``"<word> has the first letter: <X>"`` + the query), right
+    pads them and reads position ``prompt_token_pos`` of every row, and requires equal prompt lengths;
+    that only works if every answer `` A`` ... `` Z`` is one token and the template tail is exactly
+    ``-prompt_token_pos - 1`` tokens. Otherwise it silently reads the wrong positions.
+    """
+    from sae_bench.evals.absorption.vocab import LETTERS_UPPER
+
+    problems = []
+    multi = [f" {c}" for c in LETTERS_UPPER if len(tokenizer.encode(f" {c}", add_special_tokens=False)) != 1]
+    if multi:
+        problems.append(f"answer tokens {multi} are not single tokens")
+    tail = prompt_template.split("{word}")[-1]
+    n_tail = len(tokenizer.encode(tail, add_special_tokens=False))
+    if n_tail != -prompt_token_pos - 1:
+        problems.append(f"template tail {tail!r} is {n_tail} tokens, prompt_token_pos={prompt_token_pos} needs {-prompt_token_pos - 1}")
+    return problems
+
+
+def icl_prompt_too_long(hooked_model: Any, words: list[str], prompt_template: str) -> str | None:
+    """SAEBench's prompts carry 10 in-context examples; they must fit the model's context window."""
+    from sae_bench.evals.absorption.prompting import create_icl_prompt, first_letter_formatter
+
+    if len(words) < 11:
+        return f"the absorption word list has only {len(words)} usable words"
+    prompt = create_icl_prompt(words[0], examples=words[1:11], base_template=prompt_template,
+                               answer_formatter=first_letter_formatter(), max_icl_examples=10,
+                               shuffle_examples=False, prepend_separator_to_first_example=True)
+    n_tokens = int(hooked_model.to_tokens(prompt.base).shape[-1])
+    if n_tokens > hooked_model.cfg.n_ctx:
+        return (f"SAEBench's first-letter prompts (10 in-context examples) are {n_tokens} tokens, longer than the "
+                f"model's context of {hooked_model.cfg.n_ctx}")
+    return None
+
+
+def letters_missing_from_train_split(words: list[str], seed: int, train_fraction: float = 0.8) -> list[str]:
+    """Letters without a word in SAEBench's probe train split.
+
+    SAEBench splits with ``random.sample(vocab, len(vocab))`` right after this adapter seeds
+    ``random`` with ``seed`` (``probing.create_dataset_probe_training``, the first draw), and later
+    indexes a k-sparse probe for every letter a-z, so a letter absent from the train split is a
+    ``KeyError`` deep inside SAEBench.
+    """
+    from sae_bench.evals.absorption.vocab import LETTERS
+
+    shuffled = random.Random(seed).sample(words, len(words))
+    train = shuffled[: int(len(shuffled) * train_fraction)]
+    present = {w.strip()[0].lower() for w in train}
+    return [letter for letter in LETTERS if letter not in present]
+
+
+def run_absorption(
+    sae: Any,
+    hooked_model: Any,
+    hf_model: Any,
+    tokenizer: Any,
+    config: AbsorptionSettings | None = None,
+    artifacts_dir: str | Path = "artifacts",
+    device: str = "cpu",
+    scratch_dir: str | Path | None = None,
+) -> MetricResult:
+    from sae_bench.evals.absorption import main as absorption_main
+    from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+    from sae_bench.evals.absorption.eval_output import (
+        EVAL_TYPE_ID_ABSORPTION,
+        AbsorptionEvalOutput,
+        AbsorptionMeanMetrics,
+        AbsorptionMetricCategories,
+        AbsorptionResultDetail,
+    )
+    from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
+    from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
+    from sae_bench.sae_bench_utils import get_eval_uuid
+
+    config = config or HUB_DEFAULTS
+    timer = Timer()
+    model_name = hooked_model_name(hooked_model)
+    llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
+    eval_config = AbsorptionEvalConfig(
+        model_name=model_name,
+        random_seed=config.random_seed,
+        f1_jump_threshold=config.f1_jump_threshold,
+        max_k_value=config.max_k_value,
+        prompt_template=config.prompt_template,
+        prompt_token_pos=config.prompt_token_pos,
+        llm_batch_size=config.llm_batch_size,
+        llm_dtype=llm_dtype,
+        k_sparse_probe_l1_decay=config.k_sparse_probe_l1_decay,
+        k_sparse_probe_batch_size=config.k_sparse_probe_batch_size,
+        k_sparse_probe_num_epochs=config.k_sparse_probe_num_epochs,
+        min_GT_probe_f1=config.min_GT_probe_f1,
+        min_feats_for_eval=config.min_feats_for_eval,
+        eval_k_sparse_probe_batch_size=config.eval_k_sparse_probe_batch_size,
+        precalc_k_sparse_probe_sae_acts=config.precalc_k_sparse_probe_sae_acts,
+    )
+    layout_problems = prompt_layout_problems(hooked_model.tokenizer, config.prompt_template, config.prompt_token_pos)
+    if layout_problems:
+        return MetricResult.skipped(METRIC, "SAEBench's first-letter prompts don't fit this tokenizer: " + "; ".join(layout_problems),
+                                    seconds=timer.seconds)
+    words = absorption_words(hooked_model.tokenizer)
+    too_long = icl_prompt_too_long(hooked_model, words, config.prompt_template)
+    if too_long:
+        return MetricResult.skipped(METRIC, too_long, seconds=timer.seconds)
+    missing = letters_missing_from_train_split(words, config.random_seed)
+    if missing:
+        return MetricResult.skipped(
+            METRIC,
+            f"SAEBench's first-letter probes need a training word for every letter a-z, but the word list "
+            f"({len(words)} single-token alphabetic words) has none for {missing} in its seeded 80% train split",
+            seconds=timer.seconds,
+        )
+
+    with sae_bench_context():
+        torch.set_grad_enabled(True)  # as SAEBench's run_eval
+        random.seed(config.random_seed)
+        torch.manual_seed(config.random_seed)
+        sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype)
+        layer = sae.cfg.hook_layer
+        llm_folder = cache_dir(
+            artifacts_dir, METRIC, model_fingerprint(hooked_model), layer,
+            config.prompt_template, config.prompt_token_pos, config.random_seed, llm_dtype, words,
+        )
+        probes_dir = llm_folder / "probes"
+        sae_name = "custom_sae"
+        with tempfile.TemporaryDirectory(dir=scratch_dir or llm_folder, prefix="absorption-run-") as run_dir:
+            k_sparse_dir = Path(run_dir) / "k_sparse_probing"
+            try:
+                k_sparse = run_k_sparse_probing_experiment(
+                    model=hooked_model,
+                    sae=sae,
+                    layer=layer,
+                    sae_name=sae_name,
+                    force=True,
+                    max_k_value=config.max_k_value,
+                    f1_jump_threshold=config.f1_jump_threshold,
+                    prompt_template=config.prompt_template,
+                    prompt_token_pos=config.prompt_token_pos,
+                    device=device,
+                    experiment_dir=k_sparse_dir,
+                    probes_dir=probes_dir,
+                    k_sparse_probe_l1_decay=config.k_sparse_probe_l1_decay,
+                    k_sparse_probe_batch_size=config.k_sparse_probe_batch_size,
+                    k_sparse_probe_num_epochs=config.k_sparse_probe_num_epochs,
+                    eval_batch_size=config.eval_k_sparse_probe_batch_size,
+                    precalc_k_sparse_probe_sae_acts=config.precalc_k_sparse_probe_sae_acts,
+                    verbose=False,
+                )
+            except KeyError as error:
+                raise RuntimeError(
+                    f"SAEBench's k-sparse probing found no training word for letter index {error}: the vocabulary's "
+                    "random train split (seeded by random_seed) lacks a letter. Use a tokenizer with more "
+                    "alphabetic tokens per letter or another random_seed."
+                ) from error
+            good_letters = k_sparse["f1_probe"] > config.min_GT_probe_f1
+            if int(good_letters.sum()) < config.min_feats_for_eval:
+                reason = (
+                    f"only {int(good_letters.sum())} first-letter features have ground-truth probe F1 > "
+                    f"{config.min_GT_probe_f1} (need {config.min_feats_for_eval}); SAEBench's run_eval does not "
+                    "evaluate absorption then"
+                )
+                raw = {"eval_config": to_jsonable(asdict(eval_config)),
+                       "k_sparse_probing": to_jsonable(k_sparse[["letter", "f1_probe", "auc_probe"]].to_dict("records"))}
+                return MetricResult.skipped(METRIC, reason, raw=raw, seconds=timer.seconds)
+            raw_df = run_feature_absortion_experiment(
+                model=hooked_model,
+                sae=sae,
+                layer=layer,
+                sae_name=sae_name,
+                force=True,
+                max_k_value=config.max_k_value,
+                feature_split_f1_jump_threshold=config.f1_jump_threshold,
+                prompt_template=config.prompt_template,
+                prompt_token_pos=config.prompt_token_pos,
+                batch_size=config.llm_batch_size,
+                device=device,
+                experiment_dir=Path(run_dir) / "feature_absorption",
+                sparse_probing_experiment_dir=k_sparse_dir,
+                probes_dir=probes_dir,
+            )
+        agg_df = absorption_main._aggregate_results_df(raw_df)
+
+        # The aggregation of SAEBench's run_eval (evals/absorption/main.py), unchanged.
+        fractions, full_rates, n_split, details = [], [], [], []
+        for _, row in agg_df.iterrows():
+            letter = row["letter"]
+            if k_sparse[k_sparse["letter"] == letter]["f1_probe"].item() > config.min_GT_probe_f1:
+                fractions.append(row["mean_absorption_fraction"])
+                full_rates.append(row["full_absorption_rate"])
+                n_split.append(row["num_split_feats"])
+                details.append(
+                    AbsorptionResultDetail(
+                        first_letter=letter,
+                        mean_absorption_fraction=row["mean_absorption_fraction"],
+                        full_absorption_rate=row["full_absorption_rate"],
+                        num_full_absorption=row["num_full_absorption"],
+                        num_probe_true_positives=row["num_probe_true_positives"],
+                        num_split_features=row["num_split_feats"],
+                    )
+                )
+        if len(fractions) < 2:
+            return MetricResult.skipped(
+                METRIC,
+                f"absorption was measured for {len(fractions)} letter(s); SAEBench's summary needs >= 2 (standard deviation)",
+                raw={"eval_config": to_jsonable(asdict(eval_config))},
+                seconds=timer.seconds,
+            )
+        means = AbsorptionMeanMetrics(
+            mean_absorption_fraction_score=statistics.mean(fractions),
+            mean_full_absorption_score=statistics.mean(full_rates),
+            mean_num_split_features=statistics.mean(n_split),
+            std_dev_absorption_fraction_score=statistics.stdev(fractions),
+            std_dev_full_absorption_score=statistics.stdev(full_rates),
+            std_dev_num_split_features=statistics.stdev(n_split),
+        )
+        eval_output = AbsorptionEvalOutput(
+            eval_type_id=EVAL_TYPE_ID_ABSORPTION,
+            eval_config=eval_config,
+            eval_id=get_eval_uuid(),
+            datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
+            eval_result_metrics=AbsorptionMetricCategories(mean=means),
+            eval_result_details=details,
+            sae_bench_commit_hash=f"sae-bench=={sae_bench_version()}",
+            sae_lens_id="custom_sae",
+            sae_lens_release_id="custom",
+            sae_lens_version=sae_lens_version(),
+            sae_cfg_dict=sae.cfg.to_dict(),
+        )
+    raw = to_jsonable(asdict(eval_output))
+    rows = [
+        headline("mean_absorption_fraction_score", means.mean_absorption_fraction_score, False),
+        headline("mean_full_absorption_score", means.mean_full_absorption_score, False),
+        headline("mean_num_split_features", means.mean_num_split_features, None),
+        headline("n_letters_evaluated", len(fractions), None),
+    ]
+    return MetricResult(metric=METRIC, status="ok", raw=raw, headline=rows, seconds=timer.seconds)

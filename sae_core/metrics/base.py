@@ -1,0 +1,295 @@
+"""Shared pieces of the SAEBench metric adapters: the result type and the small helpers every
+adapter uses to hand an SAE object and a model object to SAEBench's own evaluation functions.
+
+Nothing here computes a metric; all metric code is SAEBench's (``sae_bench`` package). What lives
+here is plumbing:
+
+* :class:`MetricResult` -- what every ``run_<metric>`` returns: SAEBench's own JSON-able output
+  (``raw``), a short list of headline numbers, and ``status``/``reason`` ("ok" or "skipped").
+* :func:`prepare_sae` -- a private copy of the caller's SAE, standardised the way SAEBench's own
+  ``run_eval`` does for custom SAE objects (``general_utils.load_and_format_sae``), moved to the
+  device and dtype the model uses. SAEBench mutates ``sae.cfg``; the copy keeps the caller's SAE
+  untouched.
+* :func:`model_fingerprint` / :func:`cache_dir` -- SAEBench caches LLM-side artefacts (activations,
+  LLM probes, RAVEL's model-filtered prompt set) by file names that contain only the dataset or the
+  model *name*. A pruned model has the same name as its dense parent, so the adapters put those
+  caches in ``artifacts_dir/<metric>/<hash of weights + settings + hook>/``: SAE variants evaluated
+  on the same model share the cache, a different (e.g. pruned) model never reads a stale one.
+* :func:`sae_bench_context` -- SAEBench reseeds ``random``/``torch`` and flips
+  ``torch.set_grad_enabled`` globally; adapters restore all of that on exit. It also switches off
+  jaxtyping's *runtime shape checks* while SAEBench runs: SAEBench 0.6.0 annotates
+  ``train_probe_on_activations`` (``@jaxtyped``) and the ``@beartype``-only helpers it calls with the
+  same dimension names for different sizes (per-class vs. positive+negative sample counts, d_model
+  vs. k), and with the installed jaxtyping (0.3.x) the inner checks inherit the outer shape memo,
+  so sparse probing / SCR / TPP fail with ``BeartypeCallHintParamViolation`` on any input. The checks
+  are assertions only; turning them off changes no computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator
+
+Status = Literal["ok", "skipped"]
+
+
+class MetricSettings(BaseModel):
+    """Base class of every metric's settings: frozen, no unknown fields, JSON-dumpable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MetricResult(BaseModel):
+    """Outcome of one metric family for one (SAE, model) pair.
+
+    ``raw``: SAEBench's own output for the run, JSON-able (the dict its ``*EvalOutput`` object
+    serialises to, or for a skipped run whatever diagnostics were available).
+    ``headline``: ``[{"metric_name": str, "value": float, "higher_is_better": bool | None}, ...]``;
+    ``higher_is_better`` is ``None`` for descriptive numbers (L0, L1, ...). ``value`` may be NaN only
+    if SAEBench itself produced NaN.
+    ``status``: "ok", or "skipped" with ``reason`` saying why (never silently).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metric: str
+    status: Status
+    reason: str | None = None
+    raw: dict[str, Any]
+    headline: list[dict[str, Any]]
+    seconds: float | None = None
+
+    @field_validator("headline")
+    @classmethod
+    def _check_headline(cls, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        checked = []
+        for row in rows:
+            if set(row) != {"metric_name", "value", "higher_is_better"}:
+                raise ValueError(f"headline rows need metric_name/value/higher_is_better, got {sorted(row)}")
+            if row["higher_is_better"] not in (True, False, None):
+                raise ValueError(f"higher_is_better must be bool or None, got {row['higher_is_better']!r}")
+            checked.append({"metric_name": str(row["metric_name"]), "value": float(row["value"]),
+                            "higher_is_better": row["higher_is_better"]})
+        return checked
+
+    @classmethod
+    def skipped(cls, metric: str, reason: str, raw: dict[str, Any] | None = None, seconds: float | None = None) -> "MetricResult":
+        return cls(metric=metric, status="skipped", reason=reason, raw=raw or {}, headline=[], seconds=seconds)
+
+    def headline_dict(self) -> dict[str, float]:
+        return {row["metric_name"]: row["value"] for row in self.headline}
+
+
+def headline(metric_name: str, value: Any, higher_is_better: bool | None) -> dict[str, Any]:
+    return {"metric_name": metric_name, "value": _to_float(value), "higher_is_better": higher_is_better}
+
+
+def _to_float(value: Any) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    return float(value)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """SAEBench output objects -> plain JSON types (the same ``default=str`` SAEBench's ``to_json`` uses)."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        obj = asdict(obj)
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return str(value)
+
+
+def sae_bench_version() -> str:
+    """Installed SAEBench version (``sae-bench`` distribution), e.g. ``"0.6.0"``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sae-bench")
+    except PackageNotFoundError:  # pragma: no cover - it is a hard dependency
+        return "unknown"
+
+
+def sae_lens_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sae-lens")
+    except PackageNotFoundError:  # pragma: no cover
+        return "unknown"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    for parameter in module.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32
+
+
+def resolve_llm_dtype(setting: str | None, model: torch.nn.Module) -> str:
+    """``None`` -> the dtype the model's weights are in (SAEBench wants it as a string)."""
+    return setting or dtype_name(module_dtype(model))
+
+
+def prepare_sae(sae: Any, *, model_name: str, device: str, dtype: torch.dtype | str, context_size: int | None = None):
+    """A standardised private copy of ``sae`` on ``device``/``dtype``, ready for SAEBench.
+
+    Fills the metadata SAEBench requires when the SAE object doesn't carry it (``model_name``,
+    ``prepend_bos`` (default True), ``context_size``); the hook layer is parsed from
+    ``metadata.hook_name`` by SAEBench. Works for any ``sae_lens.SAE`` subclass (standard/ReLU,
+    TopK, JumpReLU, gated, ...).
+    """
+    import sae_bench.sae_bench_utils.general_utils as general_utils
+
+    sae = copy.deepcopy(sae)
+    metadata = sae.cfg.metadata
+    if not getattr(metadata, "hook_name", None):
+        raise ValueError("the SAE has no cfg.metadata.hook_name; SAEBench needs the TransformerLens hook it reads")
+    if not getattr(metadata, "model_name", None):
+        metadata.model_name = model_name
+    if getattr(metadata, "prepend_bos", None) is None:
+        metadata.prepend_bos = True
+    if context_size is not None and getattr(metadata, "context_size", None) is None:
+        metadata.context_size = context_size
+    _, sae, _ = general_utils.load_and_format_sae("custom", sae, device)
+    if isinstance(dtype, str):
+        dtype = general_utils.str_to_dtype(dtype)
+    sae = sae.to(device=device, dtype=dtype)
+    sae.eval()
+    return sae
+
+
+@torch.no_grad()
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Short hash of a model's weights (names, shapes, dtypes, norms, non-zero counts).
+
+    Cheap (one reduction per tensor) and sensitive to pruning: a WANDA-pruned copy differs in
+    every pruned matrix's norm and non-zero count.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        if tensor.is_floating_point():
+            norm = torch.linalg.vector_norm(tensor, dtype=torch.float32).item()
+            digest.update(f"|{norm:.6e}|{torch.count_nonzero(tensor).item()}".encode())
+        elif tensor.numel():
+            digest.update(f"|{int(tensor.sum().item())}".encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_dir(artifacts_dir: str | Path, metric: str, *key_parts: Any) -> Path:
+    """``artifacts_dir/<metric>/<hash(key_parts)>``, created."""
+    digest = hashlib.sha256(json.dumps([_key(p) for p in key_parts], sort_keys=True, default=str).encode())
+    path = Path(artifacts_dir) / metric / digest.hexdigest()[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _key(part: Any) -> Any:
+    if isinstance(part, BaseModel):
+        return part.model_dump(mode="json")
+    return part
+
+
+@contextlib.contextmanager
+def preserved_global_state() -> Iterator[None]:
+    """Restore torch grad mode and the python / numpy / torch RNG states after SAEBench ran."""
+    grad_enabled = torch.is_grad_enabled()
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    torch_state = torch.random.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_grad_enabled(grad_enabled)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.random.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+_JAXTYPING_LOCK = threading.Lock()
+_JAXTYPING_DEPTH = 0
+_JAXTYPING_PREVIOUS: bool | None = None
+
+
+@contextlib.contextmanager
+def jaxtyping_checks_disabled() -> Iterator[None]:
+    """Turn jaxtyping runtime checks off (re-entrant, thread-safe); previous setting restored at the end."""
+    global _JAXTYPING_DEPTH, _JAXTYPING_PREVIOUS
+    import jaxtyping
+
+    with _JAXTYPING_LOCK:
+        if _JAXTYPING_DEPTH == 0:
+            _JAXTYPING_PREVIOUS = bool(jaxtyping.config.jaxtyping_disable)
+            jaxtyping.config.update("jaxtyping_disable", True)
+        _JAXTYPING_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _JAXTYPING_LOCK:
+            _JAXTYPING_DEPTH -= 1
+            if _JAXTYPING_DEPTH == 0:
+                jaxtyping.config.update("jaxtyping_disable", bool(_JAXTYPING_PREVIOUS))
+
+
+@contextlib.contextmanager
+def sae_bench_context() -> Iterator[None]:
+    """What every adapter wraps SAEBench calls in: global state restored, jaxtyping checks off."""
+    with preserved_global_state(), jaxtyping_checks_disabled():
+        yield
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
+
+
+def hooked_model_name(hooked_model: Any) -> str:
+    name = getattr(getattr(hooked_model, "cfg", None), "model_name", None)
+    return str(name) if name else "model"
+
+
+def require_tokenizer_specials(tokenizer: Any, *, need_pad: bool = True) -> None:
+    """SAEBench pads with ``pad_token_id`` and masks BOS/PAD/EOS; fail early with a clear message."""
+    missing = [name for name in (("pad_token_id",) if need_pad else ()) if getattr(tokenizer, name, None) is None]
+    if missing:
+        raise ValueError(
+            f"tokenizer lacks {missing}: SAEBench's probing evals pad to max_length and mask pad/bos/eos tokens; "
+            "set tokenizer.pad_token (e.g. to the eos token) before evaluating"
+        )

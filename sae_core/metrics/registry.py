@@ -1,0 +1,173 @@
+"""Metric name -> (adapter, settings class, toy defaults, hub defaults).
+
+Every adapter has the signature::
+
+    run_<metric>(sae, hooked_model, hf_model, tokenizer, config: <Metric>Settings | None,
+                 artifacts_dir: str | Path, device: str) -> MetricResult
+
+``sae``: any ``sae_lens.SAE`` (standard/ReLU, TopK, JumpReLU, ...) whose ``cfg.metadata.hook_name``
+is a TransformerLens hook of ``hooked_model``; it is copied, never modified.
+``hooked_model``: ``HookedTransformer`` (core, absorption, scr, tpp, sparse_probing, autointerp);
+``hf_model``: ``transformers.PreTrainedModel`` with the same weights (ravel); ``tokenizer``: the HF
+tokenizer (ravel; the others use ``hooked_model.tokenizer``). Models must already be on ``device``.
+``artifacts_dir``: where SAEBench may write caches / outputs (see each module).
+
+Presets: ``toy_defaults`` are tiny CPU settings for the offline toy world (use together with
+``dataset_overrides(build_eval_datasets(...))``); ``hub_defaults`` are SAEBench's own defaults on
+its hub datasets (core: the paper's context 128, 16 prompts per batch, 200 reconstruction and 2000
+sparsity/variance batches, special tokens excluded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sae_core.metrics import absorption, autointerp, core, ravel, scr_tpp, sparse_probing
+from sae_core.metrics.base import MetricResult, MetricSettings, sae_bench_version
+
+Adapter = Callable[..., MetricResult]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    adapter: Adapter
+    settings_cls: type[MetricSettings]
+    toy_defaults: MetricSettings
+    hub_defaults: MetricSettings
+    #: which model object the SAEBench code runs on
+    model_kind: str = "hooked"
+
+    def defaults(self, preset: str) -> MetricSettings:
+        if preset == "toy":
+            return self.toy_defaults
+        if preset == "hub":
+            return self.hub_defaults
+        raise ValueError(f"unknown profile {preset!r}; use 'toy' or 'hub'")
+
+    def settings(self, preset: str = "hub", **overrides: Any) -> MetricSettings:
+        """Preset defaults with ``overrides`` applied (validated)."""
+        base = self.defaults(preset).model_dump()
+        base.update(overrides)
+        return self.settings_cls(**base)
+
+
+METRICS: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        MetricSpec("core", core.run_core, core.CoreSettings, core.TOY_DEFAULTS, core.HUB_DEFAULTS),
+        MetricSpec("absorption", absorption.run_absorption, absorption.AbsorptionSettings,
+                   absorption.TOY_DEFAULTS, absorption.HUB_DEFAULTS),
+        MetricSpec("scr", scr_tpp.run_scr, scr_tpp.ScrSettings, scr_tpp.SCR_TOY_DEFAULTS, scr_tpp.SCR_HUB_DEFAULTS),
+        MetricSpec("tpp", scr_tpp.run_tpp, scr_tpp.TppSettings, scr_tpp.TPP_TOY_DEFAULTS, scr_tpp.TPP_HUB_DEFAULTS),
+        MetricSpec("sparse_probing", sparse_probing.run_sparse_probing, sparse_probing.SparseProbingSettings,
+                   sparse_probing.TOY_DEFAULTS, sparse_probing.HUB_DEFAULTS),
+        MetricSpec("ravel", ravel.run_ravel, ravel.RavelSettings, ravel.TOY_DEFAULTS, ravel.HUB_DEFAULTS, model_kind="hf"),
+        MetricSpec("autointerp", autointerp.run_autointerp, autointerp.AutoInterpSettings,
+                   autointerp.TOY_DEFAULTS, autointerp.HUB_DEFAULTS),
+    )
+}
+
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
+PROFILES: tuple[str, ...] = ("toy", "hub")
+
+__all__ = ["METRICS", "METRIC_NAMES", "PROFILES", "MetricSpec", "get_metric", "run_metric", "sae_bench_version",
+           "settings_for", "toy_dataset_paths"]
+
+
+def get_metric(name: str) -> MetricSpec:
+    """The spec of metric ``name``; ``ValueError`` listing the known names otherwise."""
+    try:
+        return METRICS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(METRIC_NAMES)}") from None
+
+
+def settings_for(metric: str, profile: str = "hub", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full settings of ``metric`` under ``profile`` ("toy" | "hub") plus ``overrides``, as a
+    JSON-able dict (validated: unknown keys or wrong types raise)."""
+    return get_metric(metric).settings(profile, **(overrides or {})).model_dump(mode="json")
+
+
+def toy_dataset_paths(cache_root: str | Path, seed: int = 0) -> dict[str, Path]:
+    """The toy-world stand-ins for every SAEBench dataset, built once under ``cache_root``.
+
+    Building is deterministic per seed and cheap (< 1 s); a finished build is reused. Concurrent
+    callers build into private folders and atomically rename, so a reader never sees half a build.
+    """
+    from sae_core.toy.eval_datasets import build_eval_datasets
+
+    final = Path(cache_root) / f"toy_eval_datasets-seed{seed}"
+    marker = final / "paths.json"
+    if not marker.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
+        try:
+            paths = build_eval_datasets(staging, seed=seed)
+            (staging / "paths.json").write_text(json.dumps({k: os.path.relpath(v, staging) for k, v in paths.items()}))
+            try:
+                staging.rename(final)
+            except OSError:  # another process finished first
+                pass
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return {k: final / v for k, v in json.loads(marker.read_text()).items()}
+
+
+def run_metric(
+    name: str,
+    sae: Any,
+    hooked_model: Any,
+    hf_model: Any,
+    tokenizer: Any,
+    settings: MetricSettings | dict[str, Any] | None = None,
+    profile: str = "hub",
+    artifacts_dir: str | Path = "artifacts",
+    device: str = "cpu",
+    scratch_dir: str | Path | None = None,
+    seed: int = 0,
+    dataset_paths: dict[str, str | Path] | None = None,
+) -> MetricResult:
+    """Run metric ``name`` on ``sae`` and the given model objects.
+
+    ``settings``: a settings object, a dict (full settings as from :func:`settings_for`, or just
+    overrides of ``profile``'s defaults), or None for ``profile``'s defaults.
+    ``profile``: "hub" -- SAEBench's datasets from the hub; "toy" -- the toy-world stand-ins
+    (built with ``seed`` under ``artifacts_dir``) served through
+    :func:`~sae_core.metrics.offline_datasets.dataset_overrides`. ``dataset_paths`` (hub id ->
+    local folder) adds or replaces stand-ins under either profile.
+    ``artifacts_dir``: SAEBench caches (LLM activations, probes, RAVEL prompt sets), keyed by model
+    weights so base and pruned models never share them. ``scratch_dir``: throw-away outputs
+    (default: a temporary folder). ``device``: where the models already are.
+    """
+    from sae_core.metrics.offline_datasets import dataset_overrides
+
+    spec = get_metric(name)
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; use one of {PROFILES}")
+    if settings is None:
+        config = spec.defaults(profile)
+    elif isinstance(settings, dict):
+        config = spec.settings(profile, **settings)
+    elif isinstance(settings, spec.settings_cls):
+        config = settings
+    else:
+        raise TypeError(f"settings for {name!r} must be {spec.settings_cls.__name__}, a dict or None, got {type(settings).__name__}")
+    overrides: dict[str, Any] = {}
+    if profile == "toy":
+        overrides.update(toy_dataset_paths(Path(artifacts_dir), seed))
+    overrides.update(dataset_paths or {})
+    with contextlib.ExitStack() as stack:
+        if scratch_dir is None:
+            scratch_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"sae-bench-{name}-"))
+        stack.enter_context(dataset_overrides(overrides))
+        return spec.adapter(sae, hooked_model, hf_model, tokenizer, config, artifacts_dir, device, scratch_dir=scratch_dir)

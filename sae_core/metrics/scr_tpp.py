@@ -1,0 +1,211 @@
+"""SAEBench *SCR* (spurious correlation removal) and *TPP* (targeted probe perturbation) on a given
+model, via ``sae_bench.evals.scr_and_tpp.main.run_eval_single_sae`` (takes the SAE and the
+``HookedTransformer``); ``perform_scr`` selects the metric, as in SAEBench.
+
+``ScrEvalOutput`` / ``TppEvalOutput`` are assembled as SAEBench's ``run_eval`` does and become
+``MetricResult.raw``. LLM activations and LLM probes are cached by SAEBench under
+``artifacts_dir/<scr|tpp>/<hash of model weights, settings, hook>/``.
+
+Data: ``LabHC/bias_in_bios`` (``..._class_set1``; SAEBench only defines SCR/TPP column-2 values
+for class_set1 and amazon reviews). Offline it is served by
+:func:`~sae_core.metrics.offline_datasets.dataset_overrides`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sae_core.metrics.base import (
+    MetricResult,
+    MetricSettings,
+    Timer,
+    cache_dir,
+    headline,
+    hooked_model_name,
+    model_fingerprint,
+    prepare_sae,
+    require_tokenizer_specials,
+    resolve_llm_dtype,
+    sae_bench_context,
+    sae_bench_version,
+    sae_lens_version,
+    to_jsonable,
+)
+from sae_core.metrics.sparse_probing import default_llm_batch_size
+
+SCR_PAIRS_BIOS = [("professor", "nurse"), ("architect", "journalist"), ("surgeon", "psychologist"), ("attorney", "teacher")]
+SCR_PAIRS_AMAZON = [
+    ("Books", "CDs_and_Vinyl"),
+    ("Software", "Electronics"),
+    ("Pet_Supplies", "Office_Products"),
+    ("Industrial_and_Scientific", "Toys_and_Games"),
+]
+
+
+class ScrTppSettings(MetricSettings):
+    """Mirrors ``ScrAndTppEvalConfig`` (minus ``perform_scr``, fixed per metric); defaults are SAEBench's."""
+
+    dataset_names: list[str] = ["LabHC/bias_in_bios_class_set1", "canrager/amazon_reviews_mcauley_1and5"]
+    train_set_size: int = 4000
+    test_set_size: int = 1000
+    context_length: int = 128
+    probe_train_batch_size: int = 16
+    probe_test_batch_size: int = 500
+    probe_epochs: int = 20
+    probe_lr: float = 1e-3
+    probe_l1_penalty: float = 1e-3
+    early_stopping_patience: int = 20
+    sae_batch_size: int = 125
+    #: None -> SAEBench's LLM_NAME_TO_BATCH_SIZE for known models, else 32.
+    llm_batch_size: int | None = None
+    #: None -> the model's own dtype.
+    llm_dtype: str | None = None
+    n_values: list[int] = [2, 5, 10, 20, 50, 100, 500]
+    column1_vals_lookup: dict[str, list[tuple[str, str]]] = {
+        "LabHC/bias_in_bios_class_set1": SCR_PAIRS_BIOS,
+        "canrager/amazon_reviews_mcauley_1and5": SCR_PAIRS_AMAZON,
+    }
+    random_seed: int = 42
+    lower_vram_usage: bool = False
+    save_activations: bool = True
+
+
+class ScrSettings(ScrTppSettings):
+    pass
+
+
+class TppSettings(ScrTppSettings):
+    pass
+
+
+_TOY = dict(
+    dataset_names=["LabHC/bias_in_bios_class_set1"],
+    train_set_size=200,
+    test_set_size=100,
+    context_length=64,
+    probe_epochs=10,
+    early_stopping_patience=10,
+    probe_test_batch_size=100,
+    sae_batch_size=50,
+    llm_batch_size=50,
+    n_values=[2, 5, 10, 20],
+)
+SCR_TOY_DEFAULTS = ScrSettings(**_TOY, column1_vals_lookup={"LabHC/bias_in_bios_class_set1": SCR_PAIRS_BIOS[:2]})
+TPP_TOY_DEFAULTS = TppSettings(**_TOY)
+SCR_HUB_DEFAULTS = ScrSettings()
+TPP_HUB_DEFAULTS = TppSettings()
+
+
+def run_scr(sae, hooked_model, hf_model, tokenizer, config: ScrSettings | None = None,
+            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
+    """Spurious correlation removal (``perform_scr=True``)."""
+    return _run(sae, hooked_model, config or SCR_HUB_DEFAULTS, artifacts_dir, device, perform_scr=True)
+
+
+def run_tpp(sae, hooked_model, hf_model, tokenizer, config: TppSettings | None = None,
+            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
+    """Targeted probe perturbation (``perform_scr=False``)."""
+    return _run(sae, hooked_model, config or TPP_HUB_DEFAULTS, artifacts_dir, device, perform_scr=False)
+
+
+def _run(sae: Any, hooked_model: Any, config: ScrTppSettings, artifacts_dir: str | Path, device: str, *, perform_scr: bool) -> MetricResult:
+    import sae_bench.evals.scr_and_tpp.main as st_main
+    from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
+    from sae_bench.evals.scr_and_tpp.eval_output import (
+        EVAL_TYPE_ID_SCR,
+        EVAL_TYPE_ID_TPP,
+        ScrEvalOutput,
+        ScrMetricCategories,
+        ScrMetrics,
+        ScrResultDetail,
+        TppEvalOutput,
+        TppMetricCategories,
+        TppMetrics,
+        TppResultDetail,
+    )
+    from sae_bench.sae_bench_utils import get_eval_uuid
+
+    metric = "scr" if perform_scr else "tpp"
+    timer = Timer()
+    require_tokenizer_specials(hooked_model.tokenizer)
+    model_name = hooked_model_name(hooked_model)
+    llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
+    eval_config = ScrAndTppEvalConfig(
+        random_seed=config.random_seed,
+        dataset_names=list(config.dataset_names),
+        perform_scr=perform_scr,
+        early_stopping_patience=config.early_stopping_patience,
+        train_set_size=config.train_set_size,
+        test_set_size=config.test_set_size,
+        context_length=config.context_length,
+        probe_train_batch_size=config.probe_train_batch_size,
+        probe_test_batch_size=config.probe_test_batch_size,
+        probe_epochs=config.probe_epochs,
+        probe_lr=config.probe_lr,
+        probe_l1_penalty=config.probe_l1_penalty,
+        sae_batch_size=config.sae_batch_size,
+        llm_batch_size=config.llm_batch_size or default_llm_batch_size(model_name),
+        llm_dtype=llm_dtype,
+        lower_vram_usage=config.lower_vram_usage,
+        model_name=model_name,
+        n_values=list(config.n_values),
+        column1_vals_lookup={k: [tuple(p) for p in v] for k, v in config.column1_vals_lookup.items()},
+    )
+    with sae_bench_context():
+        sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype, context_size=config.context_length)
+        too_many = [n for n in config.n_values if n > sae.cfg.d_sae]
+        if too_many:
+            raise ValueError(f"{metric}: n_values {too_many} exceed the SAE width d_sae={sae.cfg.d_sae}")
+        folder = cache_dir(artifacts_dir, metric, model_fingerprint(hooked_model), sae.cfg.hook_name, config)
+        results, per_dataset_class = st_main.run_eval_single_sae(
+            eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
+        )
+        common = dict(
+            eval_config=eval_config,
+            eval_id=get_eval_uuid(),
+            datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
+            sae_bench_commit_hash=f"sae-bench=={sae_bench_version()}",
+            sae_lens_id="custom_sae",
+            sae_lens_release_id="custom",
+            sae_lens_version=sae_lens_version(),
+            sae_cfg_dict=sae.cfg.to_dict(),
+        )
+        scalars = {k: v for k, v in results.items() if not isinstance(v, dict)}
+        details = {k: v for k, v in results.items() if isinstance(v, dict)}
+        if perform_scr:
+            eval_output = ScrEvalOutput(
+                eval_type_id=EVAL_TYPE_ID_SCR,
+                eval_result_metrics=ScrMetricCategories(scr_metrics=ScrMetrics(**_known(ScrMetrics, scalars))),
+                eval_result_details=[ScrResultDetail(dataset_name=name, **_known(ScrResultDetail, r)) for name, r in details.items()],
+                **common,
+            )
+        else:
+            eval_output = TppEvalOutput(
+                eval_type_id=EVAL_TYPE_ID_TPP,
+                eval_result_metrics=TppMetricCategories(tpp_metrics=TppMetrics(**_known(TppMetrics, scalars))),
+                eval_result_details=[TppResultDetail(dataset_name=name, **_known(TppResultDetail, r)) for name, r in details.items()],
+                eval_result_unstructured=per_dataset_class,
+                **common,
+            )
+    raw = to_jsonable(asdict(eval_output))
+    # SAEBench's output schema only has fields for its default thresholds; keep every computed number.
+    raw["sae_transfer_all_thresholds"] = to_jsonable(scalars)
+    rows = []
+    for n in config.n_values:
+        if perform_scr:
+            rows.append(headline(f"scr_metric_threshold_{n}", scalars.get(f"scr_metric_threshold_{n}"), True))
+        else:
+            rows.append(headline(f"tpp_threshold_{n}_total_metric", scalars.get(f"tpp_threshold_{n}_total_metric"), True))
+            rows.append(headline(f"tpp_threshold_{n}_intended_diff_only", scalars.get(f"tpp_threshold_{n}_intended_diff_only"), True))
+            rows.append(headline(f"tpp_threshold_{n}_unintended_diff_only", scalars.get(f"tpp_threshold_{n}_unintended_diff_only"), False))
+    return MetricResult(metric=metric, status="ok", raw=raw, headline=rows, seconds=timer.seconds)
+
+
+def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
