@@ -13,6 +13,18 @@ import pandas as pd
 
 VARIANT_ORDER = ("original", "retrained", "pruned")
 KEY_COLUMNS = ["hook", "model_sparsity", "sae_variant", "sae_scoring_rule", "sae_sparsity"]
+# The paper's headline numbers, plotted first; other families contribute their first metric.
+PREFERRED = ["core/ce_loss_score", "core/explained_variance", "core/l0", "scr/scr_metric_threshold_20",
+             "tpp/tpp_threshold_20_total_metric", "sparse_probing/sae_top_1_test_accuracy",
+             "absorption/mean_absorption_fraction_score", "ravel/disentanglement_score"]
+
+
+def plotted_metrics(names: list[str], limit: int) -> list[str]:
+    chosen = [n for n in PREFERRED if n in names]
+    for family in dict.fromkeys(n.split("/", 1)[0] for n in names):
+        if not any(c.startswith(family + "/") for c in chosen):
+            chosen.append(next(n for n in names if n.startswith(family + "/")))
+    return chosen[:limit]
 
 
 def variant_label(row) -> str:
@@ -56,7 +68,10 @@ def metric_vs_sparsity_plots(metrics: pd.DataFrame, max_metrics: int = 12) -> di
     if metrics.empty:
         return plots
     for (hook, model_sparsity), group in metrics.groupby(["hook", "model_sparsity"]):
-        names = (group["metric_family"] + "/" + group["metric_name"]).drop_duplicates().tolist()[:max_metrics]
+        group = group[group["value"].notna()]
+        if group.empty:
+            continue
+        names = plotted_metrics((group["metric_family"] + "/" + group["metric_name"]).drop_duplicates().tolist(), max_metrics)
         cols = min(3, len(names))
         rows = -(-len(names) // cols)
         figure, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)

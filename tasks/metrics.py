@@ -3,7 +3,7 @@
 One generic task body, named per family in the flow (``metric-core``, ``metric-scr``, ...). The
 family is an explicit input, so each family has its own cache entries. Each run stores
 SAEBench's JSON as it came (``metrics/<family>/<key>.json``) and its headline numbers as one
-tidy Parquet file (``metrics/<family>/<key>.parquet``); concurrent runs never share a file, and
+tidy Parquet file (``metrics/<family>/<key>.parquet``; raw JSON in ``metrics_raw/``); concurrent runs never share a file, and
 every run is one ``read_parquet`` over ``metrics/``.
 """
 
@@ -55,7 +55,8 @@ def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, ex
 
     storage = Storage(storage_url)
     key = metric_key(metric, variant, settings, profile)
-    rows_key, raw_key = f"metrics/{metric}/{key}.parquet", f"metrics/{metric}/{key}.json"
+    # Raw JSON lives beside, not inside, metrics/ so that `pd.read_parquet("<root>/metrics")` reads every row.
+    rows_key, raw_key = f"metrics/{metric}/{key}.parquet", f"metrics_raw/{metric}/{key}.json"
     if not storage.exists(rows_key):
         model = load_model_ref(storage, variant["llm"], device, dtype)
         sae = load_stored_sae(storage, variant["sae_prefix"], device)

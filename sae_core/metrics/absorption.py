@@ -138,7 +138,8 @@ def icl_prompt_too_long(hooked_model: Any, words: list[str], prompt_template: st
     prompt = create_icl_prompt(words[0], examples=words[1:11], base_template=prompt_template,
                                answer_formatter=first_letter_formatter(), max_icl_examples=10,
                                shuffle_examples=False, prepend_separator_to_first_example=True)
-    n_tokens = int(hooked_model.to_tokens(prompt.base).shape[-1])
+    # (HookedTransformer.to_tokens would silently truncate to n_ctx, which is exactly the failure to detect)
+    n_tokens = len(hooked_model.tokenizer.encode(prompt.base, add_special_tokens=False)) + int(hooked_model.cfg.default_prepend_bos)
     if n_tokens > hooked_model.cfg.n_ctx:
         return (f"SAEBench's first-letter prompts (10 in-context examples) are {n_tokens} tokens, longer than the "
                 f"model's context of {hooked_model.cfg.n_ctx}")
