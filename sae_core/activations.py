@@ -139,6 +139,8 @@ def _write_shard(hooked, tokens, spec, specials, dtype, storage, prefix, index, 
         keep = ~torch.isin(batch, specials)
         chunks.append(acts[keep])
         ids.append(batch[keep])
+        if sum(len(c) for c in chunks) >= rows_wanted:  # the last shard: skip forwards nobody keeps
+            break
     activations = torch.cat(chunks)[:rows_wanted]
     token_ids = torch.cat(ids)[:rows_wanted]
     key = _shard_key(prefix, index, "safetensors")
