@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from flows.runners import task_runner
 from sae_core.config import KNOWN_METRICS, SAE_PRUNING_RULES, build_config, preset_names
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage, StorageError
 
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         check_references(config)
         storage = Storage(args.storage)
         storage.check_reachable()
+        task_runner(args.runner)  # e.g. a malformed SAE_TRANSFER_RAY_INIT
     except (ValueError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.runners import task_runner
+from flows.runners import accelerator_request, task_runner
 from sae_core.activations import ActivationCacheSpec
 from sae_core.config import ExperimentConfig, build_config
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage
@@ -34,51 +34,56 @@ from tasks.world import base_model
 @flow(name="sae-transfer-experiment", log_prints=True, result_serializer="json")
 def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
     c, store, dev = config, storage_url, (config.device, config.dtype)
-    dense = base_model(c.model, c.toy_world, store)
+    # Every heavy step is submitted: the task runner places it (a thread, or a Ray worker that
+    # asks for a GPU), and hand-offs are manifests pointing into storage, never local files.
+    with accelerator_request(c.device):
+        dense = base_model.submit(c.model, c.toy_world, store)
 
-    # 1. The SAEs trained on the dense model ("original"), one per hook.
-    originals = {}
-    for hook in c.hook_names():
-        dense_acts = cache_activations_task(dense, train_spec(c, hook), {}, store, *dev) if c.original_sae.train else None
-        originals[hook] = original_sae(dense, hook, c.original_sae_source(hook), c.original_sae.train and c.original_sae.train.model_dump(),
-                                       dense_acts, store, c.device, c.seed)
+        # 1. The SAEs trained on the dense model ("original"), one per hook.
+        originals = {}
+        for hook in c.hook_names():
+            dense_acts = cache_activations_task.submit(dense, train_spec(c, hook), {}, store, *dev) if c.original_sae.train else None
+            originals[hook] = original_sae.submit(dense, hook, c.original_sae_source(hook), c.original_sae.train and c.original_sae.train.model_dump(),
+                                                  dense_acts, store, c.device, c.seed)
 
-    variants, metric_results, pruned_llms = [], [], []
-    for sparsity in c.llm_pruning.sparsities:
-        # 2. Prune the LLM with WANDA; every SAE is then judged on this pruned model.
-        llm = prune_llm(dense, prune_config(c, sparsity), c.llm_pruning.calibration_dataset, store, *dev)
-        pruned_llms.append(llm)
-        for hook, original in originals.items():
-            processing = original["processing"]  # the weight processing this SAE family expects
-            acts = cache_activations_task(llm, train_spec(c, hook), processing, store, *dev)
-            held_out = cache_activations_task(llm, held_out_spec(c, hook), processing, store, *dev)
-            q = c.quality.model_dump()
+        variants, metric_results, pruned_llms = [], [], []
+        for sparsity in c.llm_pruning.sparsities:
+            # 2. Prune the LLM with WANDA; every SAE is then judged on this pruned model.
+            llm = prune_llm.submit(dense, prune_config(c, sparsity), c.llm_pruning.calibration_dataset, store, *dev)
+            pruned_llms.append(llm)
+            for hook, original in originals.items():
+                processing = original.result()["processing"]  # the weight processing this SAE family expects
+                acts = cache_activations_task.submit(llm, train_spec(c, hook), processing, store, *dev)
+                held_out = cache_activations_task.submit(llm, held_out_spec(c, hook), processing, store, *dev)
+                q = c.quality.model_dump()
 
-            # 3. The three ways to get an SAE for the pruned model (submitted: they can run side by side).
-            hook_variants = [transfer_sae.submit(original, llm, held_out, q, c.dataset, store, *dev)]
-            if c.retrained_sae.enabled:
-                hook_variants.append(retrain_sae.submit(original, llm, acts, held_out, c.retrained_sae.model_dump(), q, c.dataset,
-                                                        store, *dev, c.seed))
-            for rule in c.pruned_sae.rules:
-                for sae_sparsity in c.pruned_sae.sparsities:
-                    hook_variants.append(prune_sae_task.submit(original, llm, acts, held_out, rule, sae_sparsity,
-                                                               c.pruned_sae.calibration_tokens, q, c.dataset, store, *dev))
-            variants += hook_variants
+                # 3. The three ways to get an SAE for the pruned model.
+                hook_variants = [transfer_sae.submit(original, llm, held_out, q, c.dataset, store, *dev)]
+                if c.retrained_sae.enabled:
+                    hook_variants.append(retrain_sae.submit(original, llm, acts, held_out, c.retrained_sae.model_dump(), q, c.dataset,
+                                                            store, *dev, c.seed))
+                for rule in c.pruned_sae.rules:
+                    for sae_sparsity in c.pruned_sae.sparsities:
+                        hook_variants.append(prune_sae_task.submit(original, llm, acts, held_out, rule, sae_sparsity,
+                                                                   c.pruned_sae.calibration_tokens, q, c.dataset, store, *dev))
+                variants += hook_variants
 
-            # 4. Every SAEBench metric, each its own cached task, on the pruned model.
-            for variant in hook_variants:
-                for metric in c.metrics:
-                    metric_results.append(evaluate_metric.with_options(name=f"metric-{metric}").submit(
-                        metric, variant, c.metric_settings(metric), c.metric_profile, c.name, store, *dev, c.seed))
+                # 4. Every SAEBench metric, each its own cached task, on the pruned model.
+                for variant in hook_variants:
+                    for metric in c.metrics:
+                        metric_results.append(evaluate_metric.with_options(name=f"metric-{metric}").submit(
+                            metric, variant, c.metric_settings(metric), c.metric_profile, c.name, store, *dev, c.seed))
 
     # 5. One table, plots and a markdown report, in storage and as Prefect artifacts.
     #    A failed variant or metric does not stop the others; the report shows what finished,
     #    then the run fails loudly, naming what did not.
-    done_variants, failed = finished(variants)
+    done_llms, failed = finished(pruned_llms)
+    done_variants, failed_variants = finished(variants)
+    failed += failed_variants
     done_metrics, failed_metrics = finished(metric_results)
-    report = write_report(c.name, c.model_dump(mode="json"), pruned_llms, done_variants, done_metrics, store)
+    report = write_report(c.name, c.model_dump(mode="json"), done_llms, done_variants, done_metrics, store)
     if failed or failed_metrics:
-        raise RuntimeError(f"{len(failed)} SAE variant task(s) and {len(failed_metrics)} metric task(s) failed "
+        raise RuntimeError(f"{len(failed)} pruning / SAE variant task(s) and {len(failed_metrics)} metric task(s) failed "
                            f"(report of the rest: {report['uri']}): " + "; ".join((failed + failed_metrics)[:5]))
     return {"report": report, "n_variants": len(done_variants), "n_metric_results": len(done_metrics)}
 

@@ -1,10 +1,32 @@
-"""Task runners: threads on one machine (default) or a Ray cluster for GPU fan-out."""
+"""Task runners: threads on one machine (default) or a Ray cluster for fan-out across GPUs.
+
+    --runner threads   one process; loaded models are shared, heavy compute takes turns (see
+                       tasks.common.compute_lock), two threads overlap storage I/O.
+    --runner ray       every heavy task is a Ray task (prefect-ray). Without
+                       SAE_TRANSFER_RAY_ADDRESS a local cluster is started; with
+                       ``ray://head:10001`` (or ``auto``) an existing one is joined;
+                       SAE_TRANSFER_RAY_INIT adds ray.init keywords (JSON). Tasks on a
+                       CUDA device ask Ray for SAE_TRANSFER_RAY_GPUS_PER_TASK GPUs (default 1;
+                       0.5 packs two small tasks per GPU).
+
+Nothing is handed from task to task through local disk: every task reads its inputs from, and
+writes its outputs to, the configured storage, so Ray may place each task on any node.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+from pathlib import Path
 
 RUNNERS = ("threads", "ray")
+ROOT = Path(__file__).resolve().parents[1]
+# Our own packages travel to the Ray workers; third-party ones must be installed on every node
+# (the same `uv sync --frozen` image). Secrets are never shipped: nodes bring their own.
+SHIPPED_PACKAGES = ("sae_core", "tasks", "flows")
+SHIPPED_ENV = ("SAE_TRANSFER_S3_ENDPOINT", "AWS_ENDPOINT_URL", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+               "TOKENIZERS_PARALLELISM")  # Prefect's API URL travels in Prefect's own task context
 
 
 def task_runner(name: str):
@@ -19,9 +41,39 @@ def task_runner(name: str):
 
 
 def ray_task_runner():
-    try:
-        from prefect_ray import RayTaskRunner
-    except ImportError:
-        raise ValueError("runner 'ray' needs prefect-ray: `uv sync --extra ray`") from None
+    from prefect_ray import RayTaskRunner
+
     address = os.environ.get("SAE_TRANSFER_RAY_ADDRESS")  # e.g. ray://head:10001; unset = local cluster
-    return RayTaskRunner(address=address) if address else RayTaskRunner()
+    init_kwargs = {"runtime_env": ray_runtime_env(), "include_dashboard": False,
+                   **ray_init_overrides(os.environ.get("SAE_TRANSFER_RAY_INIT", ""))}
+    return RayTaskRunner(address=address, init_kwargs=init_kwargs)
+
+
+def ray_init_overrides(text: str) -> dict:
+    """Extra ``ray.init`` keywords as JSON, e.g. '{"num_cpus": 8, "object_store_memory": 2e9}'."""
+    if not text.strip():
+        return {}
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"SAE_TRANSFER_RAY_INIT is not JSON ({exc}): {text!r}") from None
+    if not isinstance(extra, dict):
+        raise ValueError(f"SAE_TRANSFER_RAY_INIT must be a JSON object of ray.init keywords, got {text!r}")
+    return extra
+
+
+def ray_runtime_env() -> dict:
+    env = {k: os.environ[k] for k in SHIPPED_ENV if k in os.environ}
+    return {"py_modules": [str(ROOT / p) for p in SHIPPED_PACKAGES], "env_vars": env}
+
+
+def accelerator_request(device: str):
+    """Resource request for the tasks submitted inside it: Ray schedules GPU tasks on GPU nodes.
+
+    Only RayTaskRunner reads it; under the thread runner it changes nothing.
+    """
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    from prefect_ray.context import remote_options
+
+    return remote_options(num_gpus=float(os.environ.get("SAE_TRANSFER_RAY_GPUS_PER_TASK", "1")))

@@ -19,9 +19,9 @@ from typing import Iterator
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tqdm.auto import tqdm
 
 from sae_core.data import check_dataset_name, iter_texts, token_windows
+from sae_core.progress import Progress
 from sae_core.storage import Storage
 
 MAX_TOKENS = 10_000_000_000  # anything above is a typo, not a request
@@ -100,7 +100,7 @@ def cache_activations(
     shards: list[dict] = []
     rows_done = 0
     width = None
-    bar = tqdm(total=spec.n_tokens, desc=f"caching {spec.hook_name}", unit="tok", disable=not progress)
+    bar = Progress(spec.n_tokens, f"caching {spec.hook_name}", unit="tok", show=progress)
     for index in itertools.count():
         if rows_done >= spec.n_tokens:
             break

@@ -23,7 +23,6 @@ from dataclasses import fields
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from sae_lens import SAE
 from sae_lens.config import SAETrainerConfig
@@ -31,6 +30,7 @@ from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.mixing_buffer import mixing_buffer
 from sae_lens.training.sae_trainer import SAETrainer
 
+from sae_core.progress import Progress
 from sae_core.sae_io import ARCHITECTURES, flat_sae_inputs, new_sae, no_hook_z_reshaping
 
 __all__ = ["train_sae", "training_to_inference_sae", "rebatch_activations"]
@@ -267,7 +267,7 @@ def train_sae(
                 trainer.activation_scaler.estimate_whitening(
                     d_in=d_in, data_provider=provider, n_batches_for_norm_estimate=n_batches_for_norm_estimate
                 )
-            with tqdm(total=tokens_used, desc=f"Training {arch} SAE", unit="tok", disable=not progress) as pbar:
+            with Progress(tokens_used, f"Training {arch} SAE", unit="tok", show=progress) as pbar:
                 while trainer.n_training_samples < tokens_used:
                     trainer.maybe_reset_sparsity()
                     try:

@@ -63,6 +63,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
+from sae_core.progress import track
+
 try:  # GPT-2 style "Conv1D" (weight stored [in, out])
     from transformers.pytorch_utils import Conv1D
 except Exception:  # pragma: no cover - transformers is a hard dependency of the project
@@ -816,8 +818,6 @@ def prune_model(
     before the model is touched. ``record_input_norms=True`` keeps the ``||X_j||_2`` vectors
     used for every module in ``report.input_norms`` (for tests / debugging).
     """
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     targets = check_compatible(model, cfg)  # raises ValueError before any change
     ids = None
@@ -833,7 +833,7 @@ def prune_model(
     model.eval()
     try:
         with torch.no_grad():
-            bar = tqdm(range(len(blocks)), desc=f"{cfg.method} {cfg.structure} s={cfg.sparsity:g}", disable=not progress)
+            bar = track(range(len(blocks)), f"{cfg.method} {cfg.structure} s={cfg.sparsity:g} (blocks)", show=progress)
             if ids is None:
                 for b in bar:
                     for t in targets[b]:

@@ -7,7 +7,8 @@ from prefect import task
 from sae_core.activations import ActivationCacheSpec, cache_activations
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, COMPUTE_LOCK, code_fingerprint, load_model_ref
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
+from tasks.progress import report_progress
 
 
 def activation_prefix(model: dict, spec: ActivationCacheSpec, processing: dict) -> str:
@@ -22,7 +23,7 @@ def cache_activations_task(model: dict, spec: ActivationCacheSpec, processing: d
     prefix = activation_prefix(model, spec, processing)
     if not storage.is_committed(prefix):
         loaded = load_model_ref(storage, model, device, dtype)
-        with COMPUTE_LOCK:
+        with compute_lock(), report_progress():
             cache_activations(loaded.hooked(processing), loaded.tokenizer, spec, storage, prefix,
                               extra_manifest={"model": model, "processing": processing})
     manifest = storage.manifest(prefix)

@@ -69,7 +69,14 @@ def code_fingerprint(*modules: str) -> str:
 # Tasks of one process share loaded models, and hooks added for one task's forward pass would
 # leak into another's; SAEBench also sets global state. So heavy compute holds this lock: threads
 # overlap I/O, while real parallelism comes from process-based runners (Ray), one task per process.
-COMPUTE_LOCK = threading.RLock()
+_COMPUTE_LOCK = threading.RLock()
+
+
+def compute_lock() -> threading.RLock:
+    """The process's compute lock. A function, not a bare global, because a task's code is
+    shipped to Ray workers by value and would try to pickle a lock it named directly."""
+    return _COMPUTE_LOCK
+
 
 # Several tasks of one flow run use the same model; loading it once per process saves minutes
 # on GPT-2/Gemma. Keyed by the artifact's storage URI, so a different model is never reused.

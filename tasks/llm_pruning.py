@@ -16,6 +16,7 @@ from sae_core.models import load_language_model
 from sae_core.storage import Storage
 from sae_core.wanda import PruneConfig, prune_model
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint
+from tasks.progress import report_progress
 
 PERPLEXITY_SEQUENCES = 32
 REPORT_NAME = "pruning_report.parquet"
@@ -33,7 +34,8 @@ def prune_llm(dense: dict, prune: PruneConfig, calibration_dataset: str, storage
     storage = Storage(storage_url)
     prefix = pruned_model_prefix(dense, prune, calibration_dataset)
     if not storage.is_committed(prefix):
-        _prune_and_store(dense, prune, calibration_dataset, storage, prefix, device, dtype)
+        with report_progress():
+            _prune_and_store(dense, prune, calibration_dataset, storage, prefix, device, dtype)
     manifest = storage.manifest(prefix)
     return {"kind": "model", "prefix": prefix, "uri": storage.uri(prefix), "content_hash": manifest["content_hash"],
             "dense": False, "base_model": manifest["base_model_name"], "pruning": manifest["pruning"],

@@ -19,7 +19,7 @@ from prefect import task
 
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, COMPUTE_LOCK, code_fingerprint, load_model_ref
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
 from tasks.saes import load_stored_sae
 
 METRIC_COLUMNS = ["run_id", "experiment", "model", "pruning_method", "model_sparsity", "hook", "layer", "sae_variant",
@@ -61,7 +61,7 @@ def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, ex
         model = load_model_ref(storage, variant["llm"], device, dtype)
         sae = load_stored_sae(storage, variant["sae_prefix"], device)
         # SAEBench sets global state (seeds, grad mode, dataset loaders): one metric at a time per process.
-        with COMPUTE_LOCK, tempfile.TemporaryDirectory() as scratch:
+        with compute_lock(), tempfile.TemporaryDirectory() as scratch:
             hooked = model.hooked(variant.get("processing", {}))
             result = registry.run_metric(
                 metric, sae=sae, hooked_model=hooked, hf_model=model.hf_model, tokenizer=model.tokenizer,

@@ -20,7 +20,8 @@ from sae_core.activations import ActivationShards
 from sae_core.data import token_batch
 from sae_core.hashing import config_hash, folder_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, COMPUTE_LOCK, code_fingerprint, load_model_ref
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
+from tasks.progress import report_progress
 
 SAE_CODE = ("sae_io", "sae_prune", "sae_train", "sae_quality")
 READ_BATCH = 4096
@@ -63,7 +64,7 @@ def _quality(storage: Storage, sae, llm: dict, held_out: dict, quality: dict, da
     model = load_model_ref(storage, llm, device, dtype)
     spec = held_out["spec"]
     tokens = token_batch(model.tokenizer, dataset, quality["ce_sequences"], spec["seq_len"], skip_sequences=spec["skip_sequences"])
-    with COMPUTE_LOCK:
+    with compute_lock():
         stats = reconstruction_stats(sae, _batches(storage, held_out, max_tokens=quality["n_tokens"]))
         hooked = model.hooked(sae_processing(sae))
         ce = spliced_ce(hooked, sae.to(device), tokens, hook_name=held_out["hook_name"])
@@ -113,8 +114,9 @@ def original_sae(dense: dict, hook_name: str, source: dict | None, train: dict |
             from sae_core.sae_train import train_sae
 
             blank = new_sae(train["architecture"], dense_acts["d_in"], train["d_sae"], hook_name, k=train.get("k"), seed=seed)
-            sae, report = train_sae(blank, _batches(storage, dense_acts, shuffle=True, seed=seed), train["train_tokens"],
-                                    lr=train["lr"], batch_size=train["batch_size"], seed=seed)
+            with compute_lock(), report_progress():
+                sae, report = train_sae(blank, _batches(storage, dense_acts, shuffle=True, seed=seed), train["train_tokens"],
+                                        lr=train["lr"], batch_size=train["batch_size"], seed=seed)
         _store_sae(storage, sae, prefix, {"variant": "original", "hook": hook_name, "source": source or {"trained_on": dense_acts["prefix"]},
                                           "processing": sae_processing(sae), "tokens_used": int(report.get("tokens_used", 0)),
                                           "wall_time_s": round(time.perf_counter() - started, 3)})
@@ -148,7 +150,7 @@ def retrain_sae(original: dict, llm: dict, train_acts: dict, held_out: dict, ret
         like = load_stored_sae(storage, original["prefix"], device)
         started = time.perf_counter()
         # Same architecture, width and k as the original: a sparsity-matched, fair baseline.
-        with COMPUTE_LOCK:
+        with compute_lock(), report_progress():
             sae, report = train_sae(like, _batches(storage, train_acts, shuffle=True, seed=seed), retrain["train_tokens"],
                                     lr=retrain["lr"], batch_size=retrain["batch_size"], seed=seed)
         _store_sae(storage, sae, prefix, {"variant": "retrained", "hook": original["hook"], "parent": original["prefix"],
@@ -173,7 +175,7 @@ def prune_sae_task(original: dict, llm: dict, calibration_acts: dict, held_out: 
         sae = load_stored_sae(storage, original["prefix"], device)
         started = time.perf_counter()
         norms = None
-        with COMPUTE_LOCK:
+        with compute_lock():
             if rule != "magnitude":  # magnitude needs no activations
                 norms = accumulate_sae_norms(sae, _batches(storage, calibration_acts, max_tokens=calibration_tokens))
             pruned, report = prune_sae(sae, rule, sparsity, norms)

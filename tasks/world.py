@@ -12,6 +12,7 @@ from sae_core.toy.world import ToyWorldConfig
 from sae_core.hashing import config_hash, folder_hash
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint
+from tasks.progress import report_progress
 
 
 @task(name="base-model", **ARTIFACT_TASK_OPTIONS)
@@ -28,7 +29,7 @@ def base_model(model: str, toy_world: ToyWorldConfig | None, storage_url: str) -
     key = config_hash(toy_world, code_fingerprint("toy.world", "toy.corpus", "toy.lexicon"))
     prefix = f"toy_world/{key}/model"
     if not storage.is_committed(prefix):
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, report_progress():
             world = build_toy_world(Path(tmp), toy_world)
             storage.upload_dir(world.model_dir, prefix, {
                 "kind": "model", "source": "toy_world", "toy_world": toy_world.model_dump(),

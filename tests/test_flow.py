@@ -45,8 +45,13 @@ def states_by_name(runs) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def first_run(prefect_harness, tmp_path_factory):
     storage_url = f"file://{tmp_path_factory.mktemp('flow')}/store"
+    since = dt.datetime.now(dt.timezone.utc)
     summary = run_full(storage_url, TINY_FLOW_OVERRIDES)
+    first_run_task_ids.extend(run.id for run in task_runs_since(since))
     return storage_url, summary
+
+
+first_run_task_ids: list = []
 
 
 def test_flow_produces_every_artifact(first_run):
@@ -69,6 +74,19 @@ def test_flow_produces_every_artifact(first_run):
     assert results
     for key in results:
         json.loads(storage.get_bytes(key))
+
+
+def test_long_tasks_show_progress_artifacts(first_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            type=ArtifactFilterType(any_=["progress"]), task_run_id=ArtifactFilterTaskRunId(any_=first_run_task_ids)))
+    final = {a.description.split(" ")[0]: a.data for a in artifacts}
+    # toy LM training, activation caching, WANDA (block by block), SAE training: each reached 100%.
+    assert set(final) == {"toy", "caching", "wanda", "Training"}, final
+    assert all(value == 100.0 for value in final.values()), final
 
 
 def test_second_run_is_served_from_cache(first_run):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 
+from sae_core.progress import Progress
 from sae_core.toy.corpus import generate_corpus
 
 BOS_TOKEN = "<|endoftext|>"
@@ -116,8 +116,8 @@ def train_language_model(cfg: ToyWorldConfig, tokenizer, tokens: torch.Tensor, p
     generator = torch.Generator().manual_seed(cfg.seed)
     model.train()
     losses = []
-    bar = tqdm(range(cfg.train_steps), desc="toy LM training", disable=not progress)
-    for _ in bar:
+    bar = Progress(cfg.train_steps, "toy LM training", unit="step", show=progress)
+    for _ in range(cfg.train_steps):
         batch = tokens[torch.randint(len(tokens), (cfg.batch_size,), generator=generator)]
         loss = model(input_ids=batch, labels=batch).loss
         optimiser.zero_grad(set_to_none=True)
@@ -126,7 +126,9 @@ def train_language_model(cfg: ToyWorldConfig, tokenizer, tokens: torch.Tensor, p
         optimiser.step()
         scheduler.step()
         losses.append(loss.item())
+        bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
     model.eval()
     return model, losses
 
