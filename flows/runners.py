@@ -44,8 +44,10 @@ def ray_task_runner():
     from prefect_ray import RayTaskRunner
 
     address = os.environ.get("SAE_TRANSFER_RAY_ADDRESS")  # e.g. ray://head:10001; unset = local cluster
-    init_kwargs = {"runtime_env": ray_runtime_env(), "include_dashboard": False,
-                   **ray_init_overrides(os.environ.get("SAE_TRANSFER_RAY_INIT", ""))}
+    init_kwargs = {"runtime_env": ray_runtime_env()}
+    if not address:  # a throwaway local cluster needs no dashboard; a real cluster keeps its own settings
+        init_kwargs["include_dashboard"] = False
+    init_kwargs.update(ray_init_overrides(os.environ.get("SAE_TRANSFER_RAY_INIT", "")))
     return RayTaskRunner(address=address, init_kwargs=init_kwargs)
 
 

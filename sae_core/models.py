@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from sae_core.storage import check_safetensors_folder
+
 # TransformerLens' own defaults for from_pretrained; SAEs record overrides of these
 # (sae-lens: ``model_from_pretrained_kwargs``, e.g. OpenAI GPT-2 SAEs want center_writing_weights=False).
 DEFAULT_PROCESSING: dict[str, bool] = {
@@ -91,6 +93,8 @@ def load_language_model(name_or_path: str, device: str = "cpu", dtype: torch.dty
     local = is_local_model(name_or_path)
     # safetensors only: a folder holding a pickled pytorch_model.bin is refused, never unpickled.
     kwargs = {"local_files_only": True, "use_safetensors": True} if local else {"use_safetensors": True}
+    if local:
+        check_safetensors_folder(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **{k: v for k, v in kwargs.items() if k != "use_safetensors"})
     hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs).to(device)
     hf_model.eval()

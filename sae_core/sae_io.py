@@ -41,6 +41,8 @@ from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_direc
 from sae_lens.registry import get_sae_class, get_sae_training_class
 from sae_lens.saes.sae import SAEMetadata, TrainingSAE
 
+from sae_core.storage import check_safetensors_folder
+
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
@@ -199,6 +201,7 @@ def load_sae(
     missing = [n for n in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME) if not (folder / n).is_file()]
     if missing:
         raise ValueError(f"SAE folder {str(folder)!r} is missing {missing}; not a sae-lens SAE folder")
+    check_safetensors_folder(folder)
     return SAE.load_from_disk(folder, device=device, dtype=dtype)
 
 

@@ -39,6 +39,25 @@ class CorruptArtifact(StorageError):
     """An object exists but is not what it claims to be (truncated, wrong format)."""
 
 
+def check_safetensors_folder(folder: str | os.PathLike[str], shown_as: str | None = None) -> None:
+    """Every ``*.safetensors`` file in a local folder has a readable header and the length it declares.
+
+    Cheap (headers only), so loaders run it first: a damaged checkpoint is then reported by its
+    file name instead of surfacing as a library error deep inside loading. ``shown_as``: the
+    location to name in the error instead of ``folder`` (e.g. the storage URI it came from).
+    """
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    for path in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:  # noqa: BLE001 - safetensors raises several kinds
+            where = f"{shown_as.rstrip('/')}/{path.relative_to(folder).as_posix()}" if shown_as else str(path)
+            raise CorruptArtifact(f"{where} is not a valid safetensors file: {err}") from None
+
+
 def _s3_options_from_env() -> dict[str, Any]:
     """s3fs settings from the usual AWS variables plus a custom endpoint (MinIO, moto...)."""
     endpoint = os.environ.get("SAE_TRANSFER_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
@@ -261,6 +280,11 @@ class Storage:
             dest = staging / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(self.get_bytes(f"{prefix}/{name}"))
+        try:  # a damaged download must not become a cached copy that every later run trusts
+            check_safetensors_folder(staging, shown_as=self.uri(prefix))
+        except CorruptArtifact:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         (staging / MANIFEST).write_text(json.dumps(manifest))
         try:
             staging.rename(target)

@@ -33,6 +33,12 @@ def test_parameters_validate_against_the_flow(deployment, monkeypatch):
         from sae_core.config import build_config
 
         build_config(params["preset"], params.get("overrides"))
+    if "runner" in params:  # the runner builds with the work pool's environment
+        from flows.runners import task_runner
+
+        for key, value in deployment["work_pool"].get("job_variables", {}).get("env", {}).items():
+            monkeypatch.setenv(key, str(value))
+        task_runner(params["runner"])
     if "metrics" in params:
         from sae_core.metrics.registry import settings_for
 

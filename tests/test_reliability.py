@@ -490,16 +490,6 @@ def _damage_model_bin_only(world):
     world.storage.local_path(f"{world.model_prefix}/pytorch_model.bin").write_bytes(_torch_pickle(state))
 
 
-NAMES_FILE = ("product gap: the loader refuses the file (safetensors raises, nothing is unpickled -- see "
-              "test_checkpoint_loaders_refuse_damaged_files_without_unpickling) but the error does not say which file. "
-              "Fix: in sae_core/sae_io.py load_sae() wrap SAE.load_from_disk and in sae_core/models.py "
-              "load_language_model() wrap from_pretrained: `except Exception as exc: raise ValueError(f\"could not "
-              "load {folder}: {type(exc).__name__}: {exc}\") from exc` (or CorruptArtifact in tasks/saes.load_stored_sae).")
-PICKLE_MODEL_BUG = ("product bug: a stored model folder holding pytorch_model.bin (a pickle) instead of model.safetensors is "
-                    "loaded with torch.load. Fix: sae_core/models.py load_language_model(): pass use_safetensors=True to "
-                    "AutoModelForCausalLM.from_pretrained (at least for local folders: "
-                    "kwargs = {'local_files_only': True, 'use_safetensors': True} if local else {}).")
-
 # (case id, damage(world) or None, action(world), expected exception, fragments of its message)
 LIB_BAD_INPUTS = [
     pytest.param(None, _case_prune_config(sparsity=1.0), ValueError, ["got 1.0"], id="wanda-sparsity-one"),
@@ -516,12 +506,9 @@ LIB_BAD_INPUTS = [
                  id="truncated-activation-shard"),
     pytest.param(_damage_shard_pickle, _read_all_shards, CorruptArtifact, ["acts/a/shard-00001.safetensors", "not a valid safetensors"],
                  id="pickle-as-activation-shard"),
-    pytest.param(_damage_sae_truncated, _load_sae, Exception, ["sae_weights.safetensors"], id="truncated-sae-checkpoint",
-                 marks=pytest.mark.xfail(strict=True, reason=NAMES_FILE)),
-    pytest.param(_damage_sae_pickle, _load_sae, Exception, ["sae_weights.safetensors"], id="pickle-as-sae-checkpoint",
-                 marks=pytest.mark.xfail(strict=True, reason=NAMES_FILE)),
-    pytest.param(_damage_model_pickle, _load_model, Exception, ["model.safetensors"], id="pickle-as-model-weights",
-                 marks=pytest.mark.xfail(strict=True, reason=NAMES_FILE)),
+    pytest.param(_damage_sae_truncated, _load_sae, CorruptArtifact, ["sae_weights.safetensors", "not a valid safetensors"], id="truncated-sae-checkpoint"),
+    pytest.param(_damage_sae_pickle, _load_sae, CorruptArtifact, ["sae_weights.safetensors", "not a valid safetensors"], id="pickle-as-sae-checkpoint"),
+    pytest.param(_damage_model_pickle, _load_model, CorruptArtifact, ["model.safetensors", "not a valid safetensors"], id="pickle-as-model-weights"),
     pytest.param(_damage_model_bin_only, _load_model, Exception, ["model.safetensors"], id="pickle-model-bin-instead-of-safetensors"),
 ]
 

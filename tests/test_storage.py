@@ -7,6 +7,7 @@ import os
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from sae_core.storage import CorruptArtifact, Storage, StorageError, StorageObjectMissing, normalise_url
 
@@ -56,7 +57,8 @@ def test_multi_file_artifact_is_invisible_until_its_manifest_lands(storage_url, 
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    (folder / "weights.safetensors").write_bytes(b"x" * 1000)
+    save_file({"w": torch.arange(250.0)}, folder / "weights.safetensors")
+    weights = (folder / "weights.safetensors").read_bytes()
     # Half an upload (a crash before the manifest) is not a committed artifact.
     storage.put_bytes("models/m1/config.json", b"{}")
     assert not storage.is_committed("models/m1")
@@ -64,7 +66,23 @@ def test_multi_file_artifact_is_invisible_until_its_manifest_lands(storage_url, 
     assert storage.is_committed("models/m1")
     assert storage.manifest("models/m1")["files"] == ["config.json", "weights.safetensors"]
     local = storage.materialise_dir("models/m1", cache_root=tmp_path / "cache")
-    assert (local / "weights.safetensors").read_bytes() == b"x" * 1000
+    assert (local / "weights.safetensors").read_bytes() == weights
+
+
+def test_a_damaged_checkpoint_is_named_and_never_cached(s3_bucket, tmp_path):
+    storage = Storage(s3_bucket)
+    folder = tmp_path / "sae"
+    folder.mkdir()
+    save_file({"w": torch.ones(64, 64)}, folder / "sae_weights.safetensors")
+    storage.upload_dir(folder, "saes/x", {"kind": "sae"})
+    good = storage.get_bytes("saes/x/sae_weights.safetensors")
+    storage.put_bytes("saes/x/sae_weights.safetensors", good[:300])  # truncated in the bucket
+    cache = tmp_path / "cache"
+    with pytest.raises(CorruptArtifact, match=f"{s3_bucket}/saes/x/sae_weights.safetensors is not a valid safetensors"):
+        storage.materialise_dir("saes/x", cache_root=cache)
+    assert not cache.exists() or not any((cache / "materialised").iterdir()), "a damaged copy was cached"
+    storage.put_bytes("saes/x/sae_weights.safetensors", good)  # repaired: the next read works
+    assert (storage.materialise_dir("saes/x", cache_root=cache) / "sae_weights.safetensors").read_bytes() == good
 
 
 def test_local_writes_leave_no_temporary_files(tmp_path):
