@@ -78,4 +78,6 @@ def accelerator_request(device: str):
         return contextlib.nullcontext()
     from prefect_ray.context import remote_options
 
-    return remote_options(num_gpus=float(os.environ.get("SAE_TRANSFER_RAY_GPUS_PER_TASK", "1")))
+    # max_calls=1: the worker exits after its task, so models it cached on the GPU are freed
+    # instead of sitting in an idle worker while the next task fills the same GPU.
+    return remote_options(num_gpus=float(os.environ.get("SAE_TRANSFER_RAY_GPUS_PER_TASK", "1")), max_calls=1)

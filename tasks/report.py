@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -46,13 +48,31 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
         create_table_artifact(key=f"{key}-headline", table=_records(rep.headline_table(metrics)),
                               description="Headline SAEBench metrics per SAE variant, on the pruned model")
     create_table_artifact(key=f"{key}-variants", table=_records(variant_rows), description="SAE variants: cost and reconstruction")
-    create_markdown_artifact(key=f"{key}-report", markdown=summary.replace("](", f"]({storage.uri(prefix)}/"),
-                             description="Full comparison report (plots are in storage)")
+    create_markdown_artifact(key=f"{key}-report", markdown=markdown_for_ui(summary, plots, storage.uri(prefix)),
+                             description="Full comparison report, plots inline")
     create_link_artifact(key=f"{key}-storage", link=storage.uri(prefix), description="Report folder in storage")
     for variant in variants[:50]:  # links to checkpoints; a cap keeps the UI readable
         create_link_artifact(link=variant["sae_uri"], description=f"{variant['hook']} {rep.variant_label(variant['row'])} checkpoint")
     return {"prefix": prefix, "uri": storage.uri(prefix), "plots": sorted(plots), "n_metric_rows": int(len(metrics)),
             "n_variants": int(len(variant_rows))}
+
+
+# The UI cannot fetch file:// or private s3:// images, so plots go inline as data: URIs (which the
+# Prefect UI renders) up to a budget that keeps the artifact small in Prefect's database.
+INLINE_PLOTS_BUDGET_BYTES = 2_000_000
+
+
+def markdown_for_ui(summary: str, plots: dict[str, bytes], report_uri: str) -> str:
+    """The storage summary with each plot inlined while the budget lasts, the rest linked to storage."""
+    budget = INLINE_PLOTS_BUDGET_BYTES
+    for name in sorted(plots):
+        encoded = base64.b64encode(plots[name]).decode()
+        if len(encoded) <= budget:
+            summary = summary.replace(f"]({name})", f"](data:image/png;base64,{encoded})")
+            budget -= len(encoded)
+        else:
+            summary = summary.replace(f"![{name}]({name})", f"[{name}]({report_uri}/{name})")
+    return summary
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

@@ -89,6 +89,20 @@ def test_long_tasks_show_progress_artifacts(first_run):
     assert all(value == 100.0 for value in final.values()), final
 
 
+def test_ui_report_shows_the_plots_inline(first_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId, ArtifactFilterType
+
+    _, summary = first_run
+    with get_client(sync_client=True) as client:
+        markdown = client.read_artifacts(artifact_filter=ArtifactFilter(
+            type=ArtifactFilterType(any_=["markdown"]), task_run_id=ArtifactFilterTaskRunId(any_=first_run_task_ids)))
+    # (Prefect stores link artifacts as markdown too: pick the report by its key.)
+    [report] = [a for a in markdown if a.key == "sae-transfer-toy-report"]
+    # Every plot of the report is embedded (the UI cannot read file:// or private buckets).
+    assert report.data.count("](data:image/png;base64,") == len(summary["report"]["plots"]) >= 2
+
+
 def test_second_run_is_served_from_cache(first_run):
     storage_url, _ = first_run
     storage = Storage(storage_url)
@@ -145,3 +159,13 @@ def test_cli_rejects_bad_input_before_prefect_starts(args, message, tmp_path):
     # Importing Prefect creates its home folder; starting its API server would create the database.
     assert not list((tmp_path / "prefect").glob("*.db")), "Prefect's server was started for a config that could never run"
     assert (dt.datetime.now() - started).total_seconds() < 60
+
+
+def test_plots_past_the_inline_budget_are_linked_to_storage(monkeypatch):
+    import tasks.report as report
+
+    monkeypatch.setattr(report, "INLINE_PLOTS_BUDGET_BYTES", 150)
+    summary = "# r\n\n![a.png](a.png)\n\n![b.png](b.png)\n"
+    out = report.markdown_for_ui(summary, {"a.png": b"x" * 100, "b.png": b"y" * 100}, "s3://bucket/reports/r")
+    assert "![a.png](data:image/png;base64," in out
+    assert "[b.png](s3://bucket/reports/r/b.png)" in out and "![b.png]" not in out

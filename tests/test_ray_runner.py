@@ -67,10 +67,10 @@ def test_gpu_tasks_ask_ray_for_a_gpu_and_cpu_tasks_do_not(monkeypatch):
     with accelerator_request("cpu"):
         assert RemoteOptionsContext.get().current_remote_options == {}
     with accelerator_request("cuda"):
-        assert RemoteOptionsContext.get().current_remote_options == {"num_gpus": 1.0}
+        assert RemoteOptionsContext.get().current_remote_options == {"num_gpus": 1.0, "max_calls": 1}
     monkeypatch.setenv("SAE_TRANSFER_RAY_GPUS_PER_TASK", "0.5")
     with accelerator_request("cuda:1"):
-        assert RemoteOptionsContext.get().current_remote_options == {"num_gpus": 0.5}
+        assert RemoteOptionsContext.get().current_remote_options == {"num_gpus": 0.5, "max_calls": 1}
 
 
 def test_ray_runner_ships_our_code_and_no_secrets(monkeypatch):
