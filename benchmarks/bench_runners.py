@@ -35,6 +35,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per process (torch threads); 0: leave")
     p.add_argument("--ray-cpus", type=int, default=0, help="CPUs of the local Ray cluster (0: every core)")
     p.add_argument("--metrics", default="core", help="comma-separated metrics to include")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
+                   help="extra config override for the flow (repeatable), e.g. --set device=cuda")
     p.add_argument("--keep", action="store_true")
     a = p.parse_args(argv)
 
@@ -55,6 +57,8 @@ def main(argv=None) -> None:
             for runner in walls:
                 storage = f"file://{work / f'store-{runner}-{repeat}'}"
                 cmd = [sys.executable, "-m", "flows.full", "--storage", storage, "--runner", runner] + C.cli_set_args(overrides)
+                for item in a.set:
+                    cmd += ["--set", item]
                 result = C.run_worker(cmd, env=env, cwd=src)
                 walls[runner].append(result["_wall_s"])
                 print(f"{runner:8s} cold run: {result['_wall_s']:.1f} s (load avg {C.load_average()[0]:.2f})", flush=True)

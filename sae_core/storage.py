@@ -16,6 +16,7 @@ import io
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
@@ -37,6 +38,18 @@ class StorageObjectMissing(StorageError, FileNotFoundError):
 
 class CorruptArtifact(StorageError):
     """An object exists but is not what it claims to be (truncated, wrong format)."""
+
+
+# A brief S3 outage (a restart, a fail-over) is absorbed here, by retrying connection errors after
+# these pauses; a longer one surfaces as a StorageError, which Prefect's task retries handle.
+S3_OUTAGE_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
+
+
+def _is_connection_error(err: BaseException) -> bool:
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    return isinstance(err, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError))
 
 
 def check_safetensors_folder(folder: str | os.PathLike[str], shown_as: str | None = None) -> None:
@@ -123,6 +136,19 @@ class Storage:
         """The file-system path of a key, for ``file://`` storage only."""
         return Path(self.path(key)) if self.scheme == "file" else None
 
+    def _call(self, operation):
+        """``operation()``; on S3, retried through a brief outage (see S3_OUTAGE_PAUSES_S)."""
+        if self.scheme != "s3":
+            return operation()
+        for pause in S3_OUTAGE_PAUSES_S:
+            try:
+                return operation()
+            except Exception as err:  # noqa: BLE001 - only connection errors are retried
+                if not _is_connection_error(err):
+                    raise
+                time.sleep(pause)
+        return operation()
+
     # ---------------------------------------------------------------- checks
     def check_reachable(self) -> None:
         """Raise StorageError with a clear message if the root cannot be written and read."""
@@ -145,7 +171,7 @@ class Storage:
         try:
             if self.scheme == "s3":
                 self.fs.invalidate_cache(self.path(key))
-            return self.fs.exists(self.path(key))
+            return self._call(lambda: self.fs.exists(self.path(key)))
         except Exception as err:  # noqa: BLE001 - e.g. botocore's EndpointConnectionError during an outage
             raise StorageError(f"could not check {self.uri(key)}: {type(err).__name__}: {err}") from None
 
@@ -162,7 +188,7 @@ class Storage:
                 os.replace(tmp, target)
             else:
                 # One PUT (or a completed multipart upload): S3 never exposes a partial object.
-                self.fs.pipe_file(target, data)
+                self._call(lambda: self.fs.pipe_file(target, data))
                 self.fs.invalidate_cache(target)
         except Exception as err:  # noqa: BLE001
             raise StorageError(f"could not write {self.uri(key)}: {type(err).__name__}: {err}") from None
@@ -171,7 +197,7 @@ class Storage:
     def get_bytes(self, key: str) -> bytes:
         target = self.path(key)
         try:
-            return self.fs.cat_file(target)
+            return self._call(lambda: self.fs.cat_file(target))
         except FileNotFoundError:
             raise StorageObjectMissing(f"no object at {self.uri(key)}") from None
         except Exception as err:  # noqa: BLE001
@@ -230,9 +256,9 @@ class Storage:
         try:
             if self.scheme == "s3":
                 self.fs.invalidate_cache(base)
-            if not self.fs.exists(base):
+            if not self._call(lambda: self.fs.exists(base)):
                 return []
-            found = self.fs.find(base)
+            found = self._call(lambda: self.fs.find(base))
         except Exception as err:  # noqa: BLE001
             raise StorageError(f"could not list {self.uri(prefix)}: {type(err).__name__}: {err}") from None
         root = self.root.rstrip("/") + "/"
