@@ -247,6 +247,16 @@ def cli_set_args(overrides: dict) -> list[str]:
     return args
 
 
+def remove_unless_kept(work: Path, keep: bool) -> None:
+    """End of a benchmark: delete its temporary folder, or say where it was kept (``--keep``)."""
+    import shutil
+
+    if keep:
+        print(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 SNAPSHOT_DIRS = ("flows", "tasks", "sae_core")
 
 

@@ -321,10 +321,7 @@ def main(argv=None) -> None:
         C.emit({"tokens": tokens, "ours_tok_s": tokens / w_o, "saelens_tok_s": tokens / w_s, "ratio_wall": ratio_wall,
                 "ratio_cpu": ratio_cpu, "machine": machine})
     finally:
-        if a.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        C.remove_unless_kept(work, a.keep)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ Example (one repeat: about 2.5 minutes on 2 CPU cores; --repeats 3 for the docs)
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -141,10 +140,7 @@ def main(argv=None) -> None:
                 "cached": [{k: v for k, v in r.items() if not k.startswith("_stderr")} for r in cached],
                 "cli_cached_s": cli, "ratio_process": ratio_proc, "ratio_flow": ratio_flow, "machine": machine})
     finally:
-        if a.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        C.remove_unless_kept(work, a.keep)
 
 
 if __name__ == "__main__":

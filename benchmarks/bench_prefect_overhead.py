@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -203,10 +202,7 @@ def main(argv=None) -> None:
                 "overhead_rel": over / direct_s, "process_direct_s": proc_d, "process_flow_s": proc_f, "steps": steps,
                 "machine": machine})
     finally:
-        if a.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        C.remove_unless_kept(work, a.keep)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -67,10 +66,7 @@ def main(argv=None) -> None:
         print(f"threads {threads:.1f} s | ray {ray:.1f} s | ray / threads {ray / threads:.2f}x")
         C.emit({"threads_s": walls["threads"], "ray_s": walls["ray"], "ratio": ray / threads, "machine": machine})
     finally:
-        if a.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        C.remove_unless_kept(work, a.keep)
 
 
 if __name__ == "__main__":

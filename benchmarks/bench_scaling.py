@@ -205,10 +205,7 @@ def main(argv=None) -> None:
         C.emit({"tokens": rows, "widths": wrows, "exp_tokens_cache": b_cache, "exp_forwarded_cache": b_fwd, "exp_tokens_wanda": b_wanda,
                 "exp_width_cache": bw_cache, "exp_width_wanda": bw_wanda, "machine": machine})
     finally:
-        if a.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        C.remove_unless_kept(work, a.keep)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,29 @@ def headline_table(metrics: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def compact_headline_table(metrics: pd.DataFrame, limit: int = 10) -> pd.DataFrame:
+    """The headline table cut to one preferred column per metric family (what people compare);
+    ``headline_table`` keeps every column for files."""
+    table = headline_table(metrics)
+    if table.empty:
+        return table
+    keys = ["hook", "model_sparsity", "variant"]
+    chosen = plotted_metrics([c for c in table.columns if c not in keys], limit)
+    return table[keys + chosen]
+
+
+def not_measured(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per (metric family, reason) for rows that are not ``ok``: what is missing and why."""
+    if metrics.empty or "status" not in metrics:
+        return pd.DataFrame()
+    bad = metrics[metrics["status"] != "ok"]
+    if bad.empty:
+        return pd.DataFrame()
+    frame = bad.assign(variant=bad.apply(variant_label, axis=1))
+    grouped = frame.groupby(["metric_family", "status", "reason"], dropna=False)["variant"]
+    return grouped.apply(lambda v: ", ".join(sorted(set(v)))).reset_index().rename(columns={"variant": "variants"})
+
+
 def _figure_to_png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -140,9 +163,14 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_model
         cols = [c for c in ["hook", "model_sparsity", "variant", "achieved_sparsity", "tokens_used", "wall_time_s", "mse",
                             "explained_variance", "l0", "ce_loss_score"] if c in frame]
         lines += ["## SAE variants: cost and reconstruction on the pruned model", "", _markdown_table(frame[cols]), ""]
-    table = headline_table(metrics)
+    table = compact_headline_table(metrics)
     if not table.empty:
-        lines += ["## Headline metrics (SAEBench, on the pruned model)", "", _markdown_table(table), ""]
+        lines += ["## Headline metrics (SAEBench, on the pruned model)", "",
+                  "One headline per metric family; every metric is in `headline.parquet` (wide) and `metrics.parquet` (tidy).", "",
+                  _markdown_table(table), ""]
+    missing = not_measured(metrics)
+    if not missing.empty:
+        lines += ["## Not measured", "", _markdown_table(missing[["metric_family", "status", "variants", "reason"]]), ""]
     for name in plot_names:
         lines += [f"![{name}]({name})", ""]
     return "\n".join(lines)

@@ -45,8 +45,9 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
 
     key = f"sae-transfer-{experiment_name}".lower().replace("_", "-")
     if not metrics.empty:
-        create_table_artifact(key=f"{key}-headline", table=_records(rep.headline_table(metrics)),
-                              description="Headline SAEBench metrics per SAE variant, on the pruned model")
+        create_table_artifact(key=f"{key}-headline", table=_records(rep.compact_headline_table(metrics)),
+                              description="Headline SAEBench metrics per SAE variant, on the pruned model "
+                                          "(one per family; all of them in the report's headline.parquet)")
     create_table_artifact(key=f"{key}-variants", table=_records(variant_rows), description="SAE variants: cost and reconstruction")
     create_markdown_artifact(key=f"{key}-report", markdown=markdown_for_ui(summary, plots, storage.uri(prefix)),
                              description="Full comparison report, plots inline")
