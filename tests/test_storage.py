@@ -105,6 +105,7 @@ def test_unreachable_and_missing_bucket_are_clear_errors(s3_server, monkeypatch)
     with pytest.raises(StorageError, match="not reachable or not writable"):
         Storage("s3://no-such-bucket-here/prefix").check_reachable()
     monkeypatch.setenv("SAE_TRANSFER_S3_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr("sae_core.storage.S3_OUTAGE_PAUSES_S", (0.1,))  # the outage policy is tested in test_reliability
     with pytest.raises(StorageError, match="not reachable"):
         Storage("s3://bucket/prefix").check_reachable()
 
