@@ -89,11 +89,19 @@ def make_activations(source: str, n_tokens: int, d_in: int, seed: int = 0) -> to
     raise ValueError(f"unknown activation source {source!r}; expected 'random' or 'tiny-model'")
 
 
+def _sync() -> None:
+    """GPU work is asynchronous: wait for it before reading the clock."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _time(fn, repeat: int) -> tuple[float, Any]:
     times, result = [], None
     for _ in range(repeat):
+        _sync()
         start = time.perf_counter()
         result = fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
 
@@ -111,6 +119,7 @@ def run_benchmark(
     repeat: int = 3,
     project_train_tokens: int = 100_000_000,
     project_calib_tokens: int = 262_144,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Time prune (norms + prune) vs retrain of ``sae`` on ``activations [n, d_in]``.
 
@@ -131,7 +140,7 @@ def run_benchmark(
     t_prune_all = t_norms_all + t_cut
     t_train, (_, train_report) = _time(
         lambda: train_sae(sae, train_batches, total_tokens=train_tokens, batch_size=batch_size, lr=lr,
-                          seed=0, progress=False),
+                          seed=0, progress=False, device=device),
         1,
     )
     norm_rate = t_norms_all / train_tokens  # s per calibration token
@@ -149,6 +158,7 @@ def run_benchmark(
         "train_tokens": train_report["tokens_used"],
         "batch_size": batch_size,
         "threads": torch.get_num_threads(),
+        "device": device,
         "prune_s": t_prune,
         "prune_norms_s": t_norms,
         "prune_scoring_s": t_cut,
@@ -184,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--activations", help="safetensors file or folder of shards with an 'activations' tensor")
     p.add_argument("--sae", help="benchmark this SAE (folder or release:<release>?id=<sae_id>)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="where the SAE and activations live, e.g. cuda (GPU path untested: no GPU here)")
     p.add_argument("--repeat", type=int, default=3, help="prune timing repeats (median)")
     p.add_argument("--project-train-tokens", type=int, default=100_000_000)
     p.add_argument("--project-calib-tokens", type=int, default=262_144)
@@ -205,8 +216,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         k = args.k if args.architecture == "topk" else None
         sae = new_sae(args.architecture, d_in, args.d_sae, "bench.hook", k=k, seed=0)
 
+    sae, acts = sae.to(args.device), acts.to(args.device)
     result = run_benchmark(
-        sae, acts, calib_tokens=args.calib_tokens, train_tokens=args.tokens, rule=args.rule,
+        sae, acts, device=args.device, calib_tokens=args.calib_tokens, train_tokens=args.tokens, rule=args.rule,
         sparsity=args.sparsity, batch_size=args.batch_size, lr=args.lr, repeat=args.repeat,
         project_train_tokens=args.project_train_tokens, project_calib_tokens=args.project_calib_tokens,
     )
@@ -216,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r, proj = result, result["projected"]
     print(
         f"SAE {r['architecture']} d_in={r['d_in']} d_sae={r['d_sae']} k={r['k']}  "
-        f"rule={r['rule']} sparsity={r['sparsity']}  threads={r['threads']}"
+        f"rule={r['rule']} sparsity={r['sparsity']}  threads={r['threads']}  device={r['device']}"
     )
     print(
         f"  prune   (norms over {r['calib_tokens']:>9,} calib tokens + prune): {r['prune_s']:9.3f} s"
