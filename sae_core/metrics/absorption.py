@@ -43,7 +43,6 @@ import random
 import statistics
 import tempfile
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +53,13 @@ from sae_core.metrics.base import (
     MetricSettings,
     Timer,
     cache_dir,
+    eval_output_provenance,
     headline,
     hooked_model_name,
     model_fingerprint,
     prepare_sae,
     resolve_llm_dtype,
     sae_bench_context,
-    sae_bench_version,
-    sae_lens_version,
     to_jsonable,
 )
 
@@ -183,7 +181,6 @@ def run_absorption(
     )
     from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
     from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
-    from sae_bench.sae_bench_utils import get_eval_uuid
 
     config = config or HUB_DEFAULTS
     timer = Timer()
@@ -328,15 +325,9 @@ def run_absorption(
         eval_output = AbsorptionEvalOutput(
             eval_type_id=EVAL_TYPE_ID_ABSORPTION,
             eval_config=eval_config,
-            eval_id=get_eval_uuid(),
-            datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
             eval_result_metrics=AbsorptionMetricCategories(mean=means),
             eval_result_details=details,
-            sae_bench_commit_hash=f"sae-bench=={sae_bench_version()}",
-            sae_lens_id="custom_sae",
-            sae_lens_release_id="custom",
-            sae_lens_version=sae_lens_version(),
-            sae_cfg_dict=sae.cfg.to_dict(),
+            **eval_output_provenance(sae),
         )
     raw = to_jsonable(asdict(eval_output))
     rows = [

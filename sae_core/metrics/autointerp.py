@@ -25,7 +25,6 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,12 @@ from sae_core.metrics.base import (
     MetricSettings,
     Timer,
     cache_dir,
+    eval_output_provenance,
     headline,
     hooked_model_name,
     prepare_sae,
     resolve_llm_dtype,
     sae_bench_context,
-    sae_bench_version,
-    sae_lens_version,
     to_jsonable,
 )
 from sae_core.metrics.sparse_probing import default_llm_batch_size
@@ -171,7 +169,6 @@ def run_autointerp(
         AutoInterpMetricCategories,
         AutoInterpMetrics,
     )
-    from sae_bench.sae_bench_utils import get_eval_uuid
 
     model_name = hooked_model_name(hooked_model)
     llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
@@ -211,18 +208,12 @@ def run_autointerp(
     std = scores.std().item() if len(scores) > 1 else float("nan")
     eval_output = AutoInterpEvalOutput(
         eval_config=eval_config,
-        eval_id=get_eval_uuid(),
-        datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
         eval_result_metrics=AutoInterpMetricCategories(
             autointerp=AutoInterpMetrics(autointerp_score=score, autointerp_std_dev=std)
         ),
         eval_result_details=[],
         eval_result_unstructured=per_latent,
-        sae_bench_commit_hash=f"sae-bench=={sae_bench_version()}",
-        sae_lens_id="custom_sae",
-        sae_lens_release_id="custom",
-        sae_lens_version=sae_lens_version(),
-        sae_cfg_dict=sae.cfg.to_dict(),
+        **eval_output_provenance(sae),
     )
     raw = to_jsonable(asdict(eval_output))
     rows = [

@@ -133,6 +133,24 @@ def sae_bench_version() -> str:
         return "unknown"
 
 
+def eval_output_provenance(sae: Any) -> dict[str, Any]:
+    """The fields every SAEBench ``*EvalOutput`` records about the run and the SAE (an SAE of ours,
+    not a sae-lens release: ``custom_sae`` / ``custom``, as SAEBench names custom SAEs)."""
+    from datetime import datetime
+
+    from sae_bench.sae_bench_utils import get_eval_uuid
+
+    return dict(
+        eval_id=get_eval_uuid(),
+        datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
+        sae_bench_commit_hash=f"sae-bench=={sae_bench_version()}",
+        sae_lens_id="custom_sae",
+        sae_lens_release_id="custom",
+        sae_lens_version=sae_lens_version(),
+        sae_cfg_dict=sae.cfg.to_dict(),
+    )
+
+
 def sae_lens_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

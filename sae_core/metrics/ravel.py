@@ -43,7 +43,6 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +53,13 @@ from sae_core.metrics.base import (
     MetricSettings,
     Timer,
     cache_dir,
+    eval_output_provenance,
     headline,
     hooked_model_name,
     model_fingerprint,
     prepare_sae,
     resolve_llm_dtype,
     sae_bench_context,
-    sae_bench_version,
-    sae_lens_version,
     to_jsonable,
 )
 from sae_core.metrics.sparse_probing import default_llm_batch_size
@@ -289,7 +287,6 @@ def run_ravel(
     import sae_bench.evals.ravel.main as ravel_main
     from sae_bench.evals.ravel.eval_config import RAVELEvalConfig
     from sae_bench.evals.ravel.eval_output import RAVELEvalOutput, RAVELMetricCategories, RAVELMetricResults
-    from sae_bench.sae_bench_utils import get_eval_uuid
 
     config = config or HUB_DEFAULTS
     timer = Timer()
@@ -344,8 +341,6 @@ def run_ravel(
         results, per_class = ravel_main.run_eval_single_sae(eval_config, sae, hf_model, device, str(folder))
         eval_output = RAVELEvalOutput(
             eval_config=eval_config,
-            eval_id=get_eval_uuid(),
-            datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
             eval_result_metrics=RAVELMetricCategories(
                 ravel=RAVELMetricResults(
                     disentanglement_score=results["disentangle_score"],
@@ -355,11 +350,7 @@ def run_ravel(
             ),
             eval_result_details=[],
             eval_result_unstructured=per_class,
-            sae_bench_commit_hash=f"sae-bench=={sae_bench_version()}",
-            sae_lens_id="custom_sae",
-            sae_lens_release_id="custom",
-            sae_lens_version=sae_lens_version(),
-            sae_cfg_dict=sae.cfg.to_dict(),
+            **eval_output_provenance(sae),
         )
     raw = to_jsonable(asdict(eval_output))
     raw["sae_transfer_residual_view"] = view

@@ -14,7 +14,6 @@ for class_set1 and amazon reviews). Offline it is served by
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from sae_core.metrics.base import (
     MetricSettings,
     Timer,
     cache_dir,
+    eval_output_provenance,
     headline,
     hooked_model_name,
     model_fingerprint,
@@ -30,8 +30,6 @@ from sae_core.metrics.base import (
     require_tokenizer_specials,
     resolve_llm_dtype,
     sae_bench_context,
-    sae_bench_version,
-    sae_lens_version,
     to_jsonable,
 )
 from sae_core.metrics.sparse_probing import default_llm_batch_size
@@ -126,7 +124,6 @@ def _run(sae: Any, hooked_model: Any, config: ScrTppSettings, artifacts_dir: str
         TppMetrics,
         TppResultDetail,
     )
-    from sae_bench.sae_bench_utils import get_eval_uuid
 
     metric = "scr" if perform_scr else "tpp"
     timer = Timer()
@@ -165,13 +162,7 @@ def _run(sae: Any, hooked_model: Any, config: ScrTppSettings, artifacts_dir: str
         )
         common = dict(
             eval_config=eval_config,
-            eval_id=get_eval_uuid(),
-            datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
-            sae_bench_commit_hash=f"sae-bench=={sae_bench_version()}",
-            sae_lens_id="custom_sae",
-            sae_lens_release_id="custom",
-            sae_lens_version=sae_lens_version(),
-            sae_cfg_dict=sae.cfg.to_dict(),
+            **eval_output_provenance(sae),
         )
         scalars = {k: v for k, v in results.items() if not isinstance(v, dict)}
         details = {k: v for k, v in results.items() if isinstance(v, dict)}

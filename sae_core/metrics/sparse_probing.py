@@ -14,7 +14,6 @@ Data: the bias-in-bios class sets come from ``LabHC/bias_in_bios`` (served offli
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,14 @@ from sae_core.metrics.base import (
     MetricSettings,
     Timer,
     cache_dir,
+    eval_output_provenance,
     headline,
     hooked_model_name,
     model_fingerprint,
-    sae_bench_context,
     prepare_sae,
     require_tokenizer_specials,
     resolve_llm_dtype,
-    sae_bench_version,
-    sae_lens_version,
+    sae_bench_context,
     to_jsonable,
 )
 
@@ -105,7 +103,6 @@ def run_sparse_probing(
         SparseProbingResultDetail,
         SparseProbingSaeMetrics,
     )
-    from sae_bench.sae_bench_utils import get_eval_uuid
 
     config = config or HUB_DEFAULTS
     timer = Timer()
@@ -133,8 +130,6 @@ def run_sparse_probing(
         )
         eval_output = SparseProbingEvalOutput(
             eval_config=eval_config,
-            eval_id=get_eval_uuid(),
-            datetime_epoch_millis=int(datetime.now().timestamp() * 1000),
             eval_result_metrics=SparseProbingMetricCategories(
                 llm=SparseProbingLlmMetrics(
                     **{k: v for k, v in results.items() if k.startswith("llm_") and not isinstance(v, dict)}
@@ -149,11 +144,7 @@ def run_sparse_probing(
                 if isinstance(result, dict)
             ],
             eval_result_unstructured=per_class,
-            sae_bench_commit_hash=f"sae-bench=={sae_bench_version()}",
-            sae_lens_id="custom_sae",
-            sae_lens_release_id="custom",
-            sae_lens_version=sae_lens_version(),
-            sae_cfg_dict=sae.cfg.to_dict(),
+            **eval_output_provenance(sae),
         )
     raw = to_jsonable(asdict(eval_output))
     rows = [
