@@ -16,7 +16,6 @@ import copy
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,7 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common as C  # noqa: E402
 from sae_core.wanda import PruneConfig, find_blocks, prune_model  # noqa: E402
 
 
@@ -46,19 +47,6 @@ def build_model(args) -> torch.nn.Module:
     return model.to(args.device).eval()
 
 
-class _Timer:
-    """Wall time and process CPU time of a block (CPU time is robust to other processes
-    competing for the cores; with ``--threads 1`` it is the cleanest comparison)."""
-
-    def __enter__(self):
-        self.w0, self.c0 = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.w0
-        self.cpu = time.process_time() - self.c0
-
-
 def args_device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
 
@@ -69,8 +57,8 @@ def _sync(model) -> None:
 
 
 @torch.no_grad()
-def bare_forward(model, ids, batch_size) -> _Timer:
-    with _Timer() as t:
+def bare_forward(model, ids, batch_size) -> C.Timer:
+    with C.Timer() as t:
         for s in range(0, ids.shape[0], batch_size):
             model(input_ids=ids[s : s + batch_size].to(args_device(model)), use_cache=False)
         _sync(model)
@@ -78,7 +66,7 @@ def bare_forward(model, ids, batch_size) -> _Timer:
 
 
 @torch.no_grad()
-def blocks_forward(model, ids, batch_size) -> _Timer:
+def blocks_forward(model, ids, batch_size) -> C.Timer:
     """Forward that stops after the last decoder block (no final norm / LM head)."""
     _, blocks = find_blocks(model)
 
@@ -90,7 +78,7 @@ def blocks_forward(model, ids, batch_size) -> _Timer:
 
     h = blocks[-1].register_forward_hook(hook)
     try:
-        with _Timer() as t:
+        with C.Timer() as t:
             for s in range(0, ids.shape[0], batch_size):
                 try:
                     model(input_ids=ids[s : s + batch_size].to(args_device(model)), use_cache=False)
@@ -102,10 +90,10 @@ def blocks_forward(model, ids, batch_size) -> _Timer:
         h.remove()
 
 
-def timed_prune(model, ids, cfg) -> _Timer:
+def timed_prune(model, ids, cfg) -> C.Timer:
     m = copy.deepcopy(model)
     _sync(m)
-    with _Timer() as t:
+    with C.Timer() as t:
         prune_model(m, ids, cfg, progress=False)
         _sync(m)
     del m
