@@ -161,7 +161,7 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_model
         frame = variants.copy()
         frame["variant"] = frame.apply(variant_label, axis=1)
         cols = [c for c in ["hook", "model_sparsity", "variant", "achieved_sparsity", "tokens_used", "wall_time_s", "mse",
-                            "explained_variance", "l0", "ce_loss_score"] if c in frame]
+                            "explained_variance", "l0", "dead_latents", "d_sae", "ce_loss_score"] if c in frame]
         lines += ["## SAE variants: cost and reconstruction on the pruned model", "", _markdown_table(frame[cols]), ""]
     table = compact_headline_table(metrics)
     if not table.empty:

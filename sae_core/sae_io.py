@@ -55,6 +55,7 @@ __all__ = [
     "load_sae",
     "save_sae",
     "clone_sae",
+    "decoder_norm_deviation",
     "new_sae",
     "sae_hook_name",
     "hook_activation_width",
@@ -240,6 +241,16 @@ def clone_sae(sae: SAE[Any]) -> SAE[Any]:
     new._use_error_term = sae._use_error_term
     new.train(sae.training)
     return new
+
+
+@torch.no_grad()
+def decoder_norm_deviation(sae: SAE[Any]) -> float:
+    """``max_j | ||W_dec[j]|| - 1 |`` in float32: 0 when every decoder row has unit norm.
+
+    SAEBench assumes unit-norm decoder rows (its ``check_decoder_norms`` warns
+    above 1e-5 in float32); every SAE this project trains or prunes meets it.
+    """
+    return float((sae.W_dec.detach().float().norm(dim=-1) - 1.0).abs().max().item())
 
 
 # --------------------------------------------------------------------------- building

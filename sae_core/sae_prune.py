@@ -1,8 +1,47 @@
 """Prune an SAE's encoder and decoder weights (the "pruned" SAE variant).
 
-Only ``W_enc [d_in, d_sae]`` and ``W_dec [d_sae, d_in]`` are pruned; ``b_enc``,
-``b_dec`` and JumpReLU ``threshold`` are left untouched, and every kept
-weight is bit-identical to the original.  The original SAE is never modified.
+Only ``W_enc [d_in, d_sae]`` and ``W_dec [d_sae, d_in]`` are pruned (the rules
+below pick which weights are zeroed); the original SAE is never modified.
+Pruning shortens decoder rows, so the pruned SAE is then brought back to
+unit-norm decoder rows (as SAEBench assumes) by two exact steps:
+
+1. *Switch off latents that decode to nothing.*  A latent whose decoder row
+   was pruned to all zeros contributes nothing to any reconstruction, yet it
+   would still fire, count towards L0, feed SAEBench's activation-based
+   metrics and (TopK) take one of the k slots from a latent that does
+   decode.  Its encoder column and ``b_enc`` entry are set to 0, so its
+   pre-activation is exactly 0 for every input and it is never active
+   (ReLU / JumpReLU give 0; TopK scores it 0, so it never displaces a latent
+   with a positive pre-activation and reads 0 whenever it fills a slot no
+   positive latent wanted).  Its decoder row gets the latent's original
+   direction at unit norm: the row only ever multiplies a zero activation,
+   so the function is unchanged, and SAEBench's unit-norm check holds.
+   (wanda zeroes the whole row of every latent that never fired on the
+   calibration set; paper never zeroes a whole row.)
+2. *Fold decoder-row norms into the encoder* with sae-lens'
+   ``fold_W_dec_norm``: row ``j`` of ``W_dec`` is divided by its norm
+   ``n_j``, column ``j`` of ``W_enc``, ``b_enc[j]`` and (JumpReLU)
+   ``threshold[j]`` are multiplied by it.  Exact for ReLU and JumpReLU,
+   which commute with positive per-latent scaling.  For TopK folding is
+   exact only under sae-lens' ``rescale_acts_by_decoder_norm`` semantics
+   (select the k largest ``pre_j * n_j``, decode with unit rows); the pruned
+   TopK SAE adopts them (the flag is set on its config).  This is the
+   principled choice: ``pre_j * n_j`` is the size of latent j's contribution
+   to the reconstruction, so TopK keeps choosing the k largest
+   contributions; it is the semantics sae-lens trains TopK SAEs with (and
+   this project's trained TopK SAEs carry the flag); for a unit-norm
+   original SAE it is the original function; and it never spends a slot on
+   a shortened-to-nothing row.  A TopK original *without* the flag and with
+   non-unit rows selected on raw pre-activations, so its pruned copy selects
+   differently from plain masking; a warning and a note say so.
+
+So kept weights equal the original's times a per-latent factor (``n_j`` in
+``W_enc`` column ``j`` and ``b_enc[j]`` / ``threshold[j]``, ``1 / n_j`` in
+``W_dec`` row ``j``, ``n_j`` the norm of the masked row); the zero pattern is
+exactly the mask (plus whole encoder columns of switched-off latents, minus
+their restored decoder rows); ``b_dec`` is untouched.  What was done is in
+the report and ``cfg.metadata.sae_transfer_pruning``: ``decoder_rows``,
+``topk_selection``, ``switched_off_latents``, ``decoder_norm_max_deviation``.
 
 Rules (``n`` = number of weights zeroed per comparison group,
 ``floor(sparsity * group_size)``, lowest scores first, ties broken by index):
@@ -45,7 +84,7 @@ import torch
 
 from sae_lens import SAE
 
-from sae_core.sae_io import ARCHITECTURES, clone_sae, flat_sae_inputs, no_hook_z_reshaping
+from sae_core.sae_io import ARCHITECTURES, clone_sae, decoder_norm_deviation, flat_sae_inputs, no_hook_z_reshaping
 
 __all__ = ["RULES", "SAENorms", "accumulate_sae_norms", "prune_sae", "prune_masks"]
 
@@ -264,39 +303,39 @@ def prune_sae(
 
     ``rule``: "wanda" | "paper" | "magnitude"; ``sparsity`` in [0, 1);
     ``norms`` from :func:`accumulate_sae_norms` (required for wanda / paper,
-    ignored for magnitude).  The report is JSON-serialisable and is also
-    stored in the copy's ``cfg.metadata.sae_transfer_pruning`` so it travels
-    with the saved folder.  Report keys: rule, sparsity (asked),
-    achieved_sparsity (zeros over both matrices), achieved_encoder_sparsity,
+    ignored for magnitude).  The copy has unit-norm decoder rows (see the
+    module docstring for the two exact steps).  The report is
+    JSON-serialisable and is also stored in the copy's
+    ``cfg.metadata.sae_transfer_pruning`` so it travels with the saved
+    folder.  Report keys: rule, sparsity (asked), achieved_sparsity (zeros
+    over both matrices, a switched-off latent's restored decoder row counted
+    as zeros since it only ever multiplies zero), achieved_encoder_sparsity,
     achieved_decoder_sparsity, n_encoder_pruned, n_decoder_pruned,
     encoder_group, decoder_group, calibration_tokens, architecture, d_in,
-    d_sae, notes.
+    d_sae, decoder_rows, topk_selection (TopK only), switched_off_latents,
+    decoder_norm_max_deviation, notes.
     """
     _check_supported(sae)
     _validate(rule, sparsity, norms, sae)  # before any work
     enc_mask, dec_mask = prune_masks(sae, rule, sparsity, norms)
 
     pruned = clone_sae(sae)
-    pruned.W_enc.data.masked_fill_(enc_mask, 0.0)  # kept entries untouched (bit-identical)
+    pruned.W_enc.data.masked_fill_(enc_mask, 0.0)
     pruned.W_dec.data.masked_fill_(dec_mask, 0.0)
+    dec_zero = pruned.W_dec == 0  # before rows of switched-off latents are restored
 
     notes: list[str] = []
-    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
-        notes.append(
-            "SAE has rescale_acts_by_decoder_norm=True: pruning W_dec changes its row norms, "
-            "which also rescales the encoder's TopK selection and the decoder input"
-        )
-        warnings.warn(notes[-1], stacklevel=2)
+    switched_off = _unit_norm_decoder(pruned, sae, notes)
+    enc_zero = pruned.W_enc == 0
 
     report: dict[str, Any] = {
         "rule": rule,
         "sparsity": float(sparsity),
         "achieved_sparsity": float(
-            ((pruned.W_enc == 0).sum() + (pruned.W_dec == 0).sum()).item()
-            / (pruned.W_enc.numel() + pruned.W_dec.numel())
+            (enc_zero.sum() + dec_zero.sum()).item() / (pruned.W_enc.numel() + pruned.W_dec.numel())
         ),
-        "achieved_encoder_sparsity": float((pruned.W_enc == 0).float().mean().item()),
-        "achieved_decoder_sparsity": float((pruned.W_dec == 0).float().mean().item()),
+        "achieved_encoder_sparsity": float(enc_zero.float().mean().item()),
+        "achieved_decoder_sparsity": float(dec_zero.float().mean().item()),
         "n_encoder_pruned": int(enc_mask.sum().item()),
         "n_decoder_pruned": int(dec_mask.sum().item()),
         "encoder_group": _GROUPS[rule][0],
@@ -305,7 +344,47 @@ def prune_sae(
         "architecture": sae.cfg.architecture(),
         "d_in": int(sae.cfg.d_in),
         "d_sae": int(sae.cfg.d_sae),
+        "decoder_rows": "unit norm: zero rows switched off, norms folded into the encoder",
+        **({"topk_selection": TOPK_SELECTION} if sae.cfg.architecture() == "topk" else {}),
+        "switched_off_latents": switched_off,
+        "decoder_norm_max_deviation": decoder_norm_deviation(pruned),
         "notes": notes,
     }
     pruned.cfg.metadata.sae_transfer_pruning = dict(report)
     return pruned, report
+
+
+TOPK_SELECTION = "k largest pre-activation x decoder-row norm (sae-lens rescale_acts_by_decoder_norm), stored folded"
+
+
+def _unit_norm_decoder(pruned: SAE[Any], original: SAE[Any], notes: list[str]) -> int:
+    """Switch off zero-row latents and fold decoder-row norms into the encoder, in place.
+
+    Returns the number of switched-off latents.  See the module docstring.
+    Called under :func:`prune_sae`'s ``no_grad``.
+    """
+    row_norms = pruned.W_dec.detach().float().norm(dim=-1)
+    off = row_norms == 0
+    n_off = int(off.sum().item())
+    if n_off:
+        pruned.W_enc.data[:, off] = 0.0
+        pruned.b_enc.data[off] = 0.0
+        rows = original.W_dec.detach()[off].float()
+        norms = rows.norm(dim=-1, keepdim=True)
+        # an original row that was itself zero gets a basis vector (any unit vector would do)
+        basis = torch.nn.functional.one_hot(
+            off.nonzero().squeeze(1) % pruned.cfg.d_in, pruned.cfg.d_in
+        ).to(rows)
+        pruned.W_dec.data[off] = torch.where(norms > 0, rows / norms.clamp(min=1e-30), basis).to(pruned.W_dec.dtype)
+        notes.append(f"{n_off} latent(s) had their whole decoder row pruned: switched off (never active)")
+    if pruned.cfg.architecture() == "topk":
+        if not getattr(original.cfg, "rescale_acts_by_decoder_norm", False) and decoder_norm_deviation(original) > 1e-4:
+            notes.append(
+                "original TopK SAE selects on raw pre-activations with non-unit decoder rows; the pruned copy "
+                "selects on pre-activation x decoder-row norm (rescale_acts_by_decoder_norm), so its TopK "
+                "choice differs from plain masking"
+            )
+            warnings.warn(notes[-1], stacklevel=4)  # the caller of prune_sae
+        pruned.cfg.rescale_acts_by_decoder_norm = True  # the semantics under which folding is exact
+    pruned.fold_W_dec_norm()
+    return n_off

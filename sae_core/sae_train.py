@@ -13,6 +13,26 @@ We drive the trainer through its public per-step seams (``step``,
 own ``MultiSAETrainer`` does, rather than ``SAETrainer.fit()``, only so that
 progress display can be switched off and per-step metrics collected;
 the optimisation itself is sae-lens' code.
+
+Every trained SAE comes out with unit-norm decoder rows (as SAEBench assumes)
+and the function it was trained to compute, dead latents included:
+
+* TopK trains with sae-lens' ``rescale_acts_by_decoder_norm=True`` (its own
+  default for training SAEs): TopK selects on pre-activation x decoder-row
+  norm and decodes with unit-normalised rows, so the row norms carry no
+  meaning; sae-lens folds them into ``W_enc`` / ``b_enc`` when producing the
+  inference SAE (``process_state_dict_for_saving_inference``), which is exact.
+* standard (ReLU) and JumpReLU train with free decoder norms and are then
+  folded with sae-lens' ``fold_W_dec_norm`` (``W_dec`` rows / norm,
+  ``W_enc`` columns, ``b_enc`` and JumpReLU ``threshold`` x norm), exact
+  because ReLU / JumpReLU commute with positive per-latent scaling.
+
+Folding divides every row by its own norm, so latents that never fired keep
+no trace of their initial norm.  ``report["decoder_norm_max_deviation"]``
+records ``max |‖d_j‖ - 1|`` of the result.  One exception: a TopK SAE trained
+with ``normalize_activations="covariance_whitening"`` (not used by the
+presets) has its whitening folded by sae-lens into non-unit rows that TopK
+then selects on, which cannot be re-folded exactly; the report shows it.
 """
 
 from __future__ import annotations
@@ -31,7 +51,7 @@ from sae_lens.training.mixing_buffer import mixing_buffer
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_core.progress import Progress
-from sae_core.sae_io import ARCHITECTURES, flat_sae_inputs, new_sae, no_hook_z_reshaping
+from sae_core.sae_io import ARCHITECTURES, decoder_norm_deviation, flat_sae_inputs, new_sae, no_hook_z_reshaping
 
 __all__ = ["train_sae", "training_to_inference_sae", "rebatch_activations"]
 
@@ -96,10 +116,13 @@ def rebatch_activations(
 
 
 def training_to_inference_sae(training_sae: TrainingSAE[Any]) -> SAE[Any]:
-    """Convert a sae-lens training SAE to its inference class, in memory.
+    """Convert a sae-lens training SAE to its inference class, in memory, with unit-norm decoder rows.
 
     Same transformation as ``TrainingSAE.save_inference_model`` followed by
-    ``SAE.load_from_disk`` (e.g. TopK decoder-norm folding), without the disk.
+    ``SAE.load_from_disk`` (which folds TopK decoder norms when
+    ``rescale_acts_by_decoder_norm``), without the disk; standard and JumpReLU
+    SAEs are then folded with sae-lens' exact ``fold_W_dec_norm``.  The
+    function is unchanged (to float rounding); ``training_sae`` is not modified.
     """
     state = {k: v.detach().clone() for k, v in training_sae.state_dict().items()}
     training_sae.process_state_dict_for_saving_inference(state)
@@ -110,7 +133,10 @@ def training_to_inference_sae(training_sae: TrainingSAE[Any]) -> SAE[Any]:
     sae.cfg.device = device
     sae.process_state_dict_for_loading(state)
     sae.load_state_dict(state, assign=True)
-    return sae.to(device=device, dtype=sae.dtype)
+    sae = sae.to(device=device, dtype=sae.dtype)
+    if sae.cfg.architecture() != "topk":  # TopK was folded above (only possible with the rescale flag)
+        sae.fold_W_dec_norm()
+    return sae
 
 
 def _validate_positive_int(name: str, value: Any) -> int:
@@ -181,7 +207,10 @@ def train_sae(
     seen by the trainer just before each update; MSE converted back to raw
     units when sae-lens' ``expected_average_only_in`` scaling was used, left in
     whitened units for ``covariance_whitening``), dead_latents (sae-lens'
-    definition: no firing in ``dead_feature_window`` steps).  For held-out
+    definition: no firing in ``dead_feature_window`` steps),
+    decoder_norm_max_deviation (``max |‖W_dec[j]‖ - 1|`` of the returned SAE;
+    see the module docstring).  TopK SAEs always train with
+    ``rescale_acts_by_decoder_norm=True``; overriding it to False is refused.  For held-out
     numbers use :func:`sae_core.sae_quality.reconstruction_stats`.
     """
     if not isinstance(like, SAE):
@@ -209,6 +238,16 @@ def train_sae(
         sae_kwargs["l1_coefficient"] = float(l1_coefficient)
     elif arch == "jumprelu":
         sae_kwargs["l0_coefficient"] = float(l0_coefficient)
+    elif arch == "topk":
+        # Decoder norms must not steer the TopK selection, so that folding them
+        # away afterwards is exact (``like`` may be an inference SAE without the flag).
+        sae_kwargs["rescale_acts_by_decoder_norm"] = True
+        if (sae_overrides or {}).get("rescale_acts_by_decoder_norm", True) is not True:
+            raise ValueError(
+                "topk SAEs are trained with rescale_acts_by_decoder_norm=True so that their decoder rows can be "
+                f"folded to unit norm exactly; got sae_overrides rescale_acts_by_decoder_norm="
+                f"{sae_overrides['rescale_acts_by_decoder_norm']!r}"  # type: ignore[index]
+            )
     sae_kwargs.update(sae_overrides or {})
 
     trainer_kwargs: dict[str, Any] = dict(
@@ -331,6 +370,7 @@ def train_sae(
         "final_explained_variance": 1.0 - sse / sst if sst > 0 else 0.0,
         "final_l0": l0 / n if n else float("nan"),
         "dead_latents": int(trainer.dead_neurons.sum().item()),
+        "decoder_norm_max_deviation": decoder_norm_deviation(sae),
     }
     if arch == "standard":
         report["l1_coefficient"] = float(training_sae.cfg.l1_coefficient)

@@ -3,7 +3,7 @@
 Each variant task stores (once) its checkpoint in sae-lens' folder format under
 ``saes/<variant>/<hash>/`` and one Parquet row under ``variants/<hash>.parquet``: what it is,
 what it cost (tokens, wall time) and how well it reconstructs the *pruned* model's held-out
-activations (MSE, explained variance, L0, CE loss with the SAE spliced in).
+activations (MSE, explained variance, L0, dead latents, CE loss with the SAE spliced in).
 """
 
 from __future__ import annotations
@@ -85,8 +85,10 @@ def _variant_result(storage, key, sae_manifest, prefix, llm, held_out, compute_q
             "achieved_sparsity": float(sae_manifest.get("achieved_sparsity") or 0.0),
             "tokens_used": int(sae_manifest.get("tokens_used") or 0),
             "wall_time_s": float(sae_manifest.get("wall_time_s") or 0.0),
-            "sae_prefix": prefix, **compute_quality(),
+            "sae_prefix": prefix, "d_sae": int(sae_manifest["d_sae"]), **compute_quality(),
         }
+        # latents that never fire on the held-out activations
+        row["dead_latents"] = int(round(row["d_sae"] * (1.0 - row["alive_fraction"])))
         storage.put_parquet(row_key, pd.DataFrame([row]))
     row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
     return {"kind": "sae_variant", "sae_prefix": prefix, "sae_uri": storage.uri(prefix), "variant": sae_manifest["variant"],

@@ -28,6 +28,7 @@ from sae_core.sae_io import (
     SAESource,
     check_sae_matches_hook,
     clone_sae,
+    decoder_norm_deviation,
     load_sae,
     new_sae,
     parse_sae_source,
@@ -114,6 +115,24 @@ def test_clone_is_independent():
     twin.W_enc.data.zero_()
     assert not torch.equal(sae.W_enc, twin.W_enc)
     assert twin.cfg is not sae.cfg and twin.cfg.k == 3
+
+
+def test_decoder_norm_deviation_agrees_with_saebench_check():
+    """Our figure is max |‖W_dec[j]‖ - 1|; SAEBench's check passes iff it is within 1e-5 (float32)."""
+    from sae_bench.sae_bench_utils.general_utils import check_decoder_norms
+
+    sae = random_sae("standard", None)
+    norms = sae.W_dec.detach().norm(dim=1)
+    assert decoder_norm_deviation(sae) == pytest.approx((norms - 1).abs().max().item(), rel=1e-6)
+    with pytest.warns(UserWarning, match="not normalized"):
+        assert not check_decoder_norms(sae.W_dec.data)
+    sae.fold_W_dec_norm()
+    assert decoder_norm_deviation(sae) < 1e-5 and check_decoder_norms(sae.W_dec.data)
+    with torch.no_grad():
+        sae.W_dec[3] *= 1.001  # one row off by 1e-3 is enough to fail both
+    assert decoder_norm_deviation(sae) == pytest.approx(1e-3, rel=1e-2)
+    with pytest.warns(UserWarning, match="not normalized"):
+        assert not check_decoder_norms(sae.W_dec.data)
 
 
 # --------------------------------------------------------------------------- sources

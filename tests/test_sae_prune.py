@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -128,54 +129,162 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- masks
 
 
+def ref_unit_norm_weights(sae: SAE, enc_mask: torch.Tensor, dec_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The documented rule by hand, float64: mask, switch off zero-row latents, fold row norms."""
+    W_enc = sae.W_enc.detach().double() * ~enc_mask
+    W_dec = sae.W_dec.detach().double() * ~dec_mask
+    b_enc = sae.b_enc.detach().double().clone()
+    n = W_dec.norm(dim=1)
+    off = n == 0
+    W_enc[:, off] = 0.0
+    b_enc[off] = 0.0
+    orig = sae.W_dec.detach().double()
+    W_dec[off] = orig[off] / orig[off].norm(dim=1, keepdim=True)
+    n = torch.where(off, torch.ones_like(n), n)
+    out = {"W_enc": W_enc * n, "b_enc": b_enc * n, "W_dec": W_dec / n[:, None], "off": off, "row_norm": n}
+    if hasattr(sae, "threshold"):
+        out["threshold"] = sae.threshold.detach().double() * n
+    return out
+
+
+def ref_forward(sae: SAE, enc_mask: torch.Tensor, dec_mask: torch.Tensor, x: torch.Tensor):
+    """(latents, reconstruction) of the *unfolded* masked SAE, by hand in float64.
+
+    TopK selects the k largest ``pre_j * ||masked row j||`` (the documented semantics); a
+    zero-row latent contributes nothing and, being switched off, is never active.
+    """
+    W_enc = sae.W_enc.detach().double() * ~enc_mask
+    W_dec = sae.W_dec.detach().double() * ~dec_mask
+    b_enc, b_dec = sae.b_enc.detach().double(), sae.b_dec.detach().double()
+    x = x.double()
+    pre = (x - b_dec if sae.cfg.apply_b_dec_to_input else x) @ W_enc + b_enc
+    n = W_dec.norm(dim=1)
+    off = n == 0
+    arch = sae.cfg.architecture()
+    if arch == "standard":
+        f = pre.clamp(min=0)
+    elif arch == "jumprelu":
+        f = pre.clamp(min=0) * (pre > sae.threshold.double())
+    else:
+        score = pre * n
+        f = torch.zeros_like(pre)
+        for t in range(pre.shape[0]):
+            for j in sorted(range(pre.shape[1]), key=lambda j: -score[t, j].item())[: sae.cfg.k]:
+                f[t, j] = max(score[t, j].item(), 0.0)
+        f = f / torch.where(off, torch.ones_like(n), n)  # back to the unfolded scale
+    f[:, off] = 0.0
+    return f, f @ W_dec + b_dec
+
+
+# --------------------------------------------------------------------------- masks and the documented rule
+
+
+@pytest.mark.filterwarnings("ignore:original TopK SAE selects on raw pre-activations")
 @pytest.mark.parametrize("arch,k", ARCHS)
 @pytest.mark.parametrize("rule", RULES)
-def test_masks_match_reference_and_everything_else_is_untouched(arch, k, rule):
+def test_masks_match_reference_and_weights_follow_the_documented_rule(arch, k, rule):
+    """Masks against the loop reference; then the stored weights against the unit-norm rule by hand.
+
+    A wrong variant is caught: kept weights not scaled by the *masked* row norm (or scaled by
+    the original's) fail the weight comparison; a JumpReLU threshold left unscaled, a TopK
+    selecting on raw pre-activations, or a zero-row latent left firing fail the forward
+    comparison; a pruned weight revived (other than a switched-off row) fails the zero pattern.
+    """
     sae = random_sae(arch, k)
     before = {name: t.clone() for name, t in sae.state_dict().items()}
     batches = calibration()
     norms = accumulate_sae_norms(sae, batches)
     ref = ref_norms(sae, torch.cat(batches))
+    x = torch.cat(batches)
 
     for sparsity in (0.5, 0.3):
         pruned, report = prune_sae(sae, rule, sparsity, norms)
         enc_ref, dec_ref = ref_masks(sae, rule, sparsity, ref)
-        assert torch.equal(pruned.W_enc == 0, enc_ref), (rule, sparsity)
-        assert torch.equal(pruned.W_dec == 0, dec_ref), (rule, sparsity)
+        want = ref_unit_norm_weights(sae, enc_ref, dec_ref)
+        off = want["off"]
+        # zero pattern: exactly the masks, plus switched-off encoder columns, minus their restored rows
+        assert torch.equal(pruned.W_enc == 0, enc_ref | off[None, :]), (rule, sparsity)
+        assert torch.equal(pruned.W_dec == 0, dec_ref & ~off[:, None]), (rule, sparsity)
+        assert report["switched_off_latents"] == int(off.sum())
 
-        # kept weights bit-identical; biases / thresholds untouched
-        assert torch.equal(_bits(pruned.W_enc)[~enc_ref], _bits(sae.W_enc)[~enc_ref])
-        assert torch.equal(_bits(pruned.W_dec)[~dec_ref], _bits(sae.W_dec)[~dec_ref])
-        for name in ("b_enc", "b_dec", "threshold"):
-            if name in before:
-                assert torch.equal(_bits(getattr(pruned, name)), _bits(before[name])), name
+        # kept weights: the original's times the per-latent fold factor; b_dec untouched
+        for name in ("W_enc", "b_enc", "W_dec", "threshold"):
+            if name in want:
+                torch.testing.assert_close(getattr(pruned, name).double(), want[name], rtol=1e-5, atol=1e-6)
+        assert torch.equal(_bits(pruned.b_dec), _bits(before["b_dec"]))
+        norms_now = pruned.W_dec.norm(dim=1)
+        assert (norms_now - 1).abs().max() < 1e-5 and report["decoder_norm_max_deviation"] < 1e-5
 
-        # exact sparsity per comparison group
+        # same function as the masked SAE under the documented semantics; switched-off latents silent
+        f_ref, recon_ref = ref_forward(sae, enc_ref, dec_ref, x)
+        with torch.no_grad():
+            f = pruned.encode(x)
+            recon = pruned.decode(f)
+        torch.testing.assert_close(recon.double(), recon_ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(f.double(), f_ref * want["row_norm"], rtol=1e-4, atol=1e-4)
+        assert (f[:, off] == 0).all()
+
+        # exact sparsity per comparison group (on the masked weights)
         n_in, n_sae = int(sparsity * D_IN), int(sparsity * D_SAE)
-        enc_zero, dec_zero = pruned.W_enc == 0, pruned.W_dec == 0
         if rule == "wanda":
-            assert (enc_zero.sum(0) == n_in).all() and (dec_zero.sum(0) == n_sae).all()
+            assert (enc_ref.sum(0) == n_in).all() and (dec_ref.sum(0) == n_sae).all()
         elif rule == "paper":
-            assert (enc_zero.sum(1) == n_sae).all() and (dec_zero.sum(1) == n_in).all()
+            assert (enc_ref.sum(1) == n_sae).all() and (dec_ref.sum(1) == n_in).all()
+            assert not off.any()  # paper never empties a whole row
         else:
-            assert enc_zero.sum() == int(sparsity * D_IN * D_SAE)
-            assert dec_zero.sum() == int(sparsity * D_IN * D_SAE)
+            assert enc_ref.sum() == int(sparsity * D_IN * D_SAE)
+            assert dec_ref.sum() == int(sparsity * D_IN * D_SAE)
         assert report["rule"] == rule and report["sparsity"] == sparsity
+        enc_zero = pruned.W_enc == 0
         assert report["achieved_encoder_sparsity"] == pytest.approx(enc_zero.float().mean().item())
-        assert report["achieved_decoder_sparsity"] == pytest.approx(dec_zero.float().mean().item())
-        both = (enc_zero.sum() + dec_zero.sum()).item() / (2 * D_IN * D_SAE)
+        assert report["achieved_decoder_sparsity"] == pytest.approx(dec_ref.float().mean().item())
+        both = (enc_zero.sum() + dec_ref.sum()).item() / (2 * D_IN * D_SAE)
         assert report["achieved_sparsity"] == pytest.approx(both)
         assert type(pruned) is type(sae)
+        assert pruned.cfg.metadata.sae_transfer_pruning["decoder_rows"].startswith("unit norm")
+        if arch == "topk":
+            assert pruned.cfg.rescale_acts_by_decoder_norm and "topk_selection" in report
 
     # the original SAE is not modified
     assert all(torch.equal(before[n], t) for n, t in sae.state_dict().items())
 
 
-def test_zero_sparsity_is_identity_and_magnitude_needs_no_norms():
-    sae = random_sae("standard", None)
-    pruned, report = prune_sae(sae, "magnitude", 0.0)
-    assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), pruned.state_dict().values()))
-    assert report["achieved_encoder_sparsity"] == 0.0 and report["calibration_tokens"] == 0
+@pytest.mark.filterwarnings("ignore:original TopK SAE selects on raw pre-activations")
+@pytest.mark.parametrize("arch,k", ARCHS)
+def test_a_latent_whose_decoder_row_is_pruned_away_never_fires(arch, k):
+    """Latent 0 never fires on the calibration set, so wanda empties its decoder row.
+
+    Afterwards it is switched off: never active even on inputs that drive its original
+    pre-activation far above every other latent's (where, left on, it would take a TopK slot).
+    """
+    sae = random_sae(arch, k)
+    with torch.no_grad():
+        sae.b_enc[0] = -1e4  # dead on calibration data
+    pruned, report = prune_sae(sae, "wanda", 0.5, accumulate_sae_norms(sae, calibration()))
+    assert report["switched_off_latents"] >= 1 and pruned.W_enc[:, 0].abs().sum() == 0 and pruned.b_enc[0] == 0
+    assert pruned.W_dec[0].norm().item() == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(pruned.W_dec[0], sae.W_dec[0] / sae.W_dec[0].norm())  # its original direction
+    # inputs along latent 0's encoder direction: hugely positive for it in the original
+    x = sae.W_enc[:, 0].detach()[None, :] * torch.linspace(1, 50, 20)[:, None]
+    with torch.no_grad():
+        sae.b_enc[0] = 0.0
+        assert (sae.encode(x)[:, 0] > 0).all()  # the original (revived) would fire ...
+        assert (pruned.encode(x)[:, 0] == 0).all()  # ... the pruned copy never does
+
+
+def test_zero_sparsity_only_folds_and_magnitude_needs_no_norms():
+    """Nothing pruned: the copy is the original with its row norms folded away, same function."""
+    x = torch.cat(calibration())
+    for arch, k in ARCHS:
+        sae = random_sae(arch, k)
+        if arch == "topk":  # folding is exact for TopK only under the rescale semantics
+            sae.cfg.rescale_acts_by_decoder_norm = True
+        pruned, report = prune_sae(sae, "magnitude", 0.0)
+        assert report["achieved_encoder_sparsity"] == 0.0 and report["calibration_tokens"] == 0
+        assert report["switched_off_latents"] == 0 and report["decoder_norm_max_deviation"] < 1e-5
+        with torch.no_grad():
+            torch.testing.assert_close(pruned(x), sae(x), rtol=1e-4, atol=1e-4)
+            assert torch.equal(pruned.encode(x) != 0, sae.encode(x) != 0)
 
 
 # --------------------------------------------------------------------------- norms
@@ -222,6 +331,7 @@ def test_norms_see_the_input_as_the_encoder_does():
 
 
 @pytest.mark.parametrize("arch,k", ARCHS)
+@pytest.mark.filterwarnings("ignore:original TopK SAE selects on raw pre-activations")
 def test_pruned_sae_round_trips_through_sae_lens(tmp_path, arch, k):
     sae = random_sae(arch, k)
     pruned, report = prune_sae(sae, "wanda", 0.5, accumulate_sae_norms(sae, calibration()))
@@ -231,14 +341,30 @@ def test_pruned_sae_round_trips_through_sae_lens(tmp_path, arch, k):
     for name, t in pruned.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], t), name
     assert loaded.cfg.metadata.sae_transfer_pruning["rule"] == "wanda"
+    assert (loaded.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
+    if arch == "topk":
+        assert loaded.cfg.rescale_acts_by_decoder_norm
+    x = torch.cat(calibration())
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
     json.dumps(report)  # report is JSON-serialisable
 
 
-def test_topk_with_decoder_norm_rescaling_warns():
-    sae = new_sae("topk", D_IN, D_SAE, HOOK, k=4, seed=0, rescale_acts_by_decoder_norm=True)
-    with pytest.warns(UserWarning, match="rescale_acts_by_decoder_norm"):
-        _, report = prune_sae(sae, "magnitude", 0.5)
-    assert report["notes"]
+def test_topk_selection_semantics_change_is_warned_only_when_it_changes_anything():
+    """An original that already selects by pre-activation x row norm (or has unit rows) needs no warning."""
+    flagged = new_sae("topk", D_IN, D_SAE, HOOK, k=4, seed=0, rescale_acts_by_decoder_norm=True)
+    unit = random_sae("topk", 4)
+    with torch.no_grad():
+        unit.W_dec.div_(unit.W_dec.norm(dim=1, keepdim=True))
+    for sae in (flagged, unit):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _, report = prune_sae(sae, "magnitude", 0.5)
+        assert report["topk_selection"].startswith("k largest pre-activation x decoder-row norm")
+    plain = random_sae("topk", 4)  # raw pre-activation selection, non-unit rows
+    with pytest.warns(UserWarning, match="selects on raw pre-activations"):
+        _, report = prune_sae(plain, "magnitude", 0.5)
+    assert any("raw pre-activations" in note for note in report["notes"])
 
 
 # --------------------------------------------------------------------------- errors

@@ -20,10 +20,11 @@ try:
 except ImportError:  # running `pytest` without the repo root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sae_bench.sae_bench_utils.general_utils import check_decoder_norms
 from sae_lens import SAE
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from sae_core.sae_io import new_sae, save_sae
+from sae_core.sae_io import decoder_norm_deviation, new_sae, save_sae
 from sae_core.sae_prune import prune_sae
 from sae_core.sae_quality import reconstruction_stats, spliced_ce
 from sae_core.sae_train import train_sae, training_to_inference_sae
@@ -73,7 +74,8 @@ def batches(x: torch.Tensor, size: int = 200) -> list[torch.Tensor]:
 def test_retrained_sae_beats_its_random_init(acts, arch, k):
     like = new_sae(arch, D_MODEL, 64, HOOK, k=k, seed=1)
     # exactly what training starts from (same seed, sae-lens training init), as an inference SAE
-    init = training_to_inference_sae(new_sae(like=like, training=True, seed=0))
+    flag = {"rescale_acts_by_decoder_norm": True} if k else {}  # train_sae trains TopK with it
+    init = training_to_inference_sae(new_sae(like=like, training=True, seed=0, **flag))
     trained, report = train_sae(
         like, batches(acts["train"]), total_tokens=8192, batch_size=256, lr=3e-3,
         l1_coefficient=0.05, l0_coefficient=0.01, seed=0, progress=False,
@@ -92,6 +94,71 @@ def test_retrained_sae_beats_its_random_init(acts, arch, k):
     assert after["mse"] < 0.5 * before["mse"], (before, after)
     assert after["explained_variance"] > before["explained_variance"] + 0.2, (before, after)
     assert after["explained_variance"] > 0.3, after
+
+    # unit-norm decoder rows, every latent (dead ones too), as SAEBench's own check wants
+    assert (trained.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
+    assert report["decoder_norm_max_deviation"] < 1e-5
+    assert check_decoder_norms(trained.W_dec.data)
+    if k is not None:
+        assert trained.cfg.rescale_acts_by_decoder_norm
+
+
+def test_latents_that_never_fire_in_training_end_unit_norm_too(acts):
+    """JumpReLU thresholds far above every pre-activation: no latent ever fires, so no decoder row
+    gets a gradient and all keep sae-lens' initial norm 0.1 - until the fold."""
+    like = new_sae("jumprelu", D_MODEL, 48, HOOK, seed=0)
+    trained, report = train_sae(like, batches(acts["train"]), total_tokens=512, batch_size=256, progress=False,
+                                sae_overrides={"jumprelu_init_threshold": 1e3})
+    assert reconstruction_stats(trained, batches(acts["held_out"]))["alive_fraction"] == 0.0
+    assert (trained.W_dec.norm(dim=1) - 1).abs().max() < 1e-5 and check_decoder_norms(trained.W_dec.data)
+    assert report["decoder_norm_max_deviation"] < 1e-5
+
+
+def _random_training_sae(arch: str, k: int | None, n_dead: int = 5) -> SAE:
+    """A training SAE with decoder row norms spread over [0.05, 2] and ``n_dead`` latents that never fire."""
+    flag = {"rescale_acts_by_decoder_norm": True} if arch == "topk" else {}
+    sae = new_sae(arch, D_MODEL, 64, HOOK, k=k, training=True, seed=0, **flag)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(sae.W_enc.shape, generator=gen) * 0.3)
+        sae.b_enc.copy_(torch.randn(sae.b_enc.shape, generator=gen) * 0.1)
+        sae.b_dec.copy_(torch.randn(sae.b_dec.shape, generator=gen) * 0.1)
+        rows = torch.randn(sae.W_dec.shape, generator=gen)
+        scale = 0.05 + 1.95 * torch.rand(64, 1, generator=gen)
+        sae.W_dec.copy_(rows / rows.norm(dim=1, keepdim=True) * scale)
+        sae.b_enc[:n_dead] = -1e3  # never fire (and never reach a TopK slot with a positive value)
+        if hasattr(sae, "threshold"):
+            sae.threshold.copy_(0.05 * torch.rand(64, generator=gen))
+    return sae
+
+
+@pytest.mark.parametrize("arch,k", [("standard", None), ("topk", 8), ("jumprelu", None)])
+def test_conversion_folds_decoder_norms_without_changing_the_function(acts, arch, k):
+    """training_to_inference_sae (what train_sae returns through) gives unit rows, same function.
+
+    A wrong variant is caught: rescaling W_dec without the encoder changes the reconstruction;
+    a JumpReLU threshold left unscaled changes which latents fire; leaving dead latents out
+    of the fold leaves rows of norm 0.05-2 behind.
+    """
+    training = _random_training_sae(arch, k)
+    x = acts["held_out"]
+    with torch.no_grad():
+        f_before = training.encode(x)
+        recon_before = training.decode(f_before)
+        row_norms = training.W_dec.norm(dim=1)
+    assert (row_norms - 1).abs().max() > 0.5  # far from unit before
+    sae = training_to_inference_sae(training)
+    with torch.no_grad():
+        f_after = sae.encode(x)
+        recon_after = sae.decode(f_after)
+    torch.testing.assert_close(recon_after, recon_before, rtol=1e-5, atol=1e-5)
+    assert torch.equal(f_after != 0, f_before != 0)  # same latents fire
+    scale = 1.0 if arch == "topk" else row_norms  # TopK acts were already on the unit-row scale
+    torch.testing.assert_close(f_after, f_before * scale, rtol=1e-5, atol=1e-5)
+    assert (f_after[:, :5] == 0).all()  # the dead latents ...
+    assert (sae.W_dec.norm(dim=1) - 1).abs().max() < 1e-5  # ... are unit-norm like the rest
+    assert decoder_norm_deviation(sae) < 1e-5 and check_decoder_norms(sae.W_dec.data)
+    assert training.W_dec.norm(dim=1).equal(row_norms)  # the training SAE is not modified
 
 
 def test_training_is_deterministic_and_round_trips(acts, tmp_path):
@@ -132,6 +199,9 @@ def test_training_bad_inputs_name_the_value(acts):
         train_sae(like, data, total_tokens=512, batch_size=256, progress=False, trainer_overrides={"not_a_field": 1})
     with pytest.raises(ValueError, match="lr"):
         train_sae(like, data, total_tokens=512, batch_size=256, lr=-1.0, progress=False)
+    with pytest.raises(ValueError, match="rescale_acts_by_decoder_norm=False"):
+        train_sae(new_sae("topk", D_MODEL, 48, HOOK, k=4, seed=0), data, total_tokens=512, batch_size=256,
+                  progress=False, sae_overrides={"rescale_acts_by_decoder_norm": False})
 
 
 # --------------------------------------------------------------------------- quality
