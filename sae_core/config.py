@@ -152,6 +152,20 @@ class QualitySettings(_Frozen):
     ce_sequences: int = Field(32, gt=0)
 
 
+class FeatureAuditSettings(_Frozen):
+    """The feature-level audit of the original SAE on each compressed model (sae_core/feature_audit.py).
+
+    Its thresholds are constants there, Duan's (arXiv 2606.03002): active = fires on > 0.1% of
+    dense tokens, survived r > 0.9, damaged r < 0.5. Cost: two forward passes over ``n_tokens``.
+    """
+
+    enabled: bool = False
+    n_tokens: int = Field(100_000, gt=0, le=10_000_000_000)
+    seq_len: int | None = Field(None, ge=3)  # None: the activations' seq_len
+    batch_sequences: int = Field(16, ge=1)
+    subsets: int = Field(3, ge=2)  # disjoint token subsets for the noise floor
+
+
 class ExperimentConfig(_Frozen):
     name: str
     model: str
@@ -165,6 +179,7 @@ class ExperimentConfig(_Frozen):
     retrained_sae: RetrainSettings
     pruned_sae: PrunedSAESettings
     quality: QualitySettings = QualitySettings()
+    feature_audit: FeatureAuditSettings = FeatureAuditSettings()
     metrics: list[str] = list(KNOWN_METRICS)
     metric_profile: Literal["toy", "hub"] = "toy"
     metric_overrides: dict[str, dict[str, Any]] = {}

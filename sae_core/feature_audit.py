@@ -181,6 +181,22 @@ def check_same_architecture(dense, compressed, hook_name: str) -> tuple[int, ...
     return shapes[0]
 
 
+HF_SHAPE_KEYS = ("model_type", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "num_attention_heads", "n_head",
+                 "num_key_value_heads", "head_dim", "intermediate_size", "n_inner", "vocab_size")
+
+
+def check_same_hf_config(dense_hf, compressed_hf) -> None:
+    """The cheap early form of ``check_same_architecture`` on two Hugging Face models (before any
+    HookedTransformer is built): same config class and same shape-defining fields."""
+    a, b = dense_hf.config, compressed_hf.config
+    if type(a) is not type(b):
+        raise ValueError(f"the compressed model's config is a {type(b).__name__}, the dense model's a {type(a).__name__}; "
+                         "the feature audit needs the same architecture")
+    differs = {k: (getattr(a, k, None), getattr(b, k, None)) for k in HF_SHAPE_KEYS if getattr(a, k, None) != getattr(b, k, None)}
+    if differs:
+        raise ValueError(f"the compressed model's architecture differs from the dense one: {differs}")
+
+
 @torch.no_grad()
 def _forward(hooked, batch: torch.Tensor, hook_name: str, with_loss: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Activations at ``hook_name`` ([batch, seq, d], heads flattened) and, if asked, per-token NLL."""

@@ -246,3 +246,50 @@ def test_match_strength_finds_a_known_target():
     assert abs(bits.strength - 5.0) < 0.05
     with pytest.raises(ValueError, match="lo < hi"):
         fa.match_strength(ppl, 1.0, 0.5, 0.5)
+
+
+# ------------------------------------------------------------------ the task
+def test_task_writes_metric_rows_and_serves_a_second_call_from_storage(toy_world, toy_model, tmp_path, monkeypatch):
+    import tasks.feature_audit as task_module
+    from sae_core.sae_io import new_sae
+    from sae_core.storage import Storage
+    from tasks.metrics import METRIC_COLUMNS
+    from tasks.saes import _store_sae
+
+    storage = Storage(f"file://{tmp_path / 'store'}")
+    storage.upload_dir(toy_world.model_dir, "dense_model", {"kind": "model", "content_hash": "dense"})
+    pruned_dir = tmp_path / "pruned"
+    hf = copy.deepcopy(toy_model.hf_model)
+    with torch.no_grad():  # magnitude-prune a third of every block matrix, by hand
+        for name, p in hf.named_parameters():
+            if p.ndim == 2 and ".h." in name:
+                p[p.abs() <= p.abs().flatten().kthvalue(p.numel() // 3).values] = 0
+    hf.save_pretrained(pruned_dir, safe_serialization=True)
+    toy_model.tokenizer.save_pretrained(pruned_dir)
+    storage.upload_dir(pruned_dir, "pruned_model", {"kind": "model", "content_hash": "pruned"})
+    dense = {"kind": "model", "prefix": "dense_model", "content_hash": "dense", "dense": True}
+    compressed = {"kind": "model", "prefix": "pruned_model", "content_hash": "pruned", "dense": False, "base_model": "toy",
+                  "pruning": {"method": "magnitude_matrix", "sparsity": 0.33}, "perplexity": {"dense": 1.0, "pruned": 1.1}}
+    _store_sae(storage, new_sae("topk", 64, 96, HOOK, k=8, seed=0), "saes/original/x", {"variant": "original", "hook": HOOK, "processing": {}})
+    original = {"kind": "sae", "prefix": "saes/original/x", "hook": HOOK, "processing": {}}
+    audit = {"n_tokens": 3000, "seq_len": 64, "batch_sequences": 16, "subsets": 3, "skip_sequences": 400}
+
+    first = task_module.feature_fidelity.fn(original, dense, compressed, audit, DATASET, "test", storage.url)
+    rows = storage.get_parquet(first["rows_key"])
+    assert list(rows.columns) == METRIC_COLUMNS
+    assert set(rows["metric_family"]) == {"feature_fidelity"} and set(rows["sae_variant"]) == {"original"}
+    assert set(rows["pruning_method"]) == {"magnitude_matrix"} and set(rows["model_prefix"]) == {"pruned_model"}
+    values = dict(zip(rows["metric_name"], rows["value"]))
+    assert values["n_tokens"] >= 3000 and 0 <= values["survived_frac"] <= 1
+    assert values["survived_frac"] + values["degraded_frac"] + values["damaged_frac"] == pytest.approx(1.0)
+    assert values["ppl_delta_pct_audit_tokens"] > 0  # pruning a third of every matrix costs perplexity
+    table = storage.get_parquet(first["table_key"])
+    assert len(table) == 96 and list(table.columns) == fa.TABLE_COLUMNS
+    # One read over metrics/ sees these rows beside any other family's.
+    assert "feature_fidelity" in set(pd.read_parquet(storage.local_path("metrics"))["metric_family"])
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the audit ran again")
+
+    monkeypatch.setattr(task_module, "_audit_and_store", no_work)
+    assert task_module.feature_fidelity.fn(original, dense, compressed, audit, DATASET, "test", storage.url) == first
