@@ -23,6 +23,7 @@ from sae_core.config import ExperimentConfig, build_config
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage
 from sae_core.wanda import PruneConfig
 from tasks.activations import cache_activations_task
+from tasks.feature_audit import feature_fidelity
 from tasks.llm_pruning import prune_llm
 from tasks.metrics import evaluate_metric
 from tasks.report import write_report
@@ -46,7 +47,7 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
             originals[hook] = original_sae.submit(dense, hook, c.original_sae_source(hook), c.original_sae.train and c.original_sae.train.model_dump(),
                                                   dense_acts, store, c.device, c.seed)
 
-        variants, metric_results, pruned_llms = [], [], []
+        variants, metric_results, pruned_llms, audits = [], [], [], []
         for sparsity in c.llm_pruning.sparsities:
             # 2. Prune the LLM with WANDA; every SAE is then judged on this pruned model.
             llm = prune_llm.submit(dense, prune_config(c, sparsity), c.llm_pruning.calibration_dataset, store, *dev)
@@ -67,6 +68,8 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                         hook_variants.append(prune_sae_task.submit(original, llm, acts, held_out, rule, sae_sparsity,
                                                                    c.pruned_sae.calibration_tokens, q, c.dataset, store, *dev))
                 variants += hook_variants
+                if c.feature_audit.enabled:  # what compression did to each feature of the original SAE
+                    audits.append(feature_fidelity.submit(original, dense, llm, audit_settings(c, hook), c.dataset, c.name, store, *dev))
 
                 # 4. Every SAEBench metric, each its own cached task, on the pruned model.
                 for variant in hook_variants:
@@ -81,11 +84,13 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
     done_variants, failed_variants = finished(variants)
     failed += failed_variants
     done_metrics, failed_metrics = finished(metric_results)
-    report = write_report(c.name, c.model_dump(mode="json"), done_llms, done_variants, done_metrics, store)
+    done_audits, failed_audits = finished(audits)
+    failed_metrics += failed_audits
+    report = write_report(c.name, c.model_dump(mode="json"), done_llms, done_variants, done_metrics + done_audits, store)
     if failed or failed_metrics:
         raise RuntimeError(f"{len(failed)} pruning / SAE variant task(s) and {len(failed_metrics)} metric task(s) failed "
                            f"(report of the rest: {report['uri']}): " + "; ".join((failed + failed_metrics)[:5]))
-    return {"report": report, "n_variants": len(done_variants), "n_metric_results": len(done_metrics)}
+    return {"report": report, "n_variants": len(done_variants), "n_metric_results": len(done_metrics), "n_feature_audits": len(done_audits)}
 
 
 def finished(futures: list) -> tuple[list[dict], list[str]]:
@@ -111,6 +116,14 @@ def held_out_spec(c: ExperimentConfig, hook: str) -> ActivationCacheSpec:
     after_training = math.ceil(a.n_tokens / (a.seq_len - 2)) + a.shard_sequences
     return ActivationCacheSpec(hook_name=hook, dataset=c.dataset, n_tokens=c.quality.n_tokens, seq_len=a.seq_len,
                                batch_sequences=a.batch_sequences, shard_sequences=a.shard_sequences, skip_sequences=after_training)
+
+
+def audit_settings(c: ExperimentConfig, hook: str) -> dict:
+    """The feature audit's windows: held out too, past every token the training windows used."""
+    a, seq_len = c.feature_audit, c.feature_audit.seq_len or c.activations.seq_len
+    used_tokens = held_out_spec(c, hook).skip_sequences * (c.activations.seq_len - 1)
+    return {"n_tokens": a.n_tokens, "seq_len": seq_len, "batch_sequences": a.batch_sequences, "subsets": a.subsets,
+            "skip_sequences": math.ceil(used_tokens / (seq_len - 1))}
 
 
 def prune_config(c: ExperimentConfig, sparsity: float) -> PruneConfig:

@@ -293,3 +293,36 @@ def test_task_writes_metric_rows_and_serves_a_second_call_from_storage(toy_world
 
     monkeypatch.setattr(task_module, "_audit_and_store", no_work)
     assert task_module.feature_fidelity.fn(original, dense, compressed, audit, DATASET, "test", storage.url) == first
+
+
+# ------------------------------------------------------------------ the report's compression section
+def test_compression_report_table_plots_and_markdown():
+    from sae_core import compression_report as crep
+
+    rng = np.random.default_rng(0)
+    audits, tables, metric_rows = [], {}, []
+    for method, spec, delta, survived in [("wanda", {"method": "wanda", "sparsity": 0.5}, 12.0, 0.7),
+                                          ("rtn", {"method": "rtn", "bits": 4}, 30.0, 0.4), ("rtn", {"method": "rtn", "bits": 8}, 1.0, 0.98)]:
+        key = f"feature_audit/{method}{spec.get('bits', '')}.parquet"
+        r = np.clip(rng.normal(0.8, 0.2, 50), -1, 1)
+        tables[key] = pd.DataFrame({"feature": range(50), "r": r, "active": True})
+        prefix = f"models/{method}{spec.get('bits', '')}"
+        audits.append({"kind": "feature_fidelity", "hook": HOOK, "table_key": key, "model_prefix": prefix, "compression": spec,
+                       "perplexity": {"dense": 10.0, "compressed": 10.0 * (1 + delta / 100)},
+                       "audit_perplexity": {"delta_pct": delta}, "auc": {"auc_mean": 0.8},
+                       "summary": {"survived_frac": survived, "degraded_frac": 1 - survived, "damaged_frac": 0.0, "dead_after_frac": 0.0,
+                                   "survived_frac_subset_std": 0.01, "mean_r": 0.9, "n_active": 50}})
+        for variant, value in (("original", 0.9), ("retrained", 0.5)):  # only the original SAE's score is reported
+            metric_rows.append({"metric_family": "core", "metric_name": "ce_loss_score", "sae_variant": variant, "hook": HOOK,
+                                "model_prefix": prefix, "value": value})
+    table = crep.compression_table(audits, pd.DataFrame(metric_rows))
+    assert list(table["method"]) == ["rtn:4", "rtn:8", "wanda:0.5"]
+    assert (table["core_ce_loss_score"] == 0.9).all() and table["core_explained_variance"].isna().all()
+    assert table.loc[0, "survived_pct"] == pytest.approx(40.0) and table.loc[0, "survived_pct_subset_std"] == pytest.approx(1.0)
+    assert table.loc[2, "ppl_delta_pct_held_out"] == pytest.approx(12.0)
+    plots = crep.compression_plots(audits, tables, pd.DataFrame(metric_rows))
+    assert sorted(plots) == ["compression_ppl_vs_survival.png", "compression_r_histograms.png"]
+    assert all(png.startswith(b"\x89PNG") for png in plots.values())
+    section = crep.markdown_section(audits, pd.DataFrame(metric_rows))
+    assert "## Feature audit" in section and "| 40.0 ± 1.0 |" in section
+    assert crep.markdown_section([], pd.DataFrame()) == ""
