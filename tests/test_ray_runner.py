@@ -18,7 +18,7 @@ from tests.conftest import TINY_FLOW_OVERRIDES
 from tests.test_flow import states_by_name, task_runs_since
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY_TASKS = {"base-model", "cache-activations", "original-sae", "prune-llm", "transfer-sae", "retrain-sae",
+HEAVY_TASKS = {"base-model", "cache-activations", "original-sae", "compress-llm", "transfer-sae", "retrain-sae",
                "prune-sae", "metric-core"}
 
 

@@ -54,7 +54,8 @@ class CompressionSpec:
             return f"{self.method}:{self.bits}" + ("" if self.group_size is None else f"g{self.group_size}")
         if self.nm is not None:
             return f"{self.method}:{self.nm[0]}:{self.nm[1]}"
-        return f"{self.method}:{self.sparsity:g}"
+        short = f"{self.sparsity:g}"
+        return f"{self.method}:{short if float(short) == self.sparsity else repr(self.sparsity)}"  # exact round trip
 
     def __str__(self) -> str:
         return self.text
