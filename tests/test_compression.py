@@ -412,3 +412,33 @@ def test_every_method_keeps_a_working_float_model():
         assert torch.isfinite(logits).all(), spec
         assert all(p.dtype == torch.float32 for p in model.parameters())
         assert len(report.modules) == 14 and not math.isnan(report.relative_error) and report.relative_error > 0
+
+
+def test_report_lists_every_compressed_model_and_keeps_specs_apart():
+    import pandas as pd
+
+    from sae_core import report as rep
+
+    def manifest(spec, sparsity, bits, ppl):
+        parsed = parse_spec(spec)
+        return {"prefix": f"pruned_models/{spec}", "perplexity": {"dense": 10.0, "compressed": ppl, "pruned": ppl},
+                "compression": {"spec": spec, "method": parsed.method, "structure": parsed.structure,
+                                "strength": parsed.strength, "bits": bits, "achieved_sparsity": sparsity,
+                                "wall_time_s": 1.5, "calibration_tokens": 64}}
+
+    legacy = {"prefix": "pruned_models/old", "perplexity": {"dense": 10.0, "pruned": 12.0},
+              "pruning": {"method": "wanda", "structure": "unstructured", "sparsity": 0.5, "achieved_sparsity": 0.5,
+                          "wall_time_s": 2.0}}
+    models = [manifest("sparsegpt:0.5", 0.5, None, 11.0), manifest("rtn:4", 0.01, 4, 10.5), legacy]
+    text = rep.markdown_summary(pd.DataFrame(), pd.DataFrame(), models, [])
+    assert "## Compressed language models" in text
+    assert "| sparsegpt:0.5 | sparsegpt unstructured | 0.5 | 0.500 | 10.000 → 11.000 | 1.5 | 64 |" in text
+    assert "| rtn:4 | rtn per_channel | 4 | 4 bits | 10.000 → 10.500 |" in text
+    assert "| wanda:0.5 | wanda unstructured | 0.5 | 0.500 | 10.000 → 12.000 | 2.0 | 0 |" in text
+
+    rows = [{"hook": "h", "pruning_method": spec, "model_sparsity": 0.0, "sae_variant": "original", "sae_scoring_rule": "",
+             "sae_sparsity": 0.0, "metric_family": "core", "metric_name": "ce_loss_score", "value": v,
+             "higher_is_better": True} for spec, v in (("rtn:8", 0.9), ("rtn:4", 0.5))]
+    table = rep.headline_table(pd.DataFrame(rows))
+    assert sorted(table["pruning_method"]) == ["rtn:4", "rtn:8"]  # not averaged together
+    assert sorted(rep.metric_vs_sparsity_plots(pd.DataFrame(rows))) == ["metrics_h_rtn-4.png", "metrics_h_rtn-8.png"]
