@@ -156,11 +156,12 @@ def compression_plots(audits: list[dict], tables: dict[str, pd.DataFrame], metri
     return plots
 
 
-def markdown_section(audits: list[dict], metrics: pd.DataFrame) -> str:
-    """'## Feature audit' with the method table; empty when nothing was audited."""
+def markdown_section(results: list[dict], metrics: pd.DataFrame) -> str:
+    """'## Feature audit' with the method table and the matched-perplexity overlaps, from the task
+    manifests among ``results`` (kinds 'feature_fidelity', 'feature_overlap'); empty when none."""
     from sae_core.report import _markdown_table
 
-    table = compression_table(audits, metrics)
+    table = compression_table([r for r in results if r.get("kind") == "feature_fidelity"], metrics)
     if table.empty:
         return ""
     shown = table.assign(survived=table.apply(lambda r: f"{r['survived_pct']:.1f} ± {r['survived_pct_subset_std']:.1f}", axis=1))
@@ -172,4 +173,23 @@ def markdown_section(audits: list[dict], metrics: pd.DataFrame) -> str:
         f"Of the active features: survived r > {SURVIVAL_THRESHOLD}, degraded {DAMAGE_THRESHOLD} ≤ r ≤ {SURVIVAL_THRESHOLD}, "
         f"damaged r < {DAMAGE_THRESHOLD} (%). Survived ± the std over disjoint token subsets (the noise floor). "
         "ΔPPL % on the audit tokens; `_held_out` from the compression step. Core scores: the transferred (original) SAE.", "",
-        _markdown_table(shown[columns]), ""])
+        _markdown_table(shown[columns]), "", *overlap_section([r for r in results if r.get("kind") == "feature_overlap"])])
+
+
+def overlap_section(overlaps: list[dict]) -> list[str]:
+    """Matched-perplexity pairs: do the two methods damage the same features?"""
+    from sae_core.report import _markdown_table
+
+    if not overlaps:
+        return []
+    rows = []
+    for o in overlaps:
+        ppl = o.get("perplexity") or {}
+        rows.append({"hook": o["hook"], "reference": o["reference"], "matched": o["matched"],
+                     "ppl_delta_pct": " vs ".join(f"{_num((ppl.get(k) or {}).get('delta_pct')):.2f}" for k in (o["reference"], o["matched"])),
+                     **{k: o["overlap"].get(k) for k in ("n_shared_active", "jaccard_non_survived", "jaccard_damaged", "spearman_damage",
+                                                         "pearson_damage", "non_survived_only_a", "non_survived_only_b", "non_survived_both")}})
+    return ["### Matched perplexity: do two methods damage the same features?", "",
+            "Over features active under both: Jaccard of the non-survived (r ≤ 0.9) and damaged (r < 0.5) sets, Spearman / "
+            "Pearson of the damage scores 1 − r; only-A = reference only, only-B = matched only.", "",
+            _markdown_table(pd.DataFrame(rows)), ""]

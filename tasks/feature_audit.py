@@ -82,6 +82,8 @@ def _audit_and_store(storage, original, dense, compressed, audit, dataset, exper
     tokens = token_batch(dense_model.tokenizer, dataset, audit_windows(audit), audit["seq_len"], skip_sequences=audit["skip_sequences"])
     processing = original.get("processing", {})
     with compute_lock():
+        if storage.exists(rows_key):  # the same audit, submitted twice, finished while this one waited
+            return
         result = audit_feature_fidelity(dense_model.hooked(processing), compressed_model.hooked(processing), sae, tokens,
                                         original["hook"], exclude_ids=special_token_ids(dense_model.tokenizer),
                                         batch_sequences=audit["batch_sequences"], n_subsets=audit["subsets"])
@@ -96,3 +98,58 @@ def _audit_and_store(storage, original, dense, compressed, audit, dataset, exper
     outcome = SimpleNamespace(metric=FAMILY, status="ok", reason="", headline=headline)
     variant = {"llm": compressed, "hook": original["hook"], "variant": "original", "sae_prefix": original["prefix"]}
     storage.put_parquet(rows_key, tidy_rows(outcome, variant, audit, experiment, key))  # the row file commits the audit
+
+
+# ------------------------------------------------------------------ matched-perplexity comparison
+def _held_out_perplexity(model: dict) -> float:
+    perplexity = model["perplexity"]
+    return float(perplexity.get("compressed", perplexity.get("pruned")))
+
+
+@task(name="match-compression", **ARTIFACT_TASK_OPTIONS)
+def match_compression(dense: dict, match: dict, reference: dict, calibration: dict, storage_url: str,
+                      device: str = "cpu", dtype: str = "float32") -> dict:
+    """Bisect ``match['method']``'s sparsity until its held-out perplexity matches the ``reference``
+    compressed model's (both measured on the same windows by the compression task); the chosen
+    model's manifest, plus the search (target, chosen strength, every step)."""
+    from sae_core.feature_audit import match_strength
+    from tasks.compression import compress_llm
+
+    tried: dict[float, dict] = {}
+
+    def evaluate(sparsity: float) -> float:
+        # Each step is the compression task's own body: stored (and reused) under its usual key.
+        tried[sparsity] = compress_llm.fn(dense, f"{match['method']}:{sparsity:g}", calibration, storage_url, device, dtype)
+        return _held_out_perplexity(tried[sparsity])
+
+    target = _held_out_perplexity(reference)
+    found = match_strength(evaluate, target, match["lo"], match["hi"], match["steps"])
+    return {**tried[found.strength], "match": {"reference": (reference.get("compression") or reference.get("pruning") or {}),
+                                               "target_perplexity": target, "strength": found.strength,
+                                               "perplexity": found.value, "trace": [list(step) for step in found.trace]}}
+
+
+@task(name="feature-overlap", **ARTIFACT_TASK_OPTIONS)
+def feature_overlap(reference_audit: dict, matched_audit: dict, experiment: str, storage_url: str) -> dict:
+    """Do the two compressions damage the same features? (sae_core.feature_audit.compare_methods)
+    Rows under ``metrics/feature_overlap/``, like every other metric."""
+    from sae_core.compression_report import method_label
+    from sae_core.feature_audit import compare_methods
+
+    storage = Storage(storage_url)
+    key = config_hash("feature-overlap", reference_audit["table_key"], matched_audit["table_key"], code_fingerprint(*AUDIT_CODE))
+    rows_key = f"metrics/feature_overlap/{key}.parquet"
+    labels = method_label(reference_audit["compression"]), method_label(matched_audit["compression"])
+    if not storage.exists(rows_key):
+        overlap = compare_methods(storage.get_parquet(reference_audit["table_key"]), storage.get_parquet(matched_audit["table_key"]))
+        headline = [{"metric_name": name, "value": float(value), "higher_is_better": None} for name, value in overlap.items()]
+        llm = {"prefix": matched_audit["model_prefix"], "pruning": {"method": f"{labels[1]} vs {labels[0]}",
+                                                                    "sparsity": float(matched_audit["compression"].get("sparsity") or 0.0)}}
+        variant = {"llm": llm, "hook": matched_audit["hook"], "variant": "original", "sae_prefix": matched_audit["sae_prefix"]}
+        outcome = SimpleNamespace(metric="feature_overlap", status="ok", reason="", headline=headline)
+        storage.put_parquet(rows_key, tidy_rows(outcome, variant, {"reference": labels[0], "matched": labels[1]}, experiment, key))
+    rows = storage.get_parquet(rows_key)
+    return {"kind": "feature_overlap", "metric": "feature_overlap", "status": "ok", "rows_key": rows_key, "uri": storage.uri(rows_key),
+            "hook": matched_audit["hook"], "reference": labels[0], "matched": labels[1],
+            "perplexity": {labels[0]: reference_audit["audit_perplexity"], labels[1]: matched_audit["audit_perplexity"]},
+            "overlap": _clean({r["metric_name"]: float(r["value"]) for _, r in rows.iterrows()})}

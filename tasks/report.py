@@ -43,7 +43,7 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
         storage.put_parquet(f"{prefix}/metrics.parquet", metrics)
         headline = rep.headline_table(metrics)
         storage.put_parquet(f"{prefix}/headline.parquet", headline)
-    summary = rep.markdown_summary(metrics, variant_rows, pruned_llms, sorted(plots)) + "\n" + crep.markdown_section(audits, metrics)
+    summary = rep.markdown_summary(metrics, variant_rows, pruned_llms, sorted(plots)) + "\n" + crep.markdown_section(metric_results, metrics)
     storage.put_bytes(f"{prefix}/summary.md", summary.encode())
     storage.put_json(f"{prefix}/config.json", config)
 

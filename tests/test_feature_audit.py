@@ -249,15 +249,25 @@ def test_match_strength_finds_a_known_target():
 
 
 # ------------------------------------------------------------------ the task
-def test_task_writes_metric_rows_and_serves_a_second_call_from_storage(toy_world, toy_model, tmp_path, monkeypatch):
-    import tasks.feature_audit as task_module
+@pytest.fixture(scope="module")
+def stored_world(toy_world, tmp_path_factory):
+    """Storage holding the toy model as the dense model and a random TopK SAE as the original SAE."""
     from sae_core.sae_io import new_sae
     from sae_core.storage import Storage
-    from tasks.metrics import METRIC_COLUMNS
     from tasks.saes import _store_sae
 
-    storage = Storage(f"file://{tmp_path / 'store'}")
+    storage = Storage(f"file://{tmp_path_factory.mktemp('audit') / 'store'}")
     storage.upload_dir(toy_world.model_dir, "dense_model", {"kind": "model", "content_hash": "dense"})
+    _store_sae(storage, new_sae("topk", 64, 96, HOOK, k=8, seed=0), "saes/original/x", {"variant": "original", "hook": HOOK, "processing": {}})
+    return {"storage": storage, "dense": {"kind": "model", "prefix": "dense_model", "content_hash": "dense", "dense": True},
+            "original": {"kind": "sae", "prefix": "saes/original/x", "hook": HOOK, "processing": {}}}
+
+
+def test_task_writes_metric_rows_and_serves_a_second_call_from_storage(stored_world, toy_model, tmp_path, monkeypatch):
+    import tasks.feature_audit as task_module
+    from tasks.metrics import METRIC_COLUMNS
+
+    storage, dense, original = stored_world["storage"], stored_world["dense"], stored_world["original"]
     pruned_dir = tmp_path / "pruned"
     hf = copy.deepcopy(toy_model.hf_model)
     with torch.no_grad():  # magnitude-prune a third of every block matrix, by hand
@@ -267,11 +277,8 @@ def test_task_writes_metric_rows_and_serves_a_second_call_from_storage(toy_world
     hf.save_pretrained(pruned_dir, safe_serialization=True)
     toy_model.tokenizer.save_pretrained(pruned_dir)
     storage.upload_dir(pruned_dir, "pruned_model", {"kind": "model", "content_hash": "pruned"})
-    dense = {"kind": "model", "prefix": "dense_model", "content_hash": "dense", "dense": True}
     compressed = {"kind": "model", "prefix": "pruned_model", "content_hash": "pruned", "dense": False, "base_model": "toy",
                   "pruning": {"method": "magnitude_matrix", "sparsity": 0.33}, "perplexity": {"dense": 1.0, "pruned": 1.1}}
-    _store_sae(storage, new_sae("topk", 64, 96, HOOK, k=8, seed=0), "saes/original/x", {"variant": "original", "hook": HOOK, "processing": {}})
-    original = {"kind": "sae", "prefix": "saes/original/x", "hook": HOOK, "processing": {}}
     audit = {"n_tokens": 3000, "seq_len": 64, "batch_sequences": 16, "subsets": 3, "skip_sequences": 400}
 
     first = task_module.feature_fidelity.fn(original, dense, compressed, audit, DATASET, "test", storage.url)
@@ -326,3 +333,30 @@ def test_compression_report_table_plots_and_markdown():
     section = crep.markdown_section(audits, pd.DataFrame(metric_rows))
     assert "## Feature audit" in section and "| 40.0 ± 1.0 |" in section
     assert crep.markdown_section([], pd.DataFrame()) == ""
+
+
+def test_matched_perplexity_tasks_tune_audit_and_compare(stored_world):
+    """match-compression bisects magnitude sparsity to WANDA's perplexity; feature-overlap compares the audits."""
+    from sae_core import compression_report as crep
+    from tasks.compression import compress_llm
+    from tasks.feature_audit import feature_fidelity, feature_overlap, match_compression
+    from tasks.metrics import METRIC_COLUMNS
+
+    storage, dense, original = stored_world["storage"], stored_world["dense"], stored_world["original"]
+    calibration = {"calibration_dataset": "toy-corpus:2", "n_calibration_samples": 4, "seq_len": 64, "seed": 0,
+                   "module_groups": ["attention", "mlp"]}
+    reference = compress_llm.fn(dense, "wanda:0.4", calibration, storage.url)
+    tuned = match_compression.fn(dense, {"method": "magnitude", "lo": 0.0, "hi": 0.8, "steps": 3}, reference, calibration, storage.url)
+    search = tuned["match"]
+    assert [round(s, 4) for s, _ in search["trace"]][0] == 0.4 and len(search["trace"]) == 3
+    assert search["strength"] == min(search["trace"], key=lambda sv: abs(sv[1] - search["target_perplexity"]))[0]
+    assert tuned["compression"]["spec"] == f"magnitude:{search['strength']:g}"
+    audit = {"n_tokens": 1500, "seq_len": 64, "batch_sequences": 16, "subsets": 3, "skip_sequences": 400}
+    pair = [feature_fidelity.fn(original, dense, m, audit, DATASET, "test", storage.url) for m in (reference, tuned)]
+    overlap = feature_overlap.fn(*pair, "test", storage.url)
+    rows = storage.get_parquet(overlap["rows_key"])
+    assert list(rows.columns) == METRIC_COLUMNS and set(rows["metric_family"]) == {"feature_overlap"}
+    direct = fa.compare_methods(storage.get_parquet(pair[0]["table_key"]), storage.get_parquet(pair[1]["table_key"]))
+    assert overlap["overlap"]["non_survived_both"] == direct["non_survived_both"]
+    assert overlap["reference"] == "wanda:0.4" and overlap["matched"] == tuned["compression"]["spec"]
+    assert "### Matched perplexity" in crep.markdown_section([*pair, overlap], pd.DataFrame())
