@@ -143,7 +143,8 @@ def feature_overlap(reference_audit: dict, matched_audit: dict, experiment: str,
     if not storage.exists(rows_key):
         overlap = compare_methods(storage.get_parquet(reference_audit["table_key"]), storage.get_parquet(matched_audit["table_key"]))
         headline = [{"metric_name": name, "value": float(value), "higher_is_better": None} for name, value in overlap.items()]
-        llm = {"prefix": matched_audit["model_prefix"], "pruning": {"method": f"{labels[1]} vs {labels[0]}",
+        # Rows belong to the matched model (the report groups by its spec); the reference is in the manifest.
+        llm = {"prefix": matched_audit["model_prefix"], "pruning": {"method": labels[1],
                                                                     "sparsity": float(matched_audit["compression"].get("sparsity") or 0.0)}}
         variant = {"llm": llm, "hook": matched_audit["hook"], "variant": "original", "sae_prefix": matched_audit["sae_prefix"]}
         outcome = SimpleNamespace(metric="feature_overlap", status="ok", reason="", headline=headline)
