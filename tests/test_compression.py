@@ -442,3 +442,10 @@ def test_report_lists_every_compressed_model_and_keeps_specs_apart():
     table = rep.headline_table(pd.DataFrame(rows))
     assert sorted(table["pruning_method"]) == ["rtn:4", "rtn:8"]  # not averaged together
     assert sorted(rep.metric_vs_sparsity_plots(pd.DataFrame(rows))) == ["metrics_h_rtn-4.png", "metrics_h_rtn-8.png"]
+
+
+def test_sparsegpt_nm_groups_stay_aligned_when_m_does_not_divide_the_block():
+    module = layer("linear", 300, 8, seed=6)  # M=3 does not divide 128: blocks of 126 columns keep groups aligned
+    sparsegpt_layer(module, correlated_inputs(300, seed=6), 1 / 3, (1, 3))
+    zeros = (w_out_in(module) == 0).reshape(8, 100, 3).sum(-1)
+    assert bool((zeros == 1).all())

@@ -17,7 +17,8 @@ locuslab/wanda ``lib/sparsegpt.py``):
   ``sparsity`` quantile over the whole block flattened (reference rule: the value at sorted
   index ``int(numel * sparsity)``, and every score ``<=`` it is pruned, so a block loses at
   least one weight more than ``numel * sparsity``; ``sparsity == 0`` prunes nothing). N:M: at
-  every M-th column, each row prunes its N lowest scores among the next M columns.
+  every M-th column, each row prunes its N lowest scores among the next M columns (for an M
+  that does not divide 128 the blocks shrink to a multiple of M, so groups stay aligned).
 - OBS update per column ``i``: ``err = (w - q) / Hinv_ii``, ``W[:, i:] -= err Hinv[i, i:]``
   inside the block, then ``W[:, rest] -= Err Hinv[block, rest]`` after it.
 
@@ -168,6 +169,8 @@ def sparsegpt_prune_(module: nn.Module, H: torch.Tensor, sparsity: float, nm: tu
     """Prune one module in place from its Hessian ``H`` (modified: dead inputs); returns damping facts."""
     W, H = prepare_weight_and_hessian(module, H)
     Hinv, damping, retries = inverse_hessian_factor(H, name, percdamp)
+    if nm is not None:  # N:M groups never straddle two column blocks (the reference assumes M divides 128)
+        blocksize = nm[1] * max(1, blocksize // nm[1])
     obs_sweep_(W, Hinv, _PruneRule(sparsity, nm), blocksize)
     write_weight_(module, W)
     return {"damping": damping, "damping_retries": retries}
