@@ -449,3 +449,18 @@ def test_sparsegpt_nm_groups_stay_aligned_when_m_does_not_divide_the_block():
     sparsegpt_layer(module, correlated_inputs(300, seed=6), 1 / 3, (1, 3))
     zeros = (w_out_in(module) == 0).reshape(8, 100, 3).sum(-1)
     assert bool((zeros == 1).all())
+
+
+def test_registry_entries_load_their_method_and_parsing_needs_no_torch():
+    import subprocess
+    import sys
+
+    from sae_core.compression.registry import METHODS, method_class
+
+    for name in METHODS:
+        assert method_class(name).name == name
+    # Configs and the CLI validate specs before anything heavy loads: no transformers import for parsing.
+    code = "import sys; from sae_core.config import build_config; build_config('toy', {'compression': ['rtn:4']}); " \
+           "print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

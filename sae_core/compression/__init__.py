@@ -5,14 +5,31 @@ Methods (``registry.METHODS``): ``wanda``, ``sparsegpt``, ``magnitude`` (per row
 Linear/Conv1D weights of the decoder blocks in place and leaves plain float weights (quantized
 ones stored dequantized), so downstream code reads the model unchanged. Layout: ``modules``
 (what is compressed), ``sequential`` (block-by-block calibration driver), ``masks`` (pruning
-selection rules), ``base`` (spec, method interface, report), one file per method, ``registry``.
-This package is a plain library: it never imports prefect.
+selection rules), ``spec`` / ``registry`` (spec text, parser, method table: no torch), ``base``
+(method interface, report), one file per method, ``api`` (``compress_model``).
+This package is a plain library: it never imports prefect. Importing it is light: the
+torch-side names below load on first use.
 """
 
-from sae_core.compression.base import CompressionMethod, CompressionReport, CompressionSpec
-from sae_core.compression.modules import MODULE_GROUPS, find_blocks, find_prunable_modules
-from sae_core.compression.registry import METHODS, compress_model, method_for, parse_spec
-from sae_core.compression.sequential import sample_calibration
+from __future__ import annotations
 
-__all__ = ["METHODS", "MODULE_GROUPS", "CompressionMethod", "CompressionReport", "CompressionSpec", "compress_model",
-           "find_blocks", "find_prunable_modules", "method_for", "parse_spec", "sample_calibration"]
+import importlib
+from typing import Any
+
+from sae_core.compression.registry import METHODS, parse_spec
+from sae_core.compression.spec import CompressionSpec
+
+_LAZY = {
+    "compress_model": "sae_core.compression.api", "method_for": "sae_core.compression.api",
+    "CompressionMethod": "sae_core.compression.base", "CompressionReport": "sae_core.compression.base",
+    "MODULE_GROUPS": "sae_core.compression.modules", "find_blocks": "sae_core.compression.modules",
+    "find_prunable_modules": "sae_core.compression.modules", "sample_calibration": "sae_core.compression.sequential",
+}
+
+__all__ = ["METHODS", "CompressionSpec", "parse_spec", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sae_core.compression' has no attribute {name!r}")

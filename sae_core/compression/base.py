@@ -1,7 +1,7 @@
 """What every compression method shares: the parsed spec, the method interface, the report.
 
-A method is a class with a ``name``, a ``kind`` (``"sparsity"``: the strength is the fraction
-of weights zeroed; ``"bits"``: the strength is the weight bit width) and one job:
+A method is a class with a ``name`` (its registry entry gives its ``kind``: ``"sparsity"``, the
+strength is the fraction of weights zeroed, or ``"bits"``, the weight bit width) and one job:
 ``compress_module(target, statistics)`` changes one Linear/Conv1D weight in place, leaving a
 plain float tensor of the same dtype (quantized weights are stored dequantized, "fake-quant"),
 so every downstream step reads the model unchanged. Calibrated methods also say what input
@@ -18,56 +18,15 @@ import torch
 
 from sae_core.compression.modules import Target, weight_out_in
 from sae_core.compression.sequential import Accumulator
+from sae_core.compression.spec import CompressionSpec
 
 __all__ = ["CompressionMethod", "CompressionReport", "CompressionSpec", "module_record"]
-
-
-@dataclass(frozen=True)
-class CompressionSpec:
-    """A parsed spec such as ``wanda:0.5``, ``sparsegpt:2:4``, ``rtn:4``, ``rtn:4g128``."""
-
-    method: str
-    sparsity: float | None = None  # "sparsity" methods (N/M for N:M)
-    nm: tuple[int, int] | None = None
-    bits: int | None = None  # "bits" methods
-    group_size: int | None = None  # inputs sharing one scale (None: one scale per output channel)
-
-    @property
-    def structure(self) -> str:
-        if self.bits is not None:
-            return "per_channel" if self.group_size is None else f"group{self.group_size}"
-        return "unstructured" if self.nm is None else f"{self.nm[0]}:{self.nm[1]}"
-
-    @property
-    def kind(self) -> str:
-        return "bits" if self.bits is not None else "sparsity"
-
-    @property
-    def strength(self) -> float:
-        """The sparsity (fraction zeroed) or the bit width."""
-        return float(self.bits) if self.bits is not None else float(self.sparsity or 0.0)
-
-    @property
-    def text(self) -> str:
-        """Canonical spec text (what ``parse_spec`` reads back to this spec)."""
-        if self.bits is not None:
-            return f"{self.method}:{self.bits}" + ("" if self.group_size is None else f"g{self.group_size}")
-        if self.nm is not None:
-            return f"{self.method}:{self.nm[0]}:{self.nm[1]}"
-        short = f"{self.sparsity:g}"
-        return f"{self.method}:{short if float(short) == self.sparsity else repr(self.sparsity)}"  # exact round trip
-
-    def __str__(self) -> str:
-        return self.text
 
 
 class CompressionMethod:
     """Base class: one instance compresses one model with one spec."""
 
-    name: ClassVar[str]
-    kind: ClassVar[str]  # "sparsity" | "bits"
-    supports_nm: ClassVar[bool] = False
-    supports_groups: ClassVar[bool] = False
+    name: ClassVar[str]  # its key in registry.METHODS, which also says its kind and whether it takes N:M
     needs_calibration: ClassVar[bool] = False
 
     def __init__(self, spec: CompressionSpec):

@@ -54,9 +54,6 @@ def gptq_quantize_(module: nn.Module, H: torch.Tensor, bits: int, group_size: in
 
 class GPTQMethod(SparseGPTMethod):
     name = "gptq"
-    kind = "bits"
-    supports_nm = False
-    supports_groups = True
 
     def accumulator(self, target) -> HessianAccumulator:
         return HessianAccumulator(target)

@@ -15,6 +15,5 @@ class MagnitudeMethod(WandaMethod):
 
 class MagnitudeMatrixMethod(WandaMethod):
     name = "magnitude_matrix"
-    supports_nm = False  # N:M groups are per row
     needs_calibration = False
     legacy_method = "magnitude_matrix"

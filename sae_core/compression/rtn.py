@@ -51,8 +51,6 @@ def rtn_quantize(w_out_in: torch.Tensor, bits: int, group_size: int | None = Non
 
 class RTNMethod(CompressionMethod):
     name = "rtn"
-    kind = "bits"
-    supports_groups = True
 
     @torch.no_grad()
     def compress_module(self, target: Target, stats: Any = None) -> dict[str, Any]:

@@ -178,8 +178,6 @@ def sparsegpt_prune_(module: nn.Module, H: torch.Tensor, sparsity: float, nm: tu
 
 class SparseGPTMethod(CompressionMethod):
     name = "sparsegpt"
-    kind = "sparsity"
-    supports_nm = True
     needs_calibration = True
 
     def accumulator(self, target: Target) -> HessianAccumulator:

@@ -370,8 +370,6 @@ class WandaMethod(CompressionMethod):
     """``wanda:S`` / ``wanda:N:M``: |W| * ||X_j||_2 per output row, no weight update."""
 
     name = "wanda"
-    kind = "sparsity"
-    supports_nm = True
     needs_calibration = True
     legacy_method = "wanda"  # PruneConfig.method
 
