@@ -35,14 +35,17 @@ def _names(text: str) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m flows.full",
-        description="Run the SAE-transfer experiment (WANDA-prune an LLM, compare original / retrained / pruned SAEs "
-        "on the pruned model with SAEBench metrics) as a cached Prefect flow.",
+        description="Run the SAE-transfer experiment (compress an LLM, by default WANDA 50%, compare original / retrained / "
+        "pruned SAEs on the compressed model with SAEBench metrics) as a cached Prefect flow.",
     )
     p.add_argument("--preset", default="toy", help=f"experiment preset, one of {preset_names()} (default: toy, offline)")
     p.add_argument("--storage", default=DEFAULT_STORAGE_URL, help="storage root: file://PATH or s3://bucket/prefix (default: ./artifacts)")
     p.add_argument("--layers", type=_ints, help="layers to study, e.g. 6 or 0,6,11")
     p.add_argument("--hook-types", type=_names, help="hook types: resid_post, mlp_out, attn_z")
-    p.add_argument("--model-sparsities", type=_floats, help="WANDA sparsities of the LLM, e.g. 0.5")
+    p.add_argument("--model-sparsities", type=_floats, help="sparsities of the LLM for llm_pruning.method (WANDA by default), e.g. 0.5")
+    p.add_argument("--compress", type=_names, metavar="SPECS",
+                   help="compressions of the LLM, e.g. wanda:0.5,sparsegpt:0.5,magnitude:0.5,wanda:2:4,rtn:8,rtn:4g128 "
+                        "(methods: wanda, sparsegpt, magnitude, magnitude_matrix, rtn, gptq); replaces --model-sparsities")
     p.add_argument("--sae-sparsities", type=_floats, help="sparsities of the pruned SAEs, e.g. 0.25,0.5,0.75")
     p.add_argument("--sae-rules", type=_names, help=f"SAE pruning rules from {list(SAE_PRUNING_RULES)}")
     p.add_argument("--tokens", type=int, help="activation tokens cached per hook (also the SAE training budget)")
@@ -70,7 +73,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.hook_types is not None:
         put("hook_types", args.hook_types)
     if args.model_sparsities is not None:
+        if args.compress is not None:
+            raise ValueError("give --compress or --model-sparsities, not both (--compress wanda:0.5,wanda:0.25 covers both)")
         put("llm_pruning.sparsities", args.model_sparsities)
+    if args.compress is not None:
+        put("compression", args.compress)
     if args.sae_sparsities is not None:
         put("pruned_sae.sparsities", args.sae_sparsities)
     if args.sae_rules is not None:
@@ -106,9 +113,9 @@ def check_references(config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    overrides = overrides_from_args(args)
     # Everything that can be wrong is checked here, before Prefect (and its server) starts.
     try:
+        overrides = overrides_from_args(args)
         config = build_config(args.preset, overrides)
         check_references(config)
         storage = Storage(args.storage)

@@ -1,12 +1,13 @@
 """The paper's experiment as one Prefect flow.
 
-For each hook: the original SAE (trained on the dense model) -> WANDA-prune the LLM (each
-sparsity) -> cache the pruned model's activations -> the SAE variants (original, retrained,
-pruned at each rule x sparsity) -> every SAEBench metric on the pruned model -> one table and a
-report.
+For each hook: the original SAE (trained on the dense model) -> compress the LLM (each spec of
+``compression``: WANDA, SparseGPT, magnitude, RTN, GPTQ) -> cache the compressed model's
+activations -> the SAE variants (original, retrained, pruned at each rule x sparsity) -> every
+SAEBench metric on the compressed model -> one table and a report.
 
     python -m flows.full                     # toy preset, offline, ./artifacts
     python -m flows.full --preset gpt2-small --storage s3://bucket/run1
+    python -m flows.full --compress wanda:0.5,sparsegpt:0.5,rtn:4
     python -m flows.full --help
 """
 
@@ -21,9 +22,9 @@ from flows.runners import accelerator_request, task_runner
 from sae_core.activations import ActivationCacheSpec
 from sae_core.config import ExperimentConfig, build_config
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage
-from sae_core.wanda import PruneConfig
 from tasks.activations import cache_activations_task
-from tasks.llm_pruning import prune_llm
+from tasks.compression import compress_llm
+from tasks.feature_audit import feature_fidelity, feature_overlap, match_compression
 from tasks.metrics import evaluate_metric
 from tasks.report import write_report
 from tasks.runtime import result_storage_reference
@@ -46,18 +47,18 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
             originals[hook] = original_sae.submit(dense, hook, c.original_sae_source(hook), c.original_sae.train and c.original_sae.train.model_dump(),
                                                   dense_acts, store, c.device, c.seed)
 
-        variants, metric_results, pruned_llms = [], [], []
-        for sparsity in c.llm_pruning.sparsities:
-            # 2. Prune the LLM with WANDA; every SAE is then judged on this pruned model.
-            llm = prune_llm.submit(dense, prune_config(c, sparsity), c.llm_pruning.calibration_dataset, store, *dev)
-            pruned_llms.append(llm)
+        variants, metric_results, compressed_llms, audits = [], [], [], []
+        for spec in c.compression:
+            # 2. Compress the LLM (WANDA, SparseGPT, magnitude, RTN, ... e.g. "wanda:0.5"); every SAE is then judged on it.
+            llm = compress_llm.submit(dense, spec, c.llm_pruning.calibration(), store, *dev)
+            compressed_llms.append(llm)
             for hook, original in originals.items():
                 processing = original.result()["processing"]  # the weight processing this SAE family expects
                 acts = cache_activations_task.submit(llm, train_spec(c, hook), processing, store, *dev)
                 held_out = cache_activations_task.submit(llm, held_out_spec(c, hook), processing, store, *dev)
                 q = c.quality.model_dump()
 
-                # 3. The three ways to get an SAE for the pruned model.
+                # 3. The three ways to get an SAE for the compressed model.
                 hook_variants = [transfer_sae.submit(original, llm, held_out, q, c.dataset, store, *dev)]
                 if c.retrained_sae.enabled:
                     hook_variants.append(retrain_sae.submit(original, llm, acts, held_out, c.retrained_sae.model_dump(), q, c.dataset,
@@ -67,25 +68,39 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                         hook_variants.append(prune_sae_task.submit(original, llm, acts, held_out, rule, sae_sparsity,
                                                                    c.pruned_sae.calibration_tokens, q, c.dataset, store, *dev))
                 variants += hook_variants
+                if c.feature_audit.enabled:  # what compression did to each feature of the original SAE
+                    audits.append(feature_fidelity.submit(original, dense, llm, audit_settings(c, hook), c.dataset, c.name, store, *dev))
 
-                # 4. Every SAEBench metric, each its own cached task, on the pruned model.
+                # 4. Every SAEBench metric, each its own cached task, on the compressed model.
                 for variant in hook_variants:
                     for metric in c.metrics:
                         metric_results.append(evaluate_metric.with_options(name=f"metric-{metric}").submit(
                             metric, variant, c.metric_settings(metric), c.metric_profile, c.name, store, *dev, c.seed))
 
+        # Matched perplexity: tune a method's sparsity until its perplexity matches a reference's, then compare damaged features.
+        by_spec = dict(zip(c.compression, compressed_llms))
+        for match in c.feature_audit.match if c.feature_audit.enabled else []:
+            reference = by_spec.get(match.reference) or compress_llm.submit(dense, match.reference, c.llm_pruning.calibration(), store, *dev)
+            tuned = match_compression.submit(dense, match.model_dump(), reference, c.llm_pruning.calibration(), store, *dev)
+            for hook, original in originals.items():
+                pair = [feature_fidelity.submit(original, dense, m, audit_settings(c, hook), c.dataset, c.name, store, *dev) for m in (reference, tuned)]
+                audits += [*pair, feature_overlap.submit(*pair, c.name, store)]
+
     # 5. One table, plots and a markdown report, in storage and as Prefect artifacts.
     #    A failed variant or metric does not stop the others; the report shows what finished,
     #    then the run fails loudly, naming what did not.
-    done_llms, failed = finished(pruned_llms)
+    done_llms, failed = finished(compressed_llms)
     done_variants, failed_variants = finished(variants)
     failed += failed_variants
     done_metrics, failed_metrics = finished(metric_results)
-    report = write_report(c.name, c.model_dump(mode="json"), done_llms, done_variants, done_metrics, store)
+    done_audits, failed_audits = finished(audits)
+    done_audits = list({a["rows_key"]: a for a in done_audits}.values())  # a matched reference is audited twice
+    failed_metrics += failed_audits
+    report = write_report(c.name, c.model_dump(mode="json"), done_llms, done_variants, done_metrics + done_audits, store)
     if failed or failed_metrics:
-        raise RuntimeError(f"{len(failed)} pruning / SAE variant task(s) and {len(failed_metrics)} metric task(s) failed "
+        raise RuntimeError(f"{len(failed)} compression / SAE variant task(s) and {len(failed_metrics)} metric task(s) failed "
                            f"(report of the rest: {report['uri']}): " + "; ".join((failed + failed_metrics)[:5]))
-    return {"report": report, "n_variants": len(done_variants), "n_metric_results": len(done_metrics)}
+    return {"report": report, "n_variants": len(done_variants), "n_metric_results": len(done_metrics), "n_feature_audits": len(done_audits)}
 
 
 def finished(futures: list) -> tuple[list[dict], list[str]]:
@@ -113,10 +128,12 @@ def held_out_spec(c: ExperimentConfig, hook: str) -> ActivationCacheSpec:
                                batch_sequences=a.batch_sequences, shard_sequences=a.shard_sequences, skip_sequences=after_training)
 
 
-def prune_config(c: ExperimentConfig, sparsity: float) -> PruneConfig:
-    p = c.llm_pruning
-    return PruneConfig(method=p.method, sparsity=sparsity, structure=p.structure, module_groups=tuple(p.module_groups),
-                       n_calibration_samples=p.n_calibration_samples, seq_len=p.seq_len, seed=p.seed)
+def audit_settings(c: ExperimentConfig, hook: str) -> dict:
+    """The feature audit's windows: held out too, past every token the training windows used."""
+    a, seq_len = c.feature_audit, c.feature_audit.seq_len or c.activations.seq_len
+    used_tokens = held_out_spec(c, hook).skip_sequences * (c.activations.seq_len - 1)
+    return {"n_tokens": a.n_tokens, "seq_len": seq_len, "batch_sequences": a.batch_sequences, "subsets": a.subsets,
+            "skip_sequences": math.ceil(used_tokens / (seq_len - 1))}
 
 
 @flow(name="sae-transfer", log_prints=True, result_serializer="json")

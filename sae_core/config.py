@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sae_core.compression import parse_spec
 from sae_core.data import check_dataset_name
 from sae_core.toy.world import ToyWorldConfig
 
@@ -21,7 +22,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 TOY_MODEL = "toy"
 KNOWN_METRICS = ("core", "absorption", "scr", "tpp", "sparse_probing", "ravel", "autointerp")
 SAE_PRUNING_RULES = ("wanda", "paper", "magnitude")
-LLM_PRUNING_METHODS = ("wanda", "magnitude_row", "magnitude_matrix")
+LLM_PRUNING_METHODS = ("wanda", "sparsegpt", "magnitude", "magnitude_row", "magnitude_matrix")  # llm_pruning.method
 
 
 class _Frozen(BaseModel):
@@ -45,6 +46,9 @@ class ActivationSettings(_Frozen):
 
 
 class LLMPruningSettings(_Frozen):
+    """Calibration of the LLM's compression (dataset, windows, seed, module groups). ``method`` x
+    ``sparsities`` (x ``structure``) give the compression specs when ``compression`` is not set."""
+
     method: str = "wanda"
     sparsities: list[float] = [0.5]
     structure: str = "unstructured"
@@ -86,6 +90,11 @@ class LLMPruningSettings(_Frozen):
     def _dataset(cls, value: str) -> str:
         check_dataset_name(value)
         return value
+
+    def calibration(self) -> dict[str, Any]:
+        """What every compression spec shares (and what its cache key holds besides the spec)."""
+        return {"calibration_dataset": self.calibration_dataset, "n_calibration_samples": self.n_calibration_samples,
+                "seq_len": self.seq_len, "seed": self.seed, "module_groups": list(self.module_groups)}
 
 
 class TrainSAESettings(_Frozen):
@@ -152,6 +161,52 @@ class QualitySettings(_Frozen):
     ce_sequences: int = Field(32, gt=0)
 
 
+class MatchSettings(_Frozen):
+    """Tune ``method``'s sparsity by bisection on [lo, hi] until its held-out perplexity matches the
+    ``reference`` compression's, then compare which features the two damage (Duan's 6 steps on [0, 0.8])."""
+
+    method: str
+    reference: str
+    lo: float = Field(0.0, ge=0.0, lt=1.0)
+    hi: float = Field(0.8, gt=0.0, lt=1.0)
+    steps: int = Field(6, ge=1, le=12)
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        from sae_core.compression import parse_spec
+
+        return parse_spec(value).text  # canonical, as in ``compression``; ValueError naming a bad spec
+
+    @model_validator(mode="after")
+    def _specs(self):
+        from sae_core.compression import parse_spec
+
+        try:
+            parse_spec(f"{self.method}:0.5")
+        except ValueError as err:
+            raise ValueError(f"feature_audit.match tunes a sparsity, which method {self.method!r} does not have: {err}") from None
+        if not self.lo < self.hi:
+            raise ValueError(f"feature_audit.match needs lo < hi, got [{self.lo}, {self.hi}]")
+        return self
+
+
+class FeatureAuditSettings(_Frozen):
+    """The feature-level audit of the original SAE on each compressed model (sae_core/feature_audit.py).
+
+    Its thresholds are constants there, Duan's (arXiv 2606.03002): active = fires on > 0.1% of
+    dense tokens, survived r > 0.9, damaged r < 0.5. Cost: two forward passes over ``n_tokens``.
+    """
+
+    enabled: bool = False
+    n_tokens: int = Field(100_000, gt=0, le=10_000_000_000)
+    seq_len: int | None = Field(None, ge=3)  # None: the activations' seq_len
+    batch_sequences: int = Field(16, ge=1)
+    subsets: int = Field(3, ge=2)  # disjoint token subsets for the noise floor
+    # Matched-perplexity comparisons, e.g. [{method: magnitude, reference: "wanda:0.5"}].
+    match: list[MatchSettings] = []
+
+
 class ExperimentConfig(_Frozen):
     name: str
     model: str
@@ -161,16 +216,44 @@ class ExperimentConfig(_Frozen):
     hook_types: list[str]
     activations: ActivationSettings
     llm_pruning: LLMPruningSettings
+    # Compression specs of the LLM ("wanda:0.5", "sparsegpt:2:4", "rtn:4", ...; sae_core/compression).
+    # When not given: llm_pruning.method x llm_pruning.sparsities (and structure).
+    compression: list[str] | None = None
     original_sae: OriginalSAESettings
     retrained_sae: RetrainSettings
     pruned_sae: PrunedSAESettings
     quality: QualitySettings = QualitySettings()
+    feature_audit: FeatureAuditSettings = FeatureAuditSettings()
     metrics: list[str] = list(KNOWN_METRICS)
     metric_profile: Literal["toy", "hub"] = "toy"
     metric_overrides: dict[str, dict[str, Any]] = {}
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_compression(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("compression") is None and isinstance(data.get("llm_pruning"), dict):
+            try:
+                pruning = LLMPruningSettings.model_validate(data["llm_pruning"])
+            except ValueError:
+                return data  # llm_pruning's own validation reports it
+            strengths = [pruning.structure] if pruning.structure != "unstructured" else [repr(float(s)) for s in pruning.sparsities]
+            data = {**data, "compression": [f"{pruning.method}:{s}" for s in strengths]}
+        return data
+
+    @field_validator("compression")
+    @classmethod
+    def _compression(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return values
+        if not values:
+            raise ValueError("compression is empty; give at least one spec, e.g. 'wanda:0.5'")
+        specs = [parse_spec(v).text for v in values]  # canonical text: 'magnitude_row:0.5' -> 'magnitude:0.5'
+        if len(set(specs)) != len(specs):
+            raise ValueError(f"compression has duplicates: {values}")
+        return specs
 
     @field_validator("metrics")
     @classmethod

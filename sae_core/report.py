@@ -33,14 +33,20 @@ def variant_label(row) -> str:
     return f"pruned-{row['sae_scoring_rule']}-{int(round(100 * float(row['sae_sparsity'])))}%"
 
 
+def model_keys(metrics: pd.DataFrame) -> list[str]:
+    """Columns naming the compressed model: its compression spec (``pruning_method``, e.g. ``rtn:4``) when the
+    rows carry it (two specs can share a sparsity: ``wanda:0.5`` / ``sparsegpt:0.5``, ``rtn:8`` / ``rtn:4``)."""
+    return ["pruning_method", "model_sparsity"] if "pruning_method" in metrics else ["model_sparsity"]
+
+
 def headline_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Variant x metric, one table per (hook, model sparsity), means over repeated runs."""
+    """Variant x metric, one table per (hook, compressed model), means over repeated runs."""
     if metrics.empty:
         return pd.DataFrame()
     frame = metrics.copy()
     frame["variant"] = frame.apply(variant_label, axis=1)
     frame["metric"] = frame["metric_family"] + "/" + frame["metric_name"]
-    table = frame.pivot_table(index=["hook", "model_sparsity", "variant"], columns="metric", values="value", aggfunc="mean")
+    table = frame.pivot_table(index=["hook", *model_keys(frame), "variant"], columns="metric", values="value", aggfunc="mean")
     return table.reset_index()
 
 
@@ -50,7 +56,7 @@ def compact_headline_table(metrics: pd.DataFrame, limit: int = 10) -> pd.DataFra
     table = headline_table(metrics)
     if table.empty:
         return table
-    keys = ["hook", "model_sparsity", "variant"]
+    keys = ["hook", *model_keys(table), "variant"]
     chosen = plotted_metrics([c for c in table.columns if c not in keys], limit)
     return table[keys + chosen]
 
@@ -90,7 +96,7 @@ def metric_vs_sparsity_plots(metrics: pd.DataFrame, max_metrics: int = 12) -> di
     plots: dict[str, bytes] = {}
     if metrics.empty:
         return plots
-    for (hook, model_sparsity), group in metrics.groupby(["hook", "model_sparsity"]):
+    for (hook, *model, model_sparsity), group in metrics.groupby(["hook", *model_keys(metrics)]):
         group = group[group["value"].notna()]
         if group.empty:
             continue
@@ -121,9 +127,11 @@ def metric_vs_sparsity_plots(metrics: pd.DataFrame, max_metrics: int = 12) -> di
             ax.axis("off")
         handles, labels = axes.flat[0].get_legend_handles_labels()
         figure.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, bbox_to_anchor=(0.5, -0.02))
-        figure.suptitle(f"{hook} — SAEs on the LLM pruned to {float(model_sparsity):.0%}", fontsize=11)
+        compressed = f"compressed with {model[0]}" if model else f"pruned to {float(model_sparsity):.0%}"
+        figure.suptitle(f"{hook} — SAEs on the LLM {compressed}", fontsize=11)
         figure.tight_layout(rect=(0, 0.04, 1, 1))
-        plots[f"metrics_{hook}_llm{int(round(100 * float(model_sparsity)))}.png"] = _figure_to_png(figure)
+        name = model[0].replace(":", "-") if model else f"llm{int(round(100 * float(model_sparsity)))}"
+        plots[f"metrics_{hook}_{name}.png"] = _figure_to_png(figure)
     return plots
 
 
@@ -150,12 +158,15 @@ def cost_plot(variants: pd.DataFrame) -> bytes | None:
 def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_models: list[dict], plot_names: list[str]) -> str:
     lines = ["# SAE transfer report", ""]
     if pruned_models:
-        lines += ["## Pruned language models", "", "| model | method | sparsity | achieved | perplexity dense → pruned | wall time (s) |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["## Compressed language models", "",
+                  "| model | compression | method | strength | achieved sparsity / bits | perplexity dense → compressed | "
+                  "wall time (s) | calibration tokens |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for m in pruned_models:
-            p, ppl = m["pruning"], m["perplexity"]
-            lines.append(f"| `{m['prefix']}` | {p['method']} {p['structure']} | {p['sparsity']:.2f} | {p['achieved_sparsity']:.3f} | "
-                         f"{ppl['dense']:.3f} → {ppl['pruned']:.3f} | {p['wall_time_s']:.1f} |")
+            c, ppl = compression_of(m), m["perplexity"]
+            achieved = f"{c['bits']} bits" if c.get("bits") else f"{c['achieved_sparsity']:.3f}"
+            lines.append(f"| `{m['prefix']}` | {c['spec']} | {c['method']} {c['structure']} | {c['strength']:g} | {achieved} | "
+                         f"{ppl['dense']:.3f} → {ppl.get('compressed', ppl.get('pruned')):.3f} | {c['wall_time_s']:.1f} | "
+                         f"{c['calibration_tokens']} |")
         lines.append("")
     if not variants.empty:
         frame = variants.copy()
@@ -174,6 +185,16 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_model
     for name in plot_names:
         lines += [f"![{name}]({name})", ""]
     return "\n".join(lines)
+
+
+def compression_of(model: dict) -> dict:
+    """A compressed model manifest's ``compression`` section (built from ``pruning`` for older manifests)."""
+    if "compression" in model:
+        return model["compression"]
+    p = model["pruning"]
+    return {"spec": f"{p['method']}:{p['sparsity']:g}", "method": p["method"], "structure": p["structure"],
+            "strength": p["sparsity"], "bits": None, "achieved_sparsity": p["achieved_sparsity"],
+            "wall_time_s": p["wall_time_s"], "calibration_tokens": p.get("calibration_tokens", 0)}
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:

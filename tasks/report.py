@@ -8,6 +8,7 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from sae_core import compression_report as crep
 from sae_core import report as rep
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
@@ -32,6 +33,9 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
     cost_png = rep.cost_plot(variant_rows)
     if cost_png:
         plots["cost_per_variant.png"] = cost_png
+    audits = [r for r in metric_results if r.get("kind") == "feature_fidelity"]  # the feature audit's manifests
+    if audits:
+        plots.update(crep.compression_plots(audits, {a["table_key"]: storage.get_parquet(a["table_key"]) for a in audits}, metrics))
     for name, png in plots.items():
         storage.put_bytes(f"{prefix}/{name}", png)
     storage.put_parquet(f"{prefix}/variants.parquet", variant_rows)
@@ -39,7 +43,7 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
         storage.put_parquet(f"{prefix}/metrics.parquet", metrics)
         headline = rep.headline_table(metrics)
         storage.put_parquet(f"{prefix}/headline.parquet", headline)
-    summary = rep.markdown_summary(metrics, variant_rows, pruned_llms, sorted(plots))
+    summary = rep.markdown_summary(metrics, variant_rows, pruned_llms, sorted(plots)) + "\n" + crep.markdown_section(metric_results, metrics)
     storage.put_bytes(f"{prefix}/summary.md", summary.encode())
     storage.put_json(f"{prefix}/config.json", config)
 

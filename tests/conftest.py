@@ -111,4 +111,5 @@ TINY_FLOW_OVERRIDES = {
     "pruned_sae": {"rules": ["wanda", "magnitude"], "sparsities": [0.5], "calibration_tokens": 2000},
     "quality": {"n_tokens": 2000, "ce_sequences": 4},
     "metrics": ["core"],
+    "feature_audit": {"n_tokens": 4000},
 }

@@ -63,7 +63,8 @@ def test_flow_produces_every_artifact(first_run):
     assert sorted(variants["sae_variant"]) == ["original", "pruned", "pruned", "retrained"]
     assert variants[["mse", "explained_variance", "l0", "ce_loss_score"]].notna().all().all()
     metrics = storage.read_parquet_prefix("metrics")
-    assert set(metrics["metric_family"]) == {"core"} and metrics["value"].notna().all()
+    assert set(metrics["metric_family"]) == {"core", "feature_fidelity"} and summary["n_feature_audits"] == 1
+    assert metrics[metrics["metric_family"] == "core"]["value"].notna().all()
     for prefix in ("toy_world", "pruned_models", "saes/original", "saes/retrained", "saes/pruned", "activations"):
         assert any(k.endswith("manifest.json") for k in storage.list(prefix)), prefix
     report = summary["report"]["prefix"]

@@ -955,7 +955,7 @@ NONDETERMINISTIC_PRUNED_MODEL = (
     "Two runs that prune the same model at once (or one re-pruning after a crash mid-upload) get different content "
     "hashes, so each builds its own activations/SAEs and the variants table gets two rows per variant (seen: 10 "
     "rows for 5 variants in a 5-variant run), and the committed manifest's hash may not even match the final files. Fix "
-    "(tasks/llm_pruning.py, _prune_and_store): write the report without timing, e.g. "
+    "(tasks/compression.py, _compress_and_store): write the report without timing, e.g. "
     "rows = pd.DataFrame(report.to_rows()).drop(columns=['wall_time_s']) (the wall time is already in the "
     "manifest's 'pruning' section). Not strict: it only shows when both runs really pruned at the same time.")
 
@@ -987,15 +987,15 @@ def test_concurrent_runs_agree_on_every_artifact_and_variant_row(flow_scenario):
 
 def test_pruning_the_same_model_twice_gives_the_same_artifact(toy_world, tmp_path):
     """The deterministic form of the bug above: two prunings of one model, same options."""
-    from sae_core.wanda import PruneConfig
-    from tasks.llm_pruning import _prune_and_store
+    from tasks.compression import _compress_and_store
 
     hashes, reports = [], []
     for attempt in range(2):
         storage = Storage(f"file://{tmp_path / f'store{attempt}'}")
         storage.upload_dir(toy_world.model_dir, "dense", {"kind": "model", "content_hash": "dense"})
-        prune = PruneConfig(sparsity=0.5, n_calibration_samples=4, seq_len=32)
-        _prune_and_store({"prefix": "dense", "content_hash": "dense"}, prune, "toy-corpus:2", storage, "pruned", "cpu", "float32")
+        calibration = {"calibration_dataset": "toy-corpus:2", "n_calibration_samples": 4, "seq_len": 32, "seed": 0,
+                       "module_groups": ["attention", "mlp"]}
+        _compress_and_store({"prefix": "dense", "content_hash": "dense"}, "wanda:0.5", calibration, storage, "pruned", "cpu", "float32")
         hashes.append(storage.manifest("pruned")["content_hash"])
         reports.append(storage.get_bytes("pruned/pruning_report.parquet"))
         assert storage.get_bytes("pruned/model.safetensors") == Storage(f"file://{tmp_path / 'store0'}").get_bytes("pruned/model.safetensors")

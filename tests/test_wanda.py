@@ -225,7 +225,7 @@ def test_layer_mask_matches_slow_reference(kind, structure, sparsity, dtype):
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
 @pytest.mark.parametrize("structure,sparsity", [("unstructured", 0.4), ("4:8", None)])
 def test_layer_mask_chunked_rows_match_reference(kind, structure, sparsity, monkeypatch):
-    import sae_core.wanda as wanda_mod
+    import sae_core.compression.wanda as wanda_mod
 
     monkeypatch.setattr(wanda_mod, "_CHUNK_ELEMS", 100)  # 3 rows of 32 per chunk, ragged last chunk
     torch.manual_seed(4)

@@ -1,0 +1,95 @@
+"""Compression of the LLM as a task (any method of sae_core/compression): a compressed HF folder + a Parquet report."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+
+from sae_core.compression import compress_model, parse_spec
+from sae_core.data import token_batch
+from sae_core.hashing import config_hash, folder_hash
+from sae_core.lm_eval import perplexity
+from sae_core.models import load_language_model
+from sae_core.storage import Storage
+from tasks.common import ARTIFACT_TASK_OPTIONS, SAE_CORE_DIR, code_fingerprint
+from tasks.progress import report_progress
+
+PERPLEXITY_SEQUENCES = 32
+REPORT_NAME = "pruning_report.parquet"  # per-module rows of every method (historical name, kept for readers)
+# Every file of the package: a change to any method invalidates the compressed models.
+COMPRESSION_CODE = ("data", "compression", *sorted(f"compression.{p.stem}" for p in (SAE_CORE_DIR / "compression").glob("*.py")
+                                                  if p.stem != "__init__"))
+CALIBRATION_KEYS = ("calibration_dataset", "n_calibration_samples", "seq_len", "seed", "module_groups")
+
+
+def compressed_model_prefix(dense: dict, spec: str, calibration: dict) -> str:
+    identity = dense.get("content_hash") or dense.get("hub_id")
+    # "pruned_models/" for every method: the storage layout readers already know.
+    return f"pruned_models/{config_hash(identity, spec, calibration, code_fingerprint(*COMPRESSION_CODE))}"
+
+
+@task(name="compress-llm", **ARTIFACT_TASK_OPTIONS)
+def compress_llm(dense: dict, spec: str, calibration: dict, storage_url: str, device: str = "cpu",
+                 dtype: str = "float32") -> dict:
+    """Compress the dense model once per (model, spec, calibration settings, code); return its manifest.
+
+    ``spec``: e.g. ``wanda:0.5``, ``sparsegpt:2:4``, ``rtn:4``. ``calibration``: the ``CALIBRATION_KEYS``
+    of ``llm_pruning`` (``LLMPruningSettings.calibration()``); the held-out perplexity windows come
+    right after the calibration windows, so methods without calibration are measured the same way.
+    """
+    spec = parse_spec(spec).text
+    calibration = {key: calibration[key] for key in CALIBRATION_KEYS}
+    storage = Storage(storage_url)
+    prefix = compressed_model_prefix(dense, spec, calibration)
+    if not storage.is_committed(prefix):
+        with report_progress():
+            _compress_and_store(dense, spec, calibration, storage, prefix, device, dtype)
+    manifest = storage.manifest(prefix)
+    return {"kind": "model", "prefix": prefix, "uri": storage.uri(prefix), "content_hash": manifest["content_hash"],
+            "dense": False, "base_model": manifest["base_model_name"], "compression": manifest["compression"],
+            "pruning": manifest["pruning"], "perplexity": manifest["perplexity"]}
+
+
+def _compress_and_store(dense, spec, calibration, storage, prefix, device, dtype) -> None:
+    import torch
+
+    parsed = parse_spec(spec)
+    # A private copy: compression is in place and the cached dense model must stay dense.
+    source = str(storage.materialise_dir(dense["prefix"])) if dense.get("prefix") else dense["hub_id"]
+    model = load_language_model(source, device=device, dtype=getattr(torch, dtype))
+    n_calibration = calibration["n_calibration_samples"]
+    seq_len = calibration["seq_len"] or min(1024, getattr(model.hf_model.config, "n_positions", 1024))
+    windows = token_batch(model.tokenizer, calibration["calibration_dataset"], n_calibration + PERPLEXITY_SEQUENCES, seq_len)
+    calibration_ids, held_out = windows[:n_calibration], windows[n_calibration:]
+    dense_ppl = perplexity(model.hf_model, held_out)
+    started = time.perf_counter()
+    report = compress_model(model.hf_model, parsed, calibration_ids, module_groups=calibration["module_groups"])
+    wall_time = round(time.perf_counter() - started, 3)
+    compressed_ppl = perplexity(model.hf_model, held_out)
+    summary = {**report.summary(), "sparsity": parsed.sparsity, "calibration_dataset": calibration["calibration_dataset"],
+               "calibration": calibration, "wall_time_s": wall_time}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model.hf_model.save_pretrained(folder, safe_serialization=True)
+        model.tokenizer.save_pretrained(folder)
+        # No wall time in the folder: it is hashed into every downstream key and must be deterministic.
+        pd.DataFrame(report.to_rows()).to_parquet(folder / REPORT_NAME, index=False)
+        content_hash = folder_hash(folder)
+        storage.upload_dir(folder, prefix, {
+            "kind": "model",
+            "base_model": dense,
+            "base_model_name": dense.get("hub_id") or f"toy-world:{dense['content_hash']}",
+            "compression": summary,
+            # The keys pre-compression readers use (variant rows, metric rows, catalog): "method" is the spec
+            # text so that rows of rtn:8 and rtn:4 (both sparsity 0) stay apart.
+            "pruning": {"method": parsed.text, "sparsity": float(parsed.sparsity or 0.0), "structure": parsed.structure,
+                        "achieved_sparsity": report.overall_sparsity, "calibration_tokens": report.calibration_tokens,
+                        "calibration_dataset": calibration["calibration_dataset"], "wall_time_s": wall_time},
+            "perplexity": {"dense": dense_ppl, "compressed": compressed_ppl, "pruned": compressed_ppl,
+                           "held_out_tokens": int(held_out.numel())},
+            "content_hash": content_hash,
+        })

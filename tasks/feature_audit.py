@@ -1,0 +1,156 @@
+"""The feature-level audit as a cached task: one per (original SAE, compressed model).
+
+Stores, under one content-hashed key:
+- ``feature_audit/<key>.parquet``: one row per SAE feature (r, firing rates, class, ...);
+- ``feature_audit/<key>.json``: the summary, the per-subset summaries, the perplexities on the
+  audit tokens and the survival-predictor AUC;
+- ``metrics/feature_fidelity/<key>.parquet``: the headline figures as metric rows in the
+  schema of every other metric (tasks/metrics.py's ``tidy_rows``), so one
+  ``pd.read_parquet("<root>/metrics")`` reads them beside SAEBench's. Written last: it commits.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+from prefect import task
+
+from sae_core.data import token_batch
+from sae_core.hashing import config_hash
+from sae_core.storage import Storage
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
+from tasks.metrics import tidy_rows
+from tasks.saes import load_stored_sae
+
+AUDIT_CODE = ("feature_audit", "activations", "data", "sae_io")
+FAMILY = "feature_fidelity"
+# (summary key, metric name, higher is better); None: neither direction is "better".
+HEADLINE = [
+    ("survived_frac", "survived_frac", True), ("degraded_frac", "degraded_frac", None), ("damaged_frac", "damaged_frac", False),
+    ("dead_after_frac", "dead_after_frac", False), ("mean_r", "mean_r", True), ("median_r", "median_r", True),
+    ("mean_firing_jaccard", "mean_firing_jaccard", True), ("median_magnitude_ratio", "median_magnitude_ratio", None),
+    ("survived_frac_subset_std", "survived_frac_subset_std", None), ("survived_frac_subset_range", "survived_frac_subset_range", None),
+    ("damaged_frac_subset_std", "damaged_frac_subset_std", None), ("n_active", "n_active", None), ("n_tokens", "n_tokens", None),
+]
+
+
+def audit_windows(audit: dict) -> int:
+    """Token windows to read so that about ``n_tokens`` positions remain after BOS / EOS are dropped."""
+    return math.ceil(audit["n_tokens"] / (audit["seq_len"] - 2))
+
+
+def _identity(model: dict) -> str:
+    return model.get("content_hash") or model.get("prefix") or model["hub_id"]
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+@task(name="feature-fidelity", **ARTIFACT_TASK_OPTIONS)
+def feature_fidelity(original: dict, dense: dict, compressed: dict, audit: dict, dataset: str, experiment: str, storage_url: str,
+                     device: str = "cpu", dtype: str = "float32") -> dict:
+    """Audit every feature of the ``original`` SAE on the ``compressed`` model against the ``dense`` one."""
+    storage = Storage(storage_url)
+    key = config_hash(FAMILY, original["prefix"], _identity(dense), _identity(compressed), original.get("processing", {}), audit,
+                      dataset, code_fingerprint(*AUDIT_CODE))
+    table_key, summary_key, rows_key = f"feature_audit/{key}.parquet", f"feature_audit/{key}.json", f"metrics/{FAMILY}/{key}.parquet"
+    if not storage.exists(rows_key):
+        _audit_and_store(storage, original, dense, compressed, audit, dataset, experiment, device, dtype, key,
+                         table_key, summary_key, rows_key)
+    stored = storage.get_json(summary_key)
+    return {"kind": FAMILY, "metric": FAMILY, "status": "ok", "rows_key": rows_key, "table_key": table_key, "summary_key": summary_key,
+            "uri": storage.uri(rows_key), "hook": original["hook"], "sae_prefix": original["prefix"],
+            "model_prefix": compressed.get("prefix") or compressed.get("hub_id"),
+            "compression": compressed.get("compression") or compressed.get("pruning") or {},
+            "perplexity": compressed.get("perplexity"), "audit_perplexity": stored["perplexity"],
+            "summary": stored["summary"], "auc": stored["auc"]}
+
+
+def _audit_and_store(storage, original, dense, compressed, audit, dataset, experiment, device, dtype, key,
+                     table_key, summary_key, rows_key) -> None:
+    from sae_core.activations import special_token_ids
+    from sae_core.feature_audit import audit_feature_fidelity, check_same_hf_config, survival_auc
+
+    dense_model = load_model_ref(storage, dense, device, dtype)
+    compressed_model = load_model_ref(storage, compressed, device, dtype)
+    check_same_hf_config(dense_model.hf_model, compressed_model.hf_model)  # before building anything
+    sae = load_stored_sae(storage, original["prefix"], device)
+    tokens = token_batch(dense_model.tokenizer, dataset, audit_windows(audit), audit["seq_len"], skip_sequences=audit["skip_sequences"])
+    processing = original.get("processing", {})
+    with compute_lock():
+        if storage.exists(rows_key):  # the same audit, submitted twice, finished while this one waited
+            return
+        result = audit_feature_fidelity(dense_model.hooked(processing), compressed_model.hooked(processing), sae, tokens,
+                                        original["hook"], exclude_ids=special_token_ids(dense_model.tokenizer),
+                                        batch_sequences=audit["batch_sequences"], n_subsets=audit["subsets"])
+    auc = survival_auc(result.table)
+    storage.put_parquet(table_key, result.table)
+    storage.put_json(summary_key, _clean({"summary": result.summary, "subsets": result.subset_summaries,
+                                          "perplexity": result.perplexity, "auc": auc, "audit": audit, "dataset": dataset}))
+    headline = [{"metric_name": name, "value": float(result.summary[src]), "higher_is_better": better} for src, name, better in HEADLINE]
+    headline += [{"metric_name": "auc_survival", "value": float(auc["auc_mean"]), "higher_is_better": None},
+                 {"metric_name": "auc_survival_std", "value": float(auc["auc_std"]), "higher_is_better": None},
+                 {"metric_name": "ppl_delta_pct_audit_tokens", "value": float(result.perplexity["delta_pct"]), "higher_is_better": False}]
+    outcome = SimpleNamespace(metric=FAMILY, status="ok", reason="", headline=headline)
+    variant = {"llm": compressed, "hook": original["hook"], "variant": "original", "sae_prefix": original["prefix"]}
+    storage.put_parquet(rows_key, tidy_rows(outcome, variant, audit, experiment, key))  # the row file commits the audit
+
+
+# ------------------------------------------------------------------ matched-perplexity comparison
+def _held_out_perplexity(model: dict) -> float:
+    perplexity = model["perplexity"]
+    return float(perplexity.get("compressed", perplexity.get("pruned")))
+
+
+@task(name="match-compression", **ARTIFACT_TASK_OPTIONS)
+def match_compression(dense: dict, match: dict, reference: dict, calibration: dict, storage_url: str,
+                      device: str = "cpu", dtype: str = "float32") -> dict:
+    """Bisect ``match['method']``'s sparsity until its held-out perplexity matches the ``reference``
+    compressed model's (both measured on the same windows by the compression task); the chosen
+    model's manifest, plus the search (target, chosen strength, every step)."""
+    from sae_core.feature_audit import match_strength
+    from tasks.compression import compress_llm
+
+    tried: dict[float, dict] = {}
+
+    def evaluate(sparsity: float) -> float:
+        # Each step is the compression task's own body: stored (and reused) under its usual key.
+        tried[sparsity] = compress_llm.fn(dense, f"{match['method']}:{sparsity:g}", calibration, storage_url, device, dtype)
+        return _held_out_perplexity(tried[sparsity])
+
+    target = _held_out_perplexity(reference)
+    found = match_strength(evaluate, target, match["lo"], match["hi"], match["steps"])
+    return {**tried[found.strength], "match": {"reference": (reference.get("compression") or reference.get("pruning") or {}),
+                                               "target_perplexity": target, "strength": found.strength,
+                                               "perplexity": found.value, "trace": [list(step) for step in found.trace]}}
+
+
+@task(name="feature-overlap", **ARTIFACT_TASK_OPTIONS)
+def feature_overlap(reference_audit: dict, matched_audit: dict, experiment: str, storage_url: str) -> dict:
+    """Do the two compressions damage the same features? (sae_core.feature_audit.compare_methods)
+    Rows under ``metrics/feature_overlap/``, like every other metric."""
+    from sae_core.compression_report import method_label
+    from sae_core.feature_audit import compare_methods
+
+    storage = Storage(storage_url)
+    key = config_hash("feature-overlap", reference_audit["table_key"], matched_audit["table_key"], code_fingerprint(*AUDIT_CODE))
+    rows_key = f"metrics/feature_overlap/{key}.parquet"
+    labels = method_label(reference_audit["compression"]), method_label(matched_audit["compression"])
+    if not storage.exists(rows_key):
+        overlap = compare_methods(storage.get_parquet(reference_audit["table_key"]), storage.get_parquet(matched_audit["table_key"]))
+        headline = [{"metric_name": name, "value": float(value), "higher_is_better": None} for name, value in overlap.items()]
+        # Rows belong to the matched model (the report groups by its spec); the reference is in the manifest.
+        llm = {"prefix": matched_audit["model_prefix"], "pruning": {"method": labels[1],
+                                                                    "sparsity": float(matched_audit["compression"].get("sparsity") or 0.0)}}
+        variant = {"llm": llm, "hook": matched_audit["hook"], "variant": "original", "sae_prefix": matched_audit["sae_prefix"]}
+        outcome = SimpleNamespace(metric="feature_overlap", status="ok", reason="", headline=headline)
+        storage.put_parquet(rows_key, tidy_rows(outcome, variant, {"reference": labels[0], "matched": labels[1]}, experiment, key))
+    rows = storage.get_parquet(rows_key)
+    return {"kind": "feature_overlap", "metric": "feature_overlap", "status": "ok", "rows_key": rows_key, "uri": storage.uri(rows_key),
+            "hook": matched_audit["hook"], "reference": labels[0], "matched": labels[1],
+            "perplexity": {labels[0]: reference_audit["audit_perplexity"], labels[1]: matched_audit["audit_perplexity"]},
+            "overlap": _clean({r["metric_name"]: float(r["value"]) for _, r in rows.iterrows()})}
