@@ -120,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
-    from flows.full import full
+    from flows.server import start_temporary_server
+
+    server = start_temporary_server()  # no API configured: a temporary server that dies with this process
+    from flows.full import full  # imported while the server boots
+
+    if server is not None:
+        server.wait()
 
     summary = full(preset=args.preset, overrides=overrides, storage_url=storage.url, runner=args.runner)
     print(json.dumps(summary, indent=2, default=str))
