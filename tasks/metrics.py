@@ -21,6 +21,7 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
+from tasks.progress import mirror_tqdm, report_progress
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
 from tasks.saes import load_stored_sae
 
@@ -96,7 +97,8 @@ def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, ex
         model = load_model_ref(storage, variant["llm"], device, dtype)
         sae = load_stored_sae(storage, variant["sae_prefix"], device)
         # SAEBench sets global state (seeds, grad mode, dataset loaders): one metric at a time per process.
-        with compute_lock(), tempfile.TemporaryDirectory() as scratch:
+        # SAEBench's own tqdm bars show as progress artifacts on this task's page, not only in the worker's terminal.
+        with compute_lock(), tempfile.TemporaryDirectory() as scratch, report_progress(), mirror_tqdm(f"SAEBench {metric}"):
             hooked = model.hooked(variant.get("processing", {}))
             result = registry.run_metric(
                 metric, sae=sae, hooked_model=hooked, hf_model=model.hf_model, tokenizer=model.tokenizer,
