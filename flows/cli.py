@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
@@ -125,10 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     server = start_temporary_server()  # no API configured: a temporary server that dies with this process
     from flows.full import full  # imported while the server boots
 
-    if server is not None:
-        server.wait()
-
-    summary = full(preset=args.preset, overrides=overrides, storage_url=storage.url, runner=args.runner)
+    with server.in_use() if server is not None else contextlib.nullcontext():
+        summary = full(preset=args.preset, overrides=overrides, storage_url=storage.url, runner=args.runner)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
