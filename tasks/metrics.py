@@ -20,6 +20,7 @@ from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
 from sae_core.hashing import config_hash
+from sae_core.progress import Progress
 from sae_core.storage import Storage
 from tasks.progress import mirror_tqdm, report_progress
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
@@ -97,14 +98,17 @@ def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, ex
         model = load_model_ref(storage, variant["llm"], device, dtype)
         sae = load_stored_sae(storage, variant["sae_prefix"], device)
         # SAEBench sets global state (seeds, grad mode, dataset loaders): one metric at a time per process.
-        # SAEBench's own tqdm bars show as progress artifacts on this task's page, not only in the worker's terminal.
-        with compute_lock(), tempfile.TemporaryDirectory() as scratch, report_progress(), mirror_tqdm(f"SAEBench {metric}"):
+        # On this task's page: one bar for the whole metric (some families draw none of their own, e.g.
+        # core runs quiet) and SAEBench's own tqdm bars, not only in the worker's terminal.
+        with compute_lock(), tempfile.TemporaryDirectory() as scratch, report_progress(), \
+                Progress(1, f"SAEBench {metric} (whole metric)", show=False) as whole, mirror_tqdm(f"SAEBench {metric}"):
             hooked = model.hooked(variant.get("processing", {}))
             result = registry.run_metric(
                 metric, sae=sae, hooked_model=hooked, hf_model=model.hf_model, tokenizer=model.tokenizer,
                 settings=settings, profile=profile, artifacts_dir=sae_bench_run_cache(storage.url) / metric, scratch_dir=Path(scratch),
                 device=device, seed=seed,
             )
+            whole.update(1)
         storage.put_json(raw_key, result.model_dump(mode="json"))
         storage.put_parquet(rows_key, tidy_rows(result, variant, settings, experiment, key))  # the row file commits the run
     rows = storage.get_parquet(rows_key)
