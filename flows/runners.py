@@ -42,6 +42,7 @@ def run_settings(storage_url: str, runner: str):
     from prefect.context import FlowRunContext
     from prefect.results import resolve_result_storage
 
+    from tasks.metrics import discard_sae_bench_run_cache
     from tasks.runtime import result_storage_reference
 
     context = FlowRunContext.get()
@@ -49,8 +50,6 @@ def run_settings(storage_url: str, runner: str):
         raise RuntimeError("run_settings() is for use inside a running flow")
     results = resolve_result_storage(result_storage_reference(storage_url), _sync=True)
     store = context.result_store.model_copy(update={"result_storage": results})
-    from tasks.metrics import discard_sae_bench_run_cache
-
     try:
         with task_runner(runner) as started, context.model_copy(update={"task_runner": started, "result_store": store}):
             yield
