@@ -14,7 +14,8 @@ keys, which hash task and library source).
   3. with ``--plain-cli``, after each cached worker run the plain ``python -m flows.full ARGS``
      too (process wall; a check that the worker times what a user sees).
 
-Printed: each part for cold and cached; cached / cold for the whole process (what a user waits)
+Printed: each part for cold and cached; with ``--plain-cli`` the plain CLI's cached wall against
+its target (< 20 s on an idle 2-core machine: imports overlap the temporary server's start-up); cached / cold for the whole process (what a user waits)
 and for the flow alone (target <= 5%; Python imports + Prefect start-up, ~10-40 s here, are
 the same for both and excluded); cached flow minus the empty-flow baseline (= every task's cache
 lookup + the report task, which always runs). Under CPU contention wall times stretch; the
@@ -36,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 
+CACHED_CLI_TARGET_S = 20.0  # a cached re-run of the toy preset, start to exit, as a user waits for it
+
+
 def worker(argv: list[str]) -> None:
     """``python -m flows.full ARGV`` in this process, with its fixed costs timed separately:
     imports, Prefect start-up (the first flow run starts the ephemeral API server), one more
@@ -55,7 +59,12 @@ def worker(argv: list[str]) -> None:
         empty()
     with C.Timer() as t_empty:
         empty()
-    with C.Timer() as t_main:
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # main() on the server the empty flows started (its own start-up is timed above; the plain
+    # CLI run of --plain-cli times the CLI's overlapped start-up as a user sees it).
+    with C.Timer() as t_main, temporary_settings(updates={PREFECT_API_URL: SubprocessASGIServer().api_url}):
         rc = flows.cli.main(argv)
     C.emit({"rc": rc, "imports_s": imports_s, "server_start_s": t_start.wall, "empty_flow_s": t_empty.wall,
             "main_s": t_main.wall, "main_cpu_s": t_main.cpu})
@@ -126,7 +135,10 @@ def main(argv=None) -> None:
                            ("  the CLI's main(): the experiment flow", "main_s"), ("    same, process CPU s", "main_cpu_s")):
             print(f"{label:44s} {cold[key]:8.2f} {med(key):8.2f}")
         if cli:
-            print(f"plain `python -m flows.full` cached re-run (process wall): {C.median(cli):.1f} s")
+            target = CACHED_CLI_TARGET_S
+            print(f"plain `python -m flows.full` cached re-run (process wall): {C.median(cli):.1f} s "
+                  f"(target < {target:.0f} s on an idle 2-core machine: {'PASS' if C.median(cli) < target else 'FAIL'}; "
+                  f"load avg now {C.load_average()[0]:.2f})")
         ratio_proc = med("_wall_s") / cold["_wall_s"]
         ratio_flow = med("main_s") / cold["main_s"]
         net = (med("main_s") - med("empty_flow_s")) / (cold["main_s"] - cold["empty_flow_s"])

@@ -5,7 +5,7 @@ Both sides run the *same code* on the same tiny toy config (``benchmarks/_common
 training, SAE pruning + quality; no metrics), each cold into a fresh storage folder, each in its
 own subprocess with the same torch thread setting:
 
-  direct  ``flows.full.experiment.fn`` (the flow body as a plain function) with every task
+  direct  ``flows.full.experiment`` (the flow body, a plain function) with every task
           replaced by its undecorated ``.fn`` and Prefect artifact creation stubbed out: exactly
           the library calls the flow makes, in the same order, with no Prefect at all;
   flow    ``flows.full.full(...)`` as the CLI calls it (own temporary ``PREFECT_HOME``): result
@@ -105,7 +105,7 @@ def worker_direct(a) -> None:
         config = build_config("toy", overrides)
         storage = Storage(a.storage)
         storage.check_reachable()
-        summary = F.experiment.fn(config, storage.url)
+        summary = F.experiment(config, storage.url)  # a plain function: the steps of `full`
     C.emit({"side": "direct", "pipeline_s": t.wall, "pipeline_cpu_s": t.cpu, "imports_s": imports_s, "steps": steps,
             "calls": calls, "n_variants": summary["n_variants"]})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
@@ -127,9 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
-    from flows.full import full
+    from flows.server import start_temporary_server
 
-    summary = full(preset=args.preset, overrides=overrides, storage_url=storage.url, runner=args.runner)
+    server = start_temporary_server()  # no API configured: a temporary server that dies with this process
+    from flows.full import full  # imported while the server boots
+
+    with server.in_use() if server is not None else contextlib.nullcontext():
+        summary = full(preset=args.preset, overrides=overrides, storage_url=storage.url, runner=args.runner)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.runners import accelerator_request, task_runner
+from flows.runners import accelerator_request, run_settings
 from sae_core.activations import ActivationCacheSpec
 from sae_core.config import ExperimentConfig, build_config
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage
@@ -27,13 +27,12 @@ from tasks.compression import compress_llm
 from tasks.feature_audit import feature_fidelity, feature_overlap, match_compression
 from tasks.metrics import evaluate_metric
 from tasks.report import write_report
-from tasks.runtime import result_storage_reference
 from tasks.saes import original_sae, prune_sae_task, retrain_sae, transfer_sae
 from tasks.world import base_model
 
 
-@flow(name="sae-transfer-experiment", log_prints=True, result_serializer="json")
 def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
+    """The experiment's steps; run inside ``full`` so that every task shows on its run page."""
     c, store, dev = config, storage_url, (config.device, config.dtype)
     # Every heavy step is submitted: the task runner places it (a thread, or a Ray worker that
     # asks for a GPU), and hand-offs are manifests pointing into storage, never local files.
@@ -139,12 +138,22 @@ def audit_settings(c: ExperimentConfig, hook: str) -> dict:
 @flow(name="sae-transfer", log_prints=True, result_serializer="json")
 def full(preset: str = "toy", overrides: dict[str, Any] | None = None, storage_url: str = DEFAULT_STORAGE_URL,
          runner: str = "threads") -> dict[str, Any]:
-    """Entry point for the CLI and deployments: validate everything, then run the experiment."""
+    """WANDA-prune the LLM, build original / retrained / pruned SAEs, evaluate them with SAEBench on the
+    pruned model, and write one table and a report. Everything is validated before any work starts.
+
+    Args:
+        preset: Experiment preset: toy (offline, CPU, minutes), gpt2-small or gemma-2-2b (GPU and model hub).
+        overrides: Any config field, nested, applied on top of the preset, e.g.
+            {"pruned_sae": {"sparsities": [0.25, 0.5]}, "metrics": ["core"]}. See `python -m flows.full --print-config`.
+        storage_url: Storage root for every artifact and cached result: file://PATH (relative to the worker's
+            directory) or s3://bucket/prefix. Runs against the same root reuse each other's finished steps.
+        runner: threads (one process) or ray (every heavy task a Ray task; see README "Ray runner").
+    """
     config = build_config(preset, overrides)
     storage = Storage(storage_url)
     storage.check_reachable()
-    results_ref = result_storage_reference(storage.url)
-    return experiment.with_options(result_storage=results_ref, task_runner=task_runner(runner))(config, storage.url)
+    with run_settings(storage.url, runner):
+        return experiment(config, storage.url)
 
 
 if __name__ == "__main__":

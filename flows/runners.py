@@ -29,6 +29,34 @@ SHIPPED_ENV = ("SAE_TRANSFER_S3_ENDPOINT", "AWS_ENDPOINT_URL", "HF_HUB_OFFLINE",
                "TOKENIZERS_PARALLELISM")  # Prefect's API URL travels in Prefect's own task context
 
 
+@contextlib.contextmanager
+def run_settings(storage_url: str, runner: str):
+    """For the rest of the running flow: tasks keep their results under the storage root and run
+    on ``runner``.
+
+    Both depend on the flow's parameters, which exist only once the run has started, so they cannot
+    sit on the ``@flow`` decorator. Setting them here (a copy of the run's context, as Prefect's own
+    ``with_options`` would build) keeps every task and artifact on the run's own page; a subflow
+    would hide them one click away under a generated name.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.results import resolve_result_storage
+
+    from tasks.metrics import discard_sae_bench_run_cache
+    from tasks.runtime import result_storage_reference
+
+    context = FlowRunContext.get()
+    if context is None:
+        raise RuntimeError("run_settings() is for use inside a running flow")
+    results = resolve_result_storage(result_storage_reference(storage_url), _sync=True)
+    store = context.result_store.model_copy(update={"result_storage": results})
+    try:
+        with task_runner(runner) as started, context.model_copy(update={"task_runner": started, "result_store": store}):
+            yield
+    finally:  # SAEBench's caches are this run's alone (see tasks.metrics.sae_bench_run_cache)
+        discard_sae_bench_run_cache(storage_url, str(context.flow_run.id))
+
+
 def task_runner(name: str):
     from prefect.task_runners import ThreadPoolTaskRunner
 

@@ -384,4 +384,24 @@ def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
 
 def build_config(preset: str = "toy", overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """A preset plus nested overrides (e.g. ``{"pruned_sae": {"sparsities": [0.25]}}``), validated."""
-    return ExperimentConfig.model_validate(_deep_merge(load_preset(preset), overrides or {}))
+    from pydantic import ValidationError
+
+    try:
+        return ExperimentConfig.model_validate(_deep_merge(load_preset(preset), overrides or {}))
+    except ValidationError as err:
+        raise ValueError(readable_validation_error(err, f"preset {preset!r} with its overrides")) from None
+
+
+def readable_validation_error(err, what: str) -> str:
+    """Pydantic's errors as a person reads them: field, value and rule, one line each (no links)."""
+    lines = [f"invalid configuration ({what}): {err.error_count()} problem(s)"]
+    for e in err.errors(include_url=False):
+        field = ".".join(str(part) for part in e["loc"]) or "(the whole config)"
+        rule = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if e["type"] == "extra_forbidden":
+            rule = "not a known field (check its spelling and nesting: python -m flows.full --print-config)"
+        lines.append(f"  field: {field}")
+        if e["loc"]:  # a whole-config rule names its values in its message
+            lines.append(f"  value: {e.get('input')!r:.200}")
+        lines.append(f"  rule:  {rule}")
+    return "\n".join(lines)

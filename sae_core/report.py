@@ -61,6 +61,44 @@ def compact_headline_table(metrics: pd.DataFrame, limit: int = 10) -> pd.DataFra
     return table[keys + chosen]
 
 
+# The two "explained variance" figures of a report are different formulas; each is named for what it is.
+EXPLAINED_VARIANCE_NOTE = (
+    "`explained_variance_centred` (variants table) is 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² over held-out activations, "
+    "x̄ the per-dimension mean; `core/explained_variance` (headline table) is SAEBench core's own figure, "
+    "computed by its code with its own formula and batches. They differ slightly for the same SAE.")
+# Variant-table columns people compare, in reading order; storage keys and the rest come after.
+VARIANT_DISPLAY_COLUMNS = ["hook", "compression", "model_sparsity", "variant", "achieved_sparsity", "wall_time_s", "tokens_used",
+                           "mse", "explained_variance_centred", "l0", "dead_latents", "d_sae", "ce_loss_score"]
+
+
+def legacy_variant_columns(variants: pd.DataFrame) -> pd.DataFrame:
+    """Rows written before the centred explained variance was named so."""
+    if "explained_variance" in variants and "explained_variance_centred" not in variants:
+        return variants.rename(columns={"explained_variance": "explained_variance_centred"})
+    return variants
+
+
+def variants_for_display(variants: pd.DataFrame) -> pd.DataFrame:
+    """Key columns and the compared figures first (a readable variant label), storage keys last."""
+    if variants.empty:
+        return variants
+    frame = legacy_variant_columns(variants).copy()
+    frame["variant"] = frame.apply(variant_label, axis=1)
+    first = [c for c in VARIANT_DISPLAY_COLUMNS if c in frame]
+    dropped = {"sae_variant", "sae_scoring_rule", "sae_sparsity"}  # folded into `variant`
+    return frame[first + [c for c in frame.columns if c not in first and c not in dropped]]
+
+
+def rounded(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Floats to ``digits`` significant digits, for tables people read (files keep full precision)."""
+    def fmt(value):
+        if isinstance(value, float) and value == value and value not in (float("inf"), float("-inf")):
+            return float(f"{value:.{digits}g}")
+        return value
+
+    return frame.astype(object).map(fmt) if not frame.empty else frame
+
+
 def not_measured(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per (metric family, reason) for rows that are not ``ok``: what is missing and why."""
     if metrics.empty or "status" not in metrics:
@@ -136,7 +174,11 @@ def metric_vs_sparsity_plots(metrics: pd.DataFrame, max_metrics: int = 12) -> di
 
 
 def cost_plot(variants: pd.DataFrame) -> bytes | None:
-    """Wall time to obtain each SAE variant (log scale): the cost side of the comparison."""
+    """Wall time to obtain each SAE variant (log scale): the cost side of the comparison.
+
+    A variant that cost nothing (the original SAE, used as is) has no bar, which a log axis cannot
+    draw: it is labelled "0 s" at the axis instead of drawn at an invented small value.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,9 +190,17 @@ def cost_plot(variants: pd.DataFrame) -> bytes | None:
     frame["variant"] = frame.apply(variant_label, axis=1)
     cost = frame.groupby("variant")["wall_time_s"].mean().sort_values()
     figure, ax = plt.subplots(figsize=(7, 0.35 * len(cost) + 1.2))
-    ax.barh(cost.index, cost.values.clip(min=1e-3), color=["#4c72b0" if v.startswith("pruned") else "#dd8452" for v in cost.index])
-    ax.set_xscale("log")
-    ax.set_xlabel("wall time to obtain the SAE (s, log scale)")
+    colors = ["#4c72b0" if v.startswith("pruned") else "#dd8452" for v in cost.index]
+    positive = cost[cost > 0]
+    ax.barh(cost.index, cost.where(cost > 0, 0.0).values, color=colors)
+    if not positive.empty:
+        ax.set_xscale("log")
+        ax.set_xlim(left=positive.min() / 3)
+    ax.set_xlabel("wall time to obtain the SAE (s, log scale)" if not positive.empty else "wall time to obtain the SAE (s)")
+    for name, value in cost.items():
+        if not value > 0:
+            ax.annotate("0 s (no work: used as is)", xy=(0, list(cost.index).index(name)), xycoords=("axes fraction", "data"),
+                        xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return _figure_to_png(figure)
 
@@ -169,11 +219,10 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_model
                          f"{c['calibration_tokens']} |")
         lines.append("")
     if not variants.empty:
-        frame = variants.copy()
-        frame["variant"] = frame.apply(variant_label, axis=1)
-        cols = [c for c in ["hook", "model_sparsity", "variant", "achieved_sparsity", "tokens_used", "wall_time_s", "mse",
-                            "explained_variance", "l0", "dead_latents", "d_sae", "ce_loss_score"] if c in frame]
-        lines += ["## SAE variants: cost and reconstruction on the pruned model", "", _markdown_table(frame[cols]), ""]
+        frame = variants_for_display(variants)
+        cols = [c for c in VARIANT_DISPLAY_COLUMNS if c in frame]
+        lines += ["## SAE variants: cost and reconstruction on the pruned model", "", _markdown_table(frame[cols]), "",
+                  EXPLAINED_VARIANCE_NOTE, ""]
     table = compact_headline_table(metrics)
     if not table.empty:
         lines += ["## Headline metrics (SAEBench, on the pruned model)", "",
@@ -181,7 +230,11 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_model
                   _markdown_table(table), ""]
     missing = not_measured(metrics)
     if not missing.empty:
-        lines += ["## Not measured", "", _markdown_table(missing[["metric_family", "status", "variants", "reason"]]), ""]
+        # A list, not a table: reasons are sentences, and table cells do not wrap in the Prefect UI.
+        lines += ["## Not measured", ""]
+        for row in missing.itertuples(index=False):
+            lines.append(f"- **{row.metric_family}** ({row.status}) for {row.variants}: {row.reason or 'no reason given'}")
+        lines.append("")
     for name in plot_names:
         lines += [f"![{name}]({name})", ""]
     return "\n".join(lines)

@@ -10,15 +10,19 @@ every run is one ``read_parquet`` over ``metrics/``.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
 from sae_core.hashing import config_hash
+from sae_core.progress import Progress
 from sae_core.storage import Storage
+from tasks.progress import mirror_tqdm, report_progress
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
 from tasks.saes import load_stored_sae
 
@@ -27,15 +31,48 @@ METRIC_COLUMNS = ["run_id", "experiment", "model", "pruning_method", "model_spar
                   "status", "reason", "eval_config_hash", "sae_bench_version", "sae_prefix", "model_prefix", "timestamp"]
 
 
+# Every module of the metric adapters: a change in any of them re-runs the metrics.
+METRIC_CODE = tuple(f"metrics.{p.stem}" if p.stem != "__init__" else "metrics"
+                    for p in sorted((Path(__file__).resolve().parents[1] / "sae_core" / "metrics").glob("*.py")))
+
+
 def metric_key(metric: str, variant: dict, settings: dict, profile: str) -> str:
-    from sae_core.metrics.registry import sae_bench_version
+    """What a metric result depends on: the SAE and the model it runs on, the settings, the adapter
+    code and the installed sae-bench version. Not the experiment's name, device or run."""
+    from sae_core.metrics.base import sae_bench_version
 
     return config_hash(metric, variant["sae_prefix"], variant["llm"].get("prefix") or variant["llm"].get("hub_id"),
-                       variant.get("processing", {}), settings, profile, code_fingerprint("metrics"), sae_bench_version())
+                       variant.get("processing", {}), settings, profile, code_fingerprint(*METRIC_CODE), sae_bench_version())
+
+
+def metric_cache_key(context, parameters: dict) -> str:
+    """Prefect's cache key for ``evaluate_metric``: the storage key of its rows, so a re-evaluation
+    (or another experiment) of an unchanged (variant, metric, settings, code) shows as Cached."""
+    p = parameters
+    return metric_key(p["metric"], p["variant"], p["settings"], p["profile"])
 
 
 def _cache_root() -> Path:
     return Path(os.environ.get("SAE_TRANSFER_CACHE", Path.home() / ".cache" / "sae-transfer"))
+
+
+def sae_bench_run_cache(storage_url: str, run_id: str | None = None) -> Path:
+    """Where SAEBench keeps its own caches during one flow run: LLM activations, LLM probes (pickles),
+    RAVEL prompt sets, the toy stand-in datasets.
+
+    Keyed by storage root *and* flow run, and deleted when the run ends (``discard_sae_bench_run_cache``):
+    SAE variants of one run on the same pruned model share it, but no run ever reads (unpickles) a file
+    another run wrote, and a run against new storage starts cold. Finished metric rows are reused across
+    runs through storage and Prefect's cache instead, which never unpickle anything.
+    """
+    run_id = run_id or _run_id()
+    if run_id == "local":  # outside a flow run: private to this process
+        run_id = f"local-{os.getpid()}"
+    return _cache_root() / "sae_bench" / config_hash(Storage(storage_url).url, length=10) / run_id
+
+
+def discard_sae_bench_run_cache(storage_url: str, run_id: str | None = None) -> None:
+    shutil.rmtree(sae_bench_run_cache(storage_url, run_id), ignore_errors=True)
 
 
 def _run_id() -> str:
@@ -47,7 +84,7 @@ def _run_id() -> str:
         return "local"
 
 
-@task(name="metric", **ARTIFACT_TASK_OPTIONS)
+@task(name="metric", **{**ARTIFACT_TASK_OPTIONS, "cache_policy": TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=metric_cache_key)})
 def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, experiment: str, storage_url: str,
                     device: str = "cpu", dtype: str = "float32", seed: int = 0) -> dict:
     """Run one SAEBench metric family for one SAE variant on its pruned model; store raw JSON + tidy rows."""
@@ -61,13 +98,17 @@ def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, ex
         model = load_model_ref(storage, variant["llm"], device, dtype)
         sae = load_stored_sae(storage, variant["sae_prefix"], device)
         # SAEBench sets global state (seeds, grad mode, dataset loaders): one metric at a time per process.
-        with compute_lock(), tempfile.TemporaryDirectory() as scratch:
+        # On this task's page: one bar for the whole metric (some families draw none of their own, e.g.
+        # core runs quiet) and SAEBench's own tqdm bars, not only in the worker's terminal.
+        with compute_lock(), tempfile.TemporaryDirectory() as scratch, report_progress(), \
+                Progress(1, f"SAEBench {metric} (whole metric)", show=False) as whole, mirror_tqdm(f"SAEBench {metric}"):
             hooked = model.hooked(variant.get("processing", {}))
             result = registry.run_metric(
                 metric, sae=sae, hooked_model=hooked, hf_model=model.hf_model, tokenizer=model.tokenizer,
-                settings=settings, profile=profile, artifacts_dir=_cache_root() / "sae_bench" / metric, scratch_dir=Path(scratch),
+                settings=settings, profile=profile, artifacts_dir=sae_bench_run_cache(storage.url) / metric, scratch_dir=Path(scratch),
                 device=device, seed=seed,
             )
+            whole.update(1)
         storage.put_json(raw_key, result.model_dump(mode="json"))
         storage.put_parquet(rows_key, tidy_rows(result, variant, settings, experiment, key))  # the row file commits the run
     rows = storage.get_parquet(rows_key)

@@ -11,12 +11,14 @@ never fails the task.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from uuid import UUID
 
-from sae_core.progress import reporting_to
+from sae_core.progress import _LISTENER, reporting_to
 
 log = logging.getLogger(__name__)
 MIN_INTERVAL_S = 2.0
@@ -89,3 +91,58 @@ def report_progress():
             yield listener
         finally:
             listener.flush()
+
+
+# ------------------------------------------------------------------ third-party tqdm bars (SAEBench)
+# SAEBench draws plain tqdm bars on the worker's terminal. Inside ``mirror_tqdm``, every bar this
+# thread draws also goes to the current progress listener (so to the task's progress artifacts).
+_TQDM_PREFIX: contextvars.ContextVar[str | None] = contextvars.ContextVar("tqdm_mirror_prefix", default=None)
+_TQDM_PATCH_LOCK = threading.Lock()
+_TQDM_PATCHED = False
+MAX_MIRRORED_BARS = 12  # per task: a loop that opens a bar per item must not flood the run page
+
+
+def _install_tqdm_display_hook() -> None:
+    global _TQDM_PATCHED
+    with _TQDM_PATCH_LOCK:
+        if _TQDM_PATCHED:
+            return
+        from tqdm import std
+
+        original = std.tqdm.display
+
+        def display(self, *args, **kwargs):
+            shown = original(self, *args, **kwargs)
+            prefix = _TQDM_PREFIX.get()
+            if prefix is not None:  # only inside mirror_tqdm, in its thread (tqdm's monitor thread never sees it)
+                _mirror(prefix, self)
+            return shown
+
+        std.tqdm.display = display
+        _TQDM_PATCHED = True
+
+
+def _mirror(prefix: str, bar) -> None:
+    listener = _LISTENER.get()
+    if listener is None or not bar.total:
+        return
+    description = f"{prefix}: {bar.desc or 'progress'}".rstrip(": ")
+    seen = getattr(listener, "bars", None)
+    if seen is not None and description not in seen and len(seen) >= MAX_MIRRORED_BARS:
+        return
+    try:
+        listener(description, min(1.0, float(bar.n) / float(bar.total)))
+    except Exception as exc:  # noqa: BLE001 - progress never fails the work
+        log.debug("tqdm mirror: %s", exc)
+
+
+@contextlib.contextmanager
+def mirror_tqdm(prefix: str):
+    """Every tqdm bar drawn inside (in this thread) also reports to the current progress listener,
+    as ``"<prefix>: <bar description>"``; bars without a known total are left to the terminal."""
+    _install_tqdm_display_hook()
+    token = _TQDM_PREFIX.set(prefix)
+    try:
+        yield
+    finally:
+        _TQDM_PREFIX.reset(token)

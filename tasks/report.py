@@ -26,7 +26,7 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
     """Always runs (it is cheap): the report reflects whatever the cached steps produced."""
     storage = Storage(storage_url)
     prefix = f"reports/{experiment_name}-{config_hash(config, length=10)}"
-    variant_rows = pd.DataFrame([v["row"] for v in variants])
+    variant_rows = rep.legacy_variant_columns(pd.DataFrame([v["row"] for v in variants]))
     metrics = collect_metrics(storage, metric_results)
 
     plots = rep.metric_vs_sparsity_plots(metrics)
@@ -49,10 +49,13 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
 
     key = f"sae-transfer-{experiment_name}".lower().replace("_", "-")
     if not metrics.empty:
-        create_table_artifact(key=f"{key}-headline", table=_records(rep.compact_headline_table(metrics)),
+        create_table_artifact(key=f"{key}-headline", table=_records(rep.rounded(rep.compact_headline_table(metrics))),
                               description="Headline SAEBench metrics per SAE variant, on the pruned model "
-                                          "(one per family; all of them in the report's headline.parquet)")
-    create_table_artifact(key=f"{key}-variants", table=_records(variant_rows), description="SAE variants: cost and reconstruction")
+                                          "(one per family, 4 significant digits; all of them, unrounded, in the report's "
+                                          "headline.parquet)")
+    create_table_artifact(key=f"{key}-variants", table=_records(rep.rounded(rep.variants_for_display(variant_rows))),
+                          description="SAE variants: cost and reconstruction on the pruned model (4 significant digits). "
+                                      + rep.EXPLAINED_VARIANCE_NOTE)
     create_markdown_artifact(key=f"{key}-report", markdown=markdown_for_ui(summary, plots, storage.uri(prefix)),
                              description="Full comparison report, plots inline")
     create_link_artifact(key=f"{key}-storage", link=storage.uri(prefix), description="Report folder in storage")

@@ -68,7 +68,13 @@ def _quality(storage: Storage, sae, llm: dict, held_out: dict, quality: dict, da
         stats = reconstruction_stats(sae, _batches(storage, held_out, max_tokens=quality["n_tokens"]))
         hooked = model.hooked(sae_processing(sae))
         ce = spliced_ce(hooked, sae.to(device), tokens, hook_name=held_out["hook_name"])
+    # Named for what it is: 1 - SSE / SST with SST about the per-dimension mean (sae_quality), not
+    # SAEBench core's `explained_variance` (a different formula, in the metric rows).
+    stats = {VARIANT_COLUMN_NAMES.get(k, k): v for k, v in stats.items()}
     return {**{k: float(v) for k, v in stats.items()}, **{k: float(v) for k, v in ce.items()}}
+
+
+VARIANT_COLUMN_NAMES = {"explained_variance": "explained_variance_centred"}
 
 
 def _variant_result(storage, key, sae_manifest, prefix, llm, held_out, compute_quality) -> dict:
@@ -79,6 +85,7 @@ def _variant_result(storage, key, sae_manifest, prefix, llm, held_out, compute_q
     else:
         row = {
             "hook": held_out["hook_name"], "model_prefix": llm.get("prefix") or llm.get("hub_id"),
+            "compression": (llm.get("compression") or {}).get("spec") or (llm.get("pruning") or {}).get("method", ""),
             "model_sparsity": float(llm.get("pruning", {}).get("sparsity", 0.0)),
             "sae_variant": sae_manifest["variant"], "sae_scoring_rule": sae_manifest.get("rule") or "",
             "sae_sparsity": float(sae_manifest.get("sparsity") or 0.0),

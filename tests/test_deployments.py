@@ -54,3 +54,22 @@ def test_schedules_are_valid_crons():
     for deployment in scheduled:
         for schedule in deployment["schedules"]:
             CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone", "UTC"))
+
+
+def test_readme_creates_every_pool_before_deploying_and_names_deployments_in_full(monkeypatch):
+    """`prefect deploy --all` stops at the first deployment whose pool is missing; a deployment
+    is run by FLOW/DEPLOYMENT, so the README must give that full name (the real-server check is
+    tests/test_deployments_server.py)."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    from tests.test_deployments_server import readme_commands
+
+    commands = readme_commands()
+    deploy_at = next(i for i, c in enumerate(commands) if c.startswith("prefect deploy"))
+    created = {c.split()[3] for c in commands[:deploy_at] if c.startswith("prefect work-pool create")}
+    assert {d["work_pool"]["name"] for d in SPEC["deployments"]} <= created, commands
+    readme = (ROOT / "README.md").read_text()
+    monkeypatch.chdir(ROOT)
+    for deployment in SPEC["deployments"]:
+        flow_name = load_flow_from_entrypoint(deployment["entrypoint"]).name
+        assert f"`{flow_name}/{deployment['name']}`" in readme, f"README never names {flow_name}/{deployment['name']}"

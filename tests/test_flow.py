@@ -61,7 +61,7 @@ def test_flow_produces_every_artifact(first_run):
     assert summary["n_metric_results"] == 4
     variants = storage.read_parquet_prefix("variants")
     assert sorted(variants["sae_variant"]) == ["original", "pruned", "pruned", "retrained"]
-    assert variants[["mse", "explained_variance", "l0", "ce_loss_score"]].notna().all().all()
+    assert variants[["mse", "explained_variance_centred", "l0", "ce_loss_score"]].notna().all().all()
     metrics = storage.read_parquet_prefix("metrics")
     assert set(metrics["metric_family"]) == {"core", "feature_fidelity"} and summary["n_feature_audits"] == 1
     assert metrics[metrics["metric_family"] == "core"]["value"].notna().all()
@@ -85,8 +85,9 @@ def test_long_tasks_show_progress_artifacts(first_run):
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             type=ArtifactFilterType(any_=["progress"]), task_run_id=ArtifactFilterTaskRunId(any_=first_run_task_ids)))
     final = {a.description.split(" ")[0]: a.data for a in artifacts}
-    # toy LM training, activation caching, WANDA (block by block), SAE training: each reached 100%.
-    assert set(final) == {"toy", "caching", "wanda", "Training"}, final
+    # toy LM training, activation caching, WANDA (block by block), SAE training: each reached 100%;
+    # every SAEBench metric too (a whole-metric bar; SAEBench's own tqdm bars where it draws them).
+    assert set(final) == {"toy", "caching", "wanda", "Training", "SAEBench"}, final
     assert all(value == 100.0 for value in final.values()), final
 
 
@@ -131,6 +132,55 @@ def test_changing_one_knob_recomputes_only_what_depends_on_it(first_run):
     assert computed == ["metric-core", "metric-core", "prune-sae", "prune-sae", "report"], computed
 
 
+def test_every_task_and_artifact_is_on_the_run_page_itself(first_run):
+    """No subflow: the run a user opens (CLI, UI, deployment) holds the tasks and the report."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        [report] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sae-transfer-toy-report"])),
+                                         limit=1)
+        run = client.read_flow_run(report.flow_run_id)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    assert run.parent_task_run_id is None  # the top-level run, not a subflow
+    assert {"metric-core", "prune-sae", "retrain-sae", "original-sae", "report"} <= {t.name.rsplit("-", 1)[0] for t in tasks}
+
+
+def test_reevaluation_is_cached_until_a_setting_changes(first_run):
+    from flows.reevaluate import reevaluate
+    from sae_core.config import build_config
+
+    storage_url, _ = first_run
+    config = build_config("toy", TINY_FLOW_OVERRIDES)
+    since = dt.datetime.now(dt.timezone.utc)
+    summary = reevaluate(storage_url=storage_url, metrics=["core"], metric_profile=config.metric_profile,
+                         metric_overrides=config.metric_overrides)
+    assert summary["n_variants"] == 6  # the four of the first run and two of the changed-knob run
+    states = states_by_name(task_runs_since(since))
+    # Same (variant, metric, settings, code) as the experiment computed: Cached in Prefect's sense,
+    # although this is another flow with another experiment name (a key over all inputs was Completed).
+    assert states["metric-core"] == ["Cached"] * 6, states
+    rows_before = len(Storage(storage_url).read_parquet_prefix("metrics"))
+    changed = copy.deepcopy(config.metric_overrides)
+    changed.setdefault("core", {})["n_eval_reconstruction_batches"] = 2
+    since = dt.datetime.now(dt.timezone.utc)
+    reevaluate(storage_url=storage_url, metrics=["core"], metric_profile=config.metric_profile, metric_overrides=changed)
+    assert states_by_name(task_runs_since(since))["metric-core"] == ["Completed"] * 6
+    assert len(Storage(storage_url).read_parquet_prefix("metrics")) > rows_before  # new rows beside the old
+
+
+def test_sae_bench_caches_belong_to_one_run_and_storage(first_run, tmp_path):
+    """SAEBench pickles its LLM probes: they must never be read by another run or another storage."""
+    from tasks.metrics import sae_bench_run_cache
+
+    storage_url, _ = first_run
+    here = sae_bench_run_cache(storage_url, "some-run")
+    assert here != sae_bench_run_cache(f"file://{tmp_path}/other", "some-run")  # other storage: cold
+    assert here != sae_bench_run_cache(storage_url, "another-run")  # other run: cold
+    # Every finished run removed its own folder.
+    assert not (here.parent.exists() and any(here.parent.iterdir())), list(here.parent.iterdir())
+
+
 def test_bad_config_fails_before_any_task(prefect_harness, tmp_path):
     from flows.full import full
 
@@ -157,9 +207,22 @@ def test_cli_rejects_bad_input_before_prefect_starts(args, message, tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
+    assert "pydantic.dev" not in proc.stderr and "Traceback" not in proc.stderr
     # Importing Prefect creates its home folder; starting its API server would create the database.
     assert not list((tmp_path / "prefect").glob("*.db")), "Prefect's server was started for a config that could never run"
     assert (dt.datetime.now() - started).total_seconds() < 60
+
+
+def test_config_errors_name_field_value_and_rule_one_line_each():
+    from sae_core.config import build_config
+
+    with pytest.raises(ValueError) as err:
+        build_config("toy", {"llm_pruning": {"sparsities": [-0.1]}, "bogus": 1})
+    lines = str(err.value).splitlines()
+    assert "  field: llm_pruning.sparsities" in lines and "  value: [-0.1]" in lines
+    assert "  rule:  LLM sparsity must be in [0, 1), got -0.1" in lines
+    assert "  field: bogus" in lines and any(l.startswith("  rule:  not a known field") for l in lines)
+    assert "pydantic" not in str(err.value)
 
 
 def test_plots_past_the_inline_budget_are_linked_to_storage(monkeypatch):

@@ -36,7 +36,7 @@ def test_summary_says_what_was_not_measured_and_why():
     summary = rep.markdown_summary(_rows(), pd.DataFrame(), [], ["a.png"])
     assert "## Headline metrics" in summary and "core/mse" not in summary
     missing = summary.split("## Not measured", 1)[1]
-    assert "absorption | skipped | original, pruned-wanda-25%, pruned-wanda-50%, retrained |" in missing
+    assert "- **absorption** (skipped) for original, pruned-wanda-25%, pruned-wanda-50%, retrained:" in missing
     assert "answer tokens [' Q'] are not single tokens" in missing
     assert "![a.png](a.png)" in summary
 
@@ -44,3 +44,50 @@ def test_summary_says_what_was_not_measured_and_why():
 def test_nothing_missing_means_no_section():
     rows = _rows()
     assert "## Not measured" not in rep.markdown_summary(rows[rows["status"] == "ok"], pd.DataFrame(), [], [])
+
+
+def test_not_measured_reasons_are_wrapping_text_not_a_wide_table():
+    missing = rep.markdown_summary(_rows(), pd.DataFrame(), [], []).split("## Not measured", 1)[1]
+    line = next(l for l in missing.splitlines() if l.startswith("- **absorption**"))
+    assert "original, pruned-wanda-25%, pruned-wanda-50%, retrained" in line and "not single tokens" in line
+    assert "| reason |" not in missing
+
+
+def _variant_rows() -> pd.DataFrame:
+    return pd.DataFrame([
+        {"model_prefix": "pruned_models/abc123", "hook": "blocks.1.hook_resid_post", "model_sparsity": 0.5,
+         "sae_variant": v, "sae_scoring_rule": r, "sae_sparsity": sp, "wall_time_s": t, "tokens_used": 100,
+         "achieved_sparsity": sp, "mse": 0.0123456789, "explained_variance": 0.9948243821305708, "l0": 8.0,
+         "ce_loss_score": 0.97, "sae_prefix": "saes/x/abc"}
+        for v, r, sp, t in [("original", "", 0.0, 0.0), ("pruned", "wanda", 0.5, 1.5), ("retrained", "", 0.0, 120.0)]])
+
+
+def test_variant_table_puts_key_columns_first_and_names_its_explained_variance():
+    table = rep.variants_for_display(_variant_rows())
+    assert list(table.columns[:3]) == ["hook", "model_sparsity", "variant"]
+    assert "explained_variance_centred" in table and "explained_variance" not in table  # legacy rows renamed
+    assert list(table.columns[-2:]) == ["model_prefix", "sae_prefix"]  # storage keys last
+    summary = rep.markdown_summary(pd.DataFrame(), _variant_rows(), [], [])
+    assert "explained_variance_centred" in summary and "`core/explained_variance`" in summary
+
+
+def test_tables_for_people_are_rounded():
+    table = rep.rounded(rep.variants_for_display(_variant_rows()))
+    assert table["explained_variance_centred"].iloc[0] == 0.9948 and table["mse"].iloc[0] == 0.01235
+    assert table["hook"].iloc[0] == "blocks.1.hook_resid_post"
+
+
+def test_cost_plot_does_not_invent_a_cost_for_the_free_original(monkeypatch):
+    import matplotlib.axes
+
+    drawn = {}
+    real_barh = matplotlib.axes.Axes.barh
+
+    def spy(self, names, widths, **kw):
+        drawn.update(zip(names, widths))
+        return real_barh(self, names, widths, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", spy)
+    assert rep.cost_plot(_variant_rows())[:4] == b"\x89PNG"
+    # A wrong version clipped 0 to 1e-3 s and drew it as a bar on the log axis.
+    assert drawn["original"] == 0.0 and drawn["retrained"] == 120.0
