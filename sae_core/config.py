@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sae_core.data import check_dataset_name
+from sae_core.model_sources import is_packaged_model, packaged_model
 from sae_core.toy.world import ToyWorldConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -166,7 +167,8 @@ class ExperimentConfig(_Frozen):
     pruned_sae: PrunedSAESettings
     quality: QualitySettings = QualitySettings()
     metrics: list[str] = list(KNOWN_METRICS)
-    metric_profile: Literal["toy", "hub"] = "toy"
+    # toy: tiny settings + toy stand-ins; real: CPU-sized settings + real-language stand-ins; hub: SAEBench's own
+    metric_profile: Literal["toy", "real", "hub"] = "toy"
     metric_overrides: dict[str, dict[str, Any]] = {}
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -219,6 +221,11 @@ class ExperimentConfig(_Frozen):
             too_deep = [layer for layer in self.layers if layer >= self.toy_world.n_layer]
             if too_deep:
                 raise ValueError(f"layers {too_deep} do not exist in the {self.toy_world.n_layer}-layer toy model")
+        if is_packaged_model(self.model):
+            n_layers = packaged_model(self.model).n_layers
+            too_deep = [layer for layer in self.layers if layer >= n_layers]
+            if too_deep:
+                raise ValueError(f"layers {too_deep} do not exist in {self.model!r}, which has {n_layers} layers (0..{n_layers - 1})")
         if self.original_sae.release == "from_registry":
             releases = sae_registry()["releases"].get(self.model)
             if releases is None:
@@ -244,7 +251,7 @@ class ExperimentConfig(_Frozen):
 
     # ------------------------------------------------------------ derived views
     def metric_settings(self, metric: str) -> dict[str, Any]:
-        """The metric's full settings: the profile's defaults (toy or hub) plus this config's overrides."""
+        """The metric's full settings: the profile's defaults (toy, real or hub) plus this config's overrides."""
         from sae_core.metrics.registry import settings_for
 
         return settings_for(metric, self.metric_profile, self.metric_overrides.get(metric))

@@ -68,7 +68,7 @@ def _prune_and_store(dense, prune, calibration_dataset, storage, prefix, device,
         storage.upload_dir(folder, prefix, {
             "kind": "model",
             "base_model": dense,
-            "base_model_name": dense.get("hub_id") or f"toy-world:{dense['content_hash']}",
+            "base_model_name": dense.get("hub_id") or dense.get("name") or f"toy-world:{dense['content_hash']}",
             "pruning": {**prune.model_dump(mode="json"), "calibration_dataset": calibration_dataset,
                         "calibration_tokens": int(calibration.numel()) if prune.method == "wanda" else 0,
                         "achieved_sparsity": report.overall_sparsity, "wall_time_s": round(wall_time, 3)},
