@@ -110,3 +110,19 @@ def calibration_windows(tokenizer, dataset: str, n_sequences: int, seq_len: int,
                          f"{n_sequences} asked")
     chosen = random.Random(seed).sample(range(len(pool)), n_sequences)
     return torch.stack([pool[i] for i in chosen])
+
+
+def pruning_windows(tokenizer, dataset: str, n_calibration: int, n_held_out: int, seq_len: int,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(calibration windows drawn with ``seed``, held-out windows for perplexity) for LLM pruning.
+
+    Real text: its ``calibration`` and ``perplexity`` splits. A stream without such splits (toy
+    corpus, hub): calibration drawn from the first ``4 * n_calibration`` windows, held-out windows
+    right after them. Either way the held-out text does not depend on the seed and never overlaps
+    the calibration pool.
+    """
+    if real_text.is_real_text_dataset(dataset):
+        return (calibration_windows(tokenizer, dataset, n_calibration, seq_len, seed, split="calibration"),
+                token_batch(tokenizer, dataset, n_held_out, seq_len, split="perplexity"))
+    return (calibration_windows(tokenizer, dataset, n_calibration, seq_len, seed, split="train"),
+            token_batch(tokenizer, dataset, n_held_out, seq_len, skip_sequences=4 * n_calibration))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from sae_core.data import token_batch
+from sae_core.data import pruning_windows
 from sae_core.hashing import config_hash, folder_hash
 from sae_core.lm_eval import perplexity
 from sae_core.models import load_language_model
@@ -49,8 +49,8 @@ def _prune_and_store(dense, prune, calibration_dataset, storage, prefix, device,
     source = str(storage.materialise_dir(dense["prefix"])) if dense.get("prefix") else dense["hub_id"]
     model = load_language_model(source, device=device, dtype=getattr(torch, dtype))
     seq_len = prune.seq_len or min(1024, getattr(model.hf_model.config, "n_positions", 1024))
-    windows = token_batch(model.tokenizer, calibration_dataset, prune.n_calibration_samples + PERPLEXITY_SEQUENCES, seq_len)
-    calibration, held_out = windows[: prune.n_calibration_samples], windows[prune.n_calibration_samples :]
+    calibration, held_out = pruning_windows(model.tokenizer, calibration_dataset, prune.n_calibration_samples,
+                                            PERPLEXITY_SEQUENCES, seq_len, prune.seed)
     dense_ppl = perplexity(model.hf_model, held_out)
     started = time.perf_counter()
     report = prune_model(model.hf_model, calibration if prune.method == "wanda" else None, prune)

@@ -8,6 +8,7 @@ import hashlib
 from dataclasses import replace
 
 import pytest
+import torch
 
 from sae_core import model_sources
 from sae_core.model_sources import ModelSourceError, check_gguf_file, convert_gguf_to_hf
@@ -62,3 +63,29 @@ def test_packaged_preset_validates_and_uses_the_real_profile():
     assert config.activations.seq_len <= 512 and config.llm_pruning.seq_len <= 512
     core = config.metric_settings("core")
     assert core["context_size"] <= 512 and core["exclude_special_tokens_from_reconstruction"]
+
+
+class _ByteTokenizer:
+    """Bytes as token ids: enough for the window code, independent of any model."""
+
+    bos_token_id, eos_token_id = 256, 257
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": list(text.encode())}
+
+
+@pytest.mark.parametrize("dataset", ["toy-corpus:3", "debian-text:handbook"])
+def test_llm_pruning_seed_chooses_the_calibration_windows(dataset):
+    """llm_pruning.seed used to enter the cache key only (the first windows were always taken)."""
+    from sae_core.data import pruning_windows
+
+    tok = _ByteTokenizer()
+    cal0, held0 = pruning_windows(tok, dataset, 8, 4, 32, seed=0)
+    cal0_again, _ = pruning_windows(tok, dataset, 8, 4, 32, seed=0)
+    cal1, held1 = pruning_windows(tok, dataset, 8, 4, 32, seed=1)
+    assert cal0.shape == (8, 32) and held0.shape == (4, 32)
+    assert torch.equal(cal0, cal0_again)
+    assert not torch.equal(cal0, cal1)  # an ignored seed gives the same windows
+    assert torch.equal(held0, held1)  # perplexity is measured on the same text whatever the seed
+    calibration_rows = {tuple(r) for r in torch.cat([cal0, cal1]).tolist()}
+    assert not calibration_rows & {tuple(r) for r in held0.tolist()}
