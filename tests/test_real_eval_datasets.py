@@ -1,0 +1,129 @@
+"""Real-data stand-ins for SAEBench's hub datasets (sae_core.real_eval_datasets), read through
+SAEBench's own loaders under the one redirection mechanism (offline_datasets.dataset_overrides).
+
+Unmarked tests are pure logic; ``real_model`` ones need the ``real-model`` Python group and the
+Debian text packages (``make env-real``)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from sae_core import real_eval_datasets as red
+from sae_core.metrics.offline_datasets import (
+    BIAS_IN_BIOS,
+    OPENWEBTEXT,
+    PILE_UNCOPYRIGHTED,
+    RAVEL_PROMPTS,
+    dataset_overrides,
+)
+
+# SAEBench's SCR pairs on bias_in_bios (sae_bench.evals.scr_and_tpp.eval_config defaults).
+SCR_PAIRS = [("professor", "nurse"), ("architect", "journalist"), ("surgeon", "psychologist"), ("attorney", "teacher")]
+
+
+def test_labels_match_saebench():
+    from sae_bench.sae_bench_utils.dataset_info import chosen_classes_per_dataset, gender_dict, profession_dict
+
+    assert red.GENDER_IDS == gender_dict
+    class_sets = {int(c) for k, v in chosen_classes_per_dataset.items() if "bias_in_bios" in k for c in v}
+    assert {profession_dict[p] for p in red.PROFESSION_FACTS} == class_sets, "exactly the 15 class-set professions"
+    assert {p for pair in SCR_PAIRS for p in pair} <= set(red.PROFESSION_FACTS)
+
+
+def test_bio_carries_profession_and_gender_without_repeating():
+    rng = random.Random(0)
+    bios = [red.make_real_bio(rng, "nurse", "female", "Mary", ["Lima", "Oslo"]) for _ in range(200)]
+    assert all(" he " not in f" {b.lower()} " and " his " not in f" {b.lower()} " for b in bios), "female bios say she/her"
+    assert len(set(bios)) > 190, "templates vary enough that rows rarely repeat"
+    facts = red.PROFESSION_FACTS["nurse"]
+    vocabulary = [s for key in ("does", "place", "credential", "title") for s in facts[key]]
+    assert all(any(v in b for v in vocabulary) for b in bios), "every bio has some nurse-specific content"
+
+
+def test_ravel_templates_have_one_slot():
+    for templates in red.RAVEL_CITY_TEMPLATES.values():
+        assert all(t.count("%s") == 1 for t in templates)
+
+
+# --- built from the installed packages ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("real_eval")
+    return out, red.build_real_eval_datasets(out, seed=0, bios_train_per_group=220, bios_test_per_group=110, n_cities=60)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.real_model
+def test_rebuild_is_byte_identical_and_seed_matters(built, tmp_path):
+    out, _ = built
+    red.build_real_eval_datasets(tmp_path / "again", seed=0, bios_train_per_group=220, bios_test_per_group=110,
+                                 n_cities=60)
+    assert _files(out) == _files(tmp_path / "again")
+    red.build_bias_in_bios(tmp_path / "other", seed=1, train_per_group=220, test_per_group=110)
+    assert _files(tmp_path / "other") != _files(out / "bias_in_bios")
+
+
+@pytest.mark.real_model
+def test_bias_in_bios_through_saebench_loaders(built):
+    from sae_bench.evals.scr_and_tpp.dataset_creation import get_train_test_data
+    from sae_bench.sae_bench_utils import dataset_utils
+    from sae_bench.sae_bench_utils.dataset_info import chosen_classes_per_dataset, profession_dict
+
+    _, paths = built
+    with dataset_overrides(paths):
+        for class_set in ("LabHC/bias_in_bios_class_set1", "LabHC/bias_in_bios_class_set2", "LabHC/bias_in_bios_class_set3"):
+            train, test = dataset_utils.get_multi_label_train_test_data(class_set, 400, 200, random_seed=42)
+            for label in chosen_classes_per_dataset[class_set]:
+                assert len(train[label]) == 200 and len(test[label]) == 100  # 2 genders x size // 4
+        for pos, neg in SCR_PAIRS:  # SCR's spurious-correlation sets; asserts inside need > 2 x quadrant rows
+            train, test = get_train_test_data("LabHC/bias_in_bios_class_set1", True, 400, 200, 42,
+                                              column1_vals=(pos, neg), column2_vals=("male", "female"))
+            assert all(len(v) == 200 for v in train.values()) and all(len(v) == 100 for v in test.values())
+    # Train and test share neither a bio nor a first name (a probe cannot pass by memorising).
+    import pandas as pd
+
+    frames = {s: pd.read_parquet(paths[BIAS_IN_BIOS] / f"{s}.parquet") for s in ("train", "test")}
+    assert not set(frames["train"].hard_text) & set(frames["test"].hard_text)
+    counts = frames["train"].groupby(["profession", "gender"]).size()
+    assert len(counts) == 30 and (counts == 220).all()
+    assert set(frames["train"].profession) == {profession_dict[p] for p in red.PROFESSION_FACTS}
+
+
+@pytest.mark.real_model
+def test_ravel_files_load_in_saebench(built, tmp_path):
+    from sae_bench.evals.ravel.instance import RAVELInstance
+
+    _, paths = built
+    instance = RAVELInstance()
+    with dataset_overrides(paths):
+        instance.load_files("city", str(tmp_path))  # snapshot_download is redirected
+    cities = instance.entityLBL_attrTYP_attrLBL
+    assert len(cities) == 60
+    assert set(instance.entity_splits.values()) == {"train", "val"}
+    assert set(instance.template_splits.values()) == {"train", "val"}
+    assert cities["Tokyo"] == {"Country": "Japan", "Continent": "Asia", "Language": "Japanese"}
+    assert cities["London"]["Country"] == "United Kingdom", "a shared name means its most populous city"
+    for attribute in ("Country", "Continent", "Language"):
+        assert len({v[attribute] for v in cities.values()}) >= 5, f"{attribute} needs varied values"
+
+
+@pytest.mark.real_model
+def test_text_corpus_is_held_out_real_text(built):
+    from sae_bench.sae_bench_utils import dataset_utils
+
+    from sae_core import real_text
+
+    _, paths = built
+    assert paths[OPENWEBTEXT] == paths[PILE_UNCOPYRIGHTED]
+    with dataset_overrides(paths):
+        texts = dataset_utils.get_dataset_list_of_strs(OPENWEBTEXT, "text", 100, 20_000)
+    training = {d.text for d in real_text.documents("debian-text", "train")}
+    assert texts and not set(texts) & training, "core's text never comes from the SAE-training split"
