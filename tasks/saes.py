@@ -59,6 +59,7 @@ def _batches(storage: Storage, acts: dict, max_tokens: int | None = None, shuffl
 
 
 def _quality(storage: Storage, sae, llm: dict, held_out: dict, quality: dict, dataset: str, device: str, dtype: str) -> dict:
+    from sae_core.activations import special_token_ids
     from sae_core.sae_quality import reconstruction_stats, spliced_ce
 
     model = load_model_ref(storage, llm, device, dtype)
@@ -67,7 +68,8 @@ def _quality(storage: Storage, sae, llm: dict, held_out: dict, quality: dict, da
     with compute_lock():
         stats = reconstruction_stats(sae, _batches(storage, held_out, max_tokens=quality["n_tokens"]))
         hooked = model.hooked(sae_processing(sae))
-        ce = spliced_ce(hooked, sae.to(device), tokens, hook_name=held_out["hook_name"])
+        # BOS/EOS positions keep their own activations: the SAE never saw them (cached activations exclude them)
+        ce = spliced_ce(hooked, sae.to(device), tokens, hook_name=held_out["hook_name"], keep_token_ids=special_token_ids(model.tokenizer))
     return {**{k: float(v) for k, v in stats.items()}, **{k: float(v) for k, v in ce.items()}}
 
 
@@ -81,6 +83,7 @@ def _variant_result(storage, key, sae_manifest, prefix, llm, held_out, compute_q
             "hook": held_out["hook_name"], "model_prefix": llm.get("prefix") or llm.get("hub_id"),
             "model_sparsity": float(llm.get("pruning", {}).get("sparsity", 0.0)),
             "sae_variant": sae_manifest["variant"], "sae_scoring_rule": sae_manifest.get("rule") or "",
+            "d_sae": int(sae_manifest.get("d_sae") or 0),
             "sae_sparsity": float(sae_manifest.get("sparsity") or 0.0),
             "achieved_sparsity": float(sae_manifest.get("achieved_sparsity") or 0.0),
             "tokens_used": int(sae_manifest.get("tokens_used") or 0),

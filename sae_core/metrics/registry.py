@@ -68,17 +68,18 @@ class MetricSpec:
 # The "real" profile: SAEBench's own settings (and thresholds) with only the *sizes* cut so that all
 # six families on five SAE variants of a ~270M model fit a 2-core CPU budget. Dataset sizes match
 # what the real-language stand-ins (sae_core.real_eval_datasets) hold.
+_BIOS = ["LabHC/bias_in_bios_class_set1", "LabHC/bias_in_bios_class_set2", "LabHC/bias_in_bios_class_set3"]
 _REAL_PROBING = dict(context_length=128, sae_batch_size=64, llm_batch_size=16)
 REAL_OVERRIDES: dict[str, dict[str, Any]] = {
     "core": dict(context_size=128, batch_size_prompts=8, n_eval_reconstruction_batches=4, n_eval_sparsity_variance_batches=16,
                  streaming=False),
     "absorption": dict(llm_batch_size=32, k_sparse_probe_num_epochs=20, k_sparse_probe_batch_size=1024,
                        eval_k_sparse_probe_batch_size=64, precalc_k_sparse_probe_sae_acts=True),
-    "scr": dict(**_REAL_PROBING, train_set_size=400, test_set_size=200, probe_epochs=10, early_stopping_patience=10,
+    "scr": dict(**_REAL_PROBING, dataset_names=_BIOS[:1], train_set_size=400, test_set_size=200, probe_epochs=10, early_stopping_patience=10,
                 probe_test_batch_size=200, n_values=[2, 5, 10, 20, 50]),
-    "tpp": dict(**_REAL_PROBING, train_set_size=400, test_set_size=200, probe_epochs=10, early_stopping_patience=10,
+    "tpp": dict(**_REAL_PROBING, dataset_names=_BIOS[:1], train_set_size=400, test_set_size=200, probe_epochs=10, early_stopping_patience=10,
                 probe_test_batch_size=200, n_values=[2, 5, 10, 20, 50]),
-    "sparse_probing": dict(**_REAL_PROBING, probe_train_set_size=400, probe_test_set_size=200),
+    "sparse_probing": dict(**_REAL_PROBING, dataset_names=_BIOS, probe_train_set_size=400, probe_test_set_size=200),
     "ravel": dict(entity_attribute_selection={"city": ["Country", "Continent", "Language"]}, top_n_entities=60,
                   num_pairs_per_attribute=100, llm_batch_size=8, n_generated_tokens=4),
     "autointerp": None,
@@ -136,7 +137,7 @@ def real_dataset_paths(cache_root: str | Path, seed: int = 0) -> dict[str, Path]
     """The real-language stand-ins (sae_core.real_eval_datasets) for every SAEBench dataset, built once."""
     from sae_core import real_eval_datasets
 
-    return _built_dataset_paths(real_eval_datasets.build_eval_datasets, "real_eval_datasets", cache_root, seed,
+    return _built_dataset_paths(real_eval_datasets.build_real_eval_datasets, "real_eval_datasets", cache_root, seed,
                                 fingerprint=_source_fingerprint(real_eval_datasets))
 
 
