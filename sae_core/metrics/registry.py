@@ -65,23 +65,27 @@ class MetricSpec:
         return self.settings_cls(**base)
 
 
-# The "real" profile: SAEBench's own settings (and thresholds) with only the *sizes* cut so that all
-# six families on five SAE variants of a ~270M model fit a 2-core CPU budget. Dataset sizes match
-# what the real-language stand-ins (sae_core.real_eval_datasets) hold.
+# The "real" profile: SAEBench's own settings and thresholds with only the *sizes* cut, so that all
+# six families on five SAE variants of a ~270M model fit a 2-core CPU budget. The datasets are the
+# real-language stand-ins (sae_core.real_eval_datasets; amazon reviews have none, so SCR/TPP use
+# bias-in-bios only and sparse probing the other six). Probing texts are cut to 64 tokens (the
+# templated bios are shorter than that).
 _BIOS = ["LabHC/bias_in_bios_class_set1", "LabHC/bias_in_bios_class_set2", "LabHC/bias_in_bios_class_set3"]
-_REAL_PROBING = dict(context_length=128, sae_batch_size=64, llm_batch_size=16)
+_REAL_PROBING = dict(context_length=64, sae_batch_size=64, llm_batch_size=16)
+_REAL_SCR_TPP = dict(**_REAL_PROBING, dataset_names=_BIOS[:1], train_set_size=200, test_set_size=100, probe_epochs=10,
+                     early_stopping_patience=10, probe_test_batch_size=100, n_values=[2, 5, 10, 20, 50])
 REAL_OVERRIDES: dict[str, dict[str, Any]] = {
-    "core": dict(context_size=128, batch_size_prompts=8, n_eval_reconstruction_batches=4, n_eval_sparsity_variance_batches=16,
+    "core": dict(context_size=128, batch_size_prompts=8, n_eval_reconstruction_batches=2, n_eval_sparsity_variance_batches=8,
                  streaming=False),
     "absorption": dict(llm_batch_size=32, k_sparse_probe_num_epochs=20, k_sparse_probe_batch_size=1024,
                        eval_k_sparse_probe_batch_size=64, precalc_k_sparse_probe_sae_acts=True),
-    "scr": dict(**_REAL_PROBING, dataset_names=_BIOS[:1], train_set_size=400, test_set_size=200, probe_epochs=10, early_stopping_patience=10,
-                probe_test_batch_size=200, n_values=[2, 5, 10, 20, 50]),
-    "tpp": dict(**_REAL_PROBING, dataset_names=_BIOS[:1], train_set_size=400, test_set_size=200, probe_epochs=10, early_stopping_patience=10,
-                probe_test_batch_size=200, n_values=[2, 5, 10, 20, 50]),
-    "sparse_probing": dict(**_REAL_PROBING, dataset_names=_BIOS, probe_train_set_size=400, probe_test_set_size=200),
-    "ravel": dict(entity_attribute_selection={"city": ["Country", "Continent", "Language"]}, top_n_entities=60,
-                  num_pairs_per_attribute=100, llm_batch_size=8, n_generated_tokens=4),
+    "scr": _REAL_SCR_TPP,
+    "tpp": _REAL_SCR_TPP,
+    "sparse_probing": dict(**_REAL_PROBING, dataset_names=[*_BIOS, "codeparrot/github-code", "fancyzhx/ag_news",
+                                                           "Helsinki-NLP/europarl"],
+                           probe_train_set_size=200, probe_test_set_size=100),
+    "ravel": dict(entity_attribute_selection={"city": ["Country", "Continent", "Language"]}, top_n_entities=40,
+                  num_pairs_per_attribute=60, llm_batch_size=8, n_generated_tokens=4),
     "autointerp": None,
 }
 
