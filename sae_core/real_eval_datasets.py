@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from sae_core import real_text
 from sae_core.metrics.offline_datasets import (
+    ABSORPTION_WORDS,
     BIAS_IN_BIOS,
     OPENWEBTEXT,
     PILE_UNCOPYRIGHTED,
@@ -419,6 +420,213 @@ def build_text_corpus(out_dir: Path, dataset: str = "debian-text", split: str = 
     return out_dir
 
 
+# --- sparse probing: language id (europarl), programming language (github-code), topic (ag_news) --
+
+EUROPARL = "Helsinki-NLP/europarl"
+GITHUB_CODE = "codeparrot/github-code"
+AG_NEWS = "fancyzhx/ag_news"
+#: SAEBench's europarl configs (dataset_utils.get_europarl_dataset) -> handbook translation folders.
+EUROPARL_PAIRS = ("en-fr", "fr-it", "de-en", "es-fr", "nl-pt")
+HANDBOOK_LANGUAGE_FOLDERS = {"en": "en-US", "fr": "fr-FR", "it": "it-IT", "de": "de-DE", "es": "es-ES",
+                             "nl": "nl-NL", "pt": "pt-BR"}
+MIN_PARAGRAPH_CHARS = 40
+#: Name of the file by which a stand-in folder declares that it holds only *some* of SAEBench's
+#: classes for its id (see offline_datasets: ``chosen_classes_per_dataset`` is narrowed to them).
+CLASSES_FILE = "saebench_classes.json"
+
+
+def build_europarl(out_dir: Path, seed: int) -> Path:
+    """``<pair>/train.parquet`` with a ``translation`` struct column ({lang: text}) for each of
+    SAEBench's five europarl configs, from the handbook's aligned translations: paragraph ``i`` of
+    a page in language A beside paragraph ``i`` of the same page in language B. A non-English side
+    identical to the English paragraph (left untranslated) drops the row; so do short paragraphs."""
+    pages = {lang: dict(real_text.handbook_pages(folder)) for lang, folder in HANDBOOK_LANGUAGE_FOLDERS.items()}
+    english = pages["en"]
+    for pair in EUROPARL_PAIRS:
+        a, b = pair.split("-")
+        rows = []
+        for page in sorted(english):
+            for i, original in enumerate(english[page]):
+                sides = {lang: pages[lang][page][i] for lang in (a, b)}
+                if not original or any(len(t) < MIN_PARAGRAPH_CHARS or (lang != "en" and t == original)
+                                       for lang, t in sides.items()):
+                    continue
+                rows.append(sides)
+        random.Random(derived_seed(seed, f"europarl/{pair}")).shuffle(rows)
+        schema = pa.schema([("translation", pa.struct([(a, pa.string()), (b, pa.string())]))])
+        _write_parquet(out_dir / pair / "train.parquet", {"translation": rows}, schema)
+    return out_dir
+
+
+def _code_files(language: str) -> list[Path]:
+    """Installed source files of one github-code class, sorted (what each class reads: docs)."""
+    import sysconfig
+
+    if language == "Python":
+        root = Path(sysconfig.get_paths()["stdlib"])
+        return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
+    if language == "C":
+        root = Path("/usr/include")
+        return sorted(p for p in root.rglob("*.h") if "c++" not in p.as_posix())
+    if language == "HTML":  # the handbook's pages in all its translations
+        return sorted(real_text.HANDBOOK_ROOT.glob("*/*.html"))
+    raise ValueError(f"no installed source for {language!r}")
+
+
+#: github-code classes with an installed source (SAEBench's list also has Java and PHP, which no
+#: package of this project installs; the stand-in declares the three it holds, see CLASSES_FILE).
+CODE_LANGUAGES = ("C", "Python", "HTML")
+CODE_CHUNK_CHARS = 2000
+CODE_CHUNKS_PER_FILE = 3
+
+
+def _looks_like_cxx(text: str) -> bool:
+    return any(marker in text for marker in ("namespace ", "template <", "template<", "#include <c++", "class "))
+
+
+def build_github_code(out_dir: Path, seed: int, max_rows_per_language: int = 2000) -> Path:
+    """``train.parquet`` (``code``, ``language``) from installed source files: up to
+    :data:`CODE_CHUNKS_PER_FILE` chunks of about :data:`CODE_CHUNK_CHARS` characters (cut at line
+    ends) per file, files drawn with a seeded shuffle, rows of all languages interleaved."""
+    rows = []
+    for language in CODE_LANGUAGES:
+        files = _code_files(language)
+        random.Random(derived_seed(seed, f"github_code/{language}")).shuffle(files)
+        chunks: list[str] = []
+        for path in files:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            if language == "C" and _looks_like_cxx(text):
+                continue
+            lines, current, made = text.splitlines(keepends=True), "", 0
+            for line in lines:
+                current += line
+                if len(current) >= CODE_CHUNK_CHARS:
+                    chunks.append(current)
+                    current, made = "", made + 1
+                    if made == CODE_CHUNKS_PER_FILE:
+                        break
+            if made < CODE_CHUNKS_PER_FILE and len(current) > 600:  # SAEBench skips code under 534 chars
+                chunks.append(current)
+            if len(chunks) >= max_rows_per_language:
+                break
+        rows += [(chunk, language) for chunk in chunks[:max_rows_per_language]]
+    random.Random(derived_seed(seed, "github_code")).shuffle(rows)
+    _write_parquet(out_dir / "train.parquet", {"code": [r[0] for r in rows], "language": [r[1] for r in rows]},
+                   pa.schema([("code", pa.string()), ("language", pa.string())]))
+    _write_json(out_dir / CLASSES_FILE, list(CODE_LANGUAGES))
+    return out_dir
+
+
+#: ag_news label -> (description, source). Two books, two topics each: a probe must tell topics
+#: within a book apart, not only handbook from Bible.
+AG_NEWS_TOPICS = {
+    0: "Bible, Old Testament (3-verse passages)",
+    1: "Bible, New Testament (3-verse passages)",
+    2: "Debian handbook: the project, installation, packages and APT (paragraphs)",
+    3: "Debian handbook: networks, network services, security, advanced administration (paragraphs)",
+}
+_HANDBOOK_TOPIC_CHAPTERS = {
+    2: ("the-debian-project.html", "installation.html", "derivative-distributions.html", "packaging-system.html",
+        "apt.html", "debian-packaging.html"),
+    3: ("network-infrastructure.html", "network-services.html", "security.html", "advanced-administration.html"),
+}
+_NEW_TESTAMENT_FIRST_BOOK = "Mat"
+VERSES_PER_PASSAGE = 3
+
+
+def _handbook_chapter_of() -> dict[str, str]:
+    """page file name -> its chapter's page (the page's ``<link rel="up">``)."""
+    import re
+
+    chapter = {}
+    for path in sorted((real_text.HANDBOOK_ROOT / "en-US").glob("*.html")):
+        match = re.search(r'<link rel="up" href="([^"#]+)"', path.read_text(encoding="utf-8"))
+        chapter[path.name] = match.group(1) if match else path.name
+    return chapter
+
+
+def ag_news_items() -> list[tuple[str, int, str]]:
+    """``(item id, label, text)`` for every passage / paragraph of the four topics."""
+    items = []
+    testament = 0
+    for book, chapter, text in real_text.bible_chapters():
+        if book == _NEW_TESTAMENT_FIRST_BOOK:
+            testament = 1
+        verses = [v for v in real_text.bible_verses(book, chapter)]
+        for start in range(0, len(verses), VERSES_PER_PASSAGE):
+            items.append((f"bible/{book}/{chapter}/{start}", testament, " ".join(verses[start : start + VERSES_PER_PASSAGE])))
+    chapter_of = _handbook_chapter_of()
+    for page, paragraphs in real_text.handbook_pages("en-US"):
+        for label, chapters in _HANDBOOK_TOPIC_CHAPTERS.items():
+            if page in chapters or chapter_of.get(page) in chapters:
+                items += [(f"handbook/{page}#{i}", label, p) for i, p in enumerate(paragraphs)
+                          if len(p) >= MIN_PARAGRAPH_CHARS]
+    return items
+
+
+def build_ag_news(out_dir: Path, seed: int, test_fraction: float = 0.25) -> Path:
+    """``{train,test}.parquet`` (``text``, ``label``) with ag_news' four labels, split by a hash of
+    the item id (train and test never share a passage)."""
+    schema = pa.schema([("text", pa.string()), ("label", pa.int64())])
+    splits: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+    for item_id, label, text in ag_news_items():
+        bucket = int.from_bytes(hashlib.sha256(f"ag_news:{item_id}".encode()).digest()[:8], "big") % 1000
+        splits["test" if bucket < test_fraction * 1000 else "train"].append((text, label))
+    for split, rows in splits.items():
+        random.Random(derived_seed(seed, f"ag_news/{split}")).shuffle(rows)
+        _write_parquet(out_dir / f"{split}.parquet", {"text": [r[0] for r in rows], "label": [r[1] for r in rows]}, schema)
+    return out_dir
+
+
+# --- absorption: a subset of the real vocabulary --------------------------------------------------
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def corpus_word_counts(dataset: str = "debian-text", split: str = "train") -> dict[str, int]:
+    """Lower-case alphabetic (ASCII) words of the corpus with their counts."""
+    import re
+
+    counts: dict[str, int] = {}
+    for text in real_text.iter_real_texts(dataset, split):
+        for word in re.findall(r"[A-Za-z]+", text):
+            word = word.lower()
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def absorption_word_list(seed: int, tokenizer=None, words_per_letter: int = 16, candidates_per_letter: int = 64,
+                         counts: dict[str, int] | None = None) -> list[str]:
+    """For each letter a-z, ``words_per_letter`` words drawn (seeded) from its
+    ``candidates_per_letter`` most frequent corpus words of 2+ letters, each as `` word`` and
+    ``word``. With a tokenizer, candidates are only words whose spaced form is a single token, and
+    only single-token forms are written (SAEBench's prompts need single-token words)."""
+    counts = corpus_word_counts() if counts is None else counts
+    rng = random.Random(derived_seed(seed, "absorption_words"))
+    ranked = sorted(counts, key=lambda w: (-counts[w], w))
+
+    def single(form: str) -> bool:
+        return tokenizer is None or len(tokenizer.encode(form, add_special_tokens=False)) == 1
+
+    out: list[str] = []
+    for letter in LETTERS:
+        candidates = [w for w in ranked if w[0] == letter and len(w) >= 2 and single(" " + w)][:candidates_per_letter]
+        if not candidates:
+            raise ValueError(f"no corpus word starting with {letter!r} is a single token")
+        for word in sorted(rng.sample(candidates, min(words_per_letter, len(candidates))), key=ranked.index):
+            out += [form for form in (" " + word, word) if single(form)]
+    return out
+
+
+def build_absorption_words(out_dir: Path, seed: int, tokenizer=None, words_per_letter: int = 16) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "words.json", absorption_word_list(seed, tokenizer, words_per_letter))
+    return out_dir
+
+
 def build_real_eval_datasets(
     out_dir: str | Path,
     seed: int = 0,
@@ -430,6 +638,8 @@ def build_real_eval_datasets(
     max_cities_per_country: int = 4,
     text_dataset: str = "debian-text",
     text_split: str = "validation",
+    code_rows_per_language: int = 2000,
+    absorption_words_per_letter: int = 16,
 ) -> dict[str, Path]:
     """Write every real-data stand-in under ``out_dir``; returns ``{hub id: folder}`` for
     ``dataset_overrides``. ``tokenizer`` (optional) only narrows the absorption word list to single
@@ -439,4 +649,9 @@ def build_real_eval_datasets(
     bios = build_bias_in_bios(out_dir / "bias_in_bios", seed, bios_train_per_group, bios_test_per_group)
     ravel = build_ravel_prompts(out_dir / "ravel_prompts", seed, n_cities, max_cities_per_country)
     text = build_text_corpus(out_dir / "text_corpus", text_dataset, text_split)
-    return {BIAS_IN_BIOS: bios, RAVEL_PROMPTS: ravel, OPENWEBTEXT: text, PILE_UNCOPYRIGHTED: text}
+    europarl = build_europarl(out_dir / "europarl", seed)
+    code = build_github_code(out_dir / "github_code", seed, code_rows_per_language)
+    ag_news = build_ag_news(out_dir / "ag_news", seed)
+    words = build_absorption_words(out_dir / "absorption_words", seed, tokenizer, absorption_words_per_letter)
+    return {BIAS_IN_BIOS: bios, RAVEL_PROMPTS: ravel, OPENWEBTEXT: text, PILE_UNCOPYRIGHTED: text,
+            EUROPARL: europarl, GITHUB_CODE: code, AG_NEWS: ag_news, ABSORPTION_WORDS: words}

@@ -209,6 +209,12 @@ _VERSE = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")
 @functools.lru_cache(maxsize=1)
 def bible_chapters() -> tuple[tuple[str, int, str], ...]:
     """``((book abbreviation, chapter, text), ...)`` in canonical order (1,189 chapters)."""
+    chapters = _bible_verses_by_chapter()
+    return tuple((book, chapter, " ".join(verses)) for (book, chapter), verses in chapters.items())
+
+
+@functools.lru_cache(maxsize=1)
+def _bible_verses_by_chapter() -> dict[tuple[str, int], tuple[str, ...]]:
     if missing_packages(("bible",)):
         raise ValueError(f"the King James Bible needs the Debian packages bible-kjv bible-kjv-text: {INSTALL_HINT}")
     out = subprocess.run([shutil.which(BIBLE_PROGRAM) or BIBLE_PROGRAM, "-f", BIBLE_RANGE],
@@ -221,7 +227,12 @@ def bible_chapters() -> tuple[tuple[str, int, str], ...]:
             chapters.setdefault((book, int(chapter)), []).append(verse.strip())
     if len(chapters) < 1000:
         raise RuntimeError(f"`{BIBLE_PROGRAM} -f {BIBLE_RANGE}` gave only {len(chapters)} chapters; is bible-kjv-text complete?")
-    return tuple((book, chapter, " ".join(verses)) for (book, chapter), verses in chapters.items())
+    return {key: tuple(verses) for key, verses in chapters.items()}
+
+
+def bible_verses(book: str, chapter: int) -> tuple[str, ...]:
+    """The verses of one chapter (book abbreviation as the ``bible`` program prints it: ``Ge``, ``Mat``...)."""
+    return _bible_verses_by_chapter()[(book, chapter)]
 
 
 def bible_documents() -> list[Document]:

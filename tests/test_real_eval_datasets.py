@@ -43,6 +43,42 @@ def test_bio_carries_profession_and_gender_without_repeating():
     assert all(any(v in b for v in vocabulary) for b in bios), "every bio has some nurse-specific content"
 
 
+def test_declared_classes_narrow_saebench_list_while_mapped(tmp_path):
+    import json
+
+    from sae_bench.sae_bench_utils import dataset_info
+
+    from sae_core.metrics.offline_datasets import CLASSES_FILE
+
+    original = list(dataset_info.chosen_classes_per_dataset[red.GITHUB_CODE])
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / CLASSES_FILE).write_text(json.dumps(["HTML", "C"]))
+    with dataset_overrides({red.GITHUB_CODE: folder}):
+        assert dataset_info.chosen_classes_per_dataset[red.GITHUB_CODE] == ["C", "HTML"], "SAEBench's order"
+    assert dataset_info.chosen_classes_per_dataset[red.GITHUB_CODE] == original, "restored on exit"
+    # Only a subset: a stand-in cannot invent classes (that would change SAEBench's task).
+    (folder / CLASSES_FILE).write_text(json.dumps(["C", "Rust"]))
+    with pytest.raises(ValueError, match="subset"):
+        with dataset_overrides({red.GITHUB_CODE: folder}):
+            pass
+    assert dataset_info.chosen_classes_per_dataset[red.GITHUB_CODE] == original
+
+
+def test_absorption_words_cover_every_letter_with_single_tokens():
+    class OneTokenPerShortForm:  # "single token" = at most 6 characters (stands in for a vocabulary)
+        def encode(self, text, add_special_tokens=False):
+            return [0] if len(text) <= 6 else [0, 1]
+
+    counts = {w: 100 - i for i, w in enumerate(f"{c}{tail}" for c in red.LETTERS for tail in
+                                                ("a", "bb", "ccc", "dddd", "eeeee", "ffffffffff"))}
+    words = red.absorption_word_list(seed=0, tokenizer=OneTokenPerShortForm(), words_per_letter=3, counts=counts)
+    assert {w.strip()[0] for w in words} == set(red.LETTERS)
+    assert all(len(w) <= 6 for w in words), "only single-token forms are written"
+    assert words == red.absorption_word_list(seed=0, tokenizer=OneTokenPerShortForm(), words_per_letter=3, counts=counts)
+    assert words != red.absorption_word_list(seed=1, tokenizer=OneTokenPerShortForm(), words_per_letter=3, counts=counts)
+
+
 def test_ravel_templates_have_one_slot():
     for templates in red.RAVEL_CITY_TEMPLATES.values():
         assert all(t.count("%s") == 1 for t in templates)
@@ -54,7 +90,11 @@ def test_ravel_templates_have_one_slot():
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("real_eval")
-    return out, red.build_real_eval_datasets(out, seed=0, bios_train_per_group=220, bios_test_per_group=110, n_cities=60)
+    return out, red.build_real_eval_datasets(out, seed=0, tokenizer=_gemma_tokenizer(), **SMALL)
+
+
+SMALL = dict(bios_train_per_group=220, bios_test_per_group=110, n_cities=60, code_rows_per_language=700,
+             absorption_words_per_letter=4)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -64,8 +104,7 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.mark.real_model
 def test_rebuild_is_byte_identical_and_seed_matters(built, tmp_path):
     out, _ = built
-    red.build_real_eval_datasets(tmp_path / "again", seed=0, bios_train_per_group=220, bios_test_per_group=110,
-                                 n_cities=60)
+    red.build_real_eval_datasets(tmp_path / "again", seed=0, tokenizer=_gemma_tokenizer(), **SMALL)
     assert _files(out) == _files(tmp_path / "again")
     red.build_bias_in_bios(tmp_path / "other", seed=1, train_per_group=220, test_per_group=110)
     assert _files(tmp_path / "other") != _files(out / "bias_in_bios")
@@ -127,3 +166,61 @@ def test_text_corpus_is_held_out_real_text(built):
         texts = dataset_utils.get_dataset_list_of_strs(OPENWEBTEXT, "text", 100, 20_000)
     training = {d.text for d in real_text.documents("debian-text", "train")}
     assert texts and not set(texts) & training, "core's text never comes from the SAE-training split"
+
+
+@pytest.mark.real_model
+def test_sparse_probing_standins_through_saebench_loader(built):
+    """europarl / github-code / ag_news stand-ins give every class SAEBench asks for its sizes
+    (the loaders assert exact counts), train and test disjoint."""
+    from sae_bench.sae_bench_utils import dataset_utils
+
+    _, paths = built
+    expected = {red.EUROPARL: {"en", "fr", "de", "es", "nl"}, red.GITHUB_CODE: {"C", "Python", "HTML"},
+                red.AG_NEWS: {"0", "1", "2", "3"}}
+    with dataset_overrides(paths):
+        for name, classes in expected.items():
+            train, test = dataset_utils.get_multi_label_train_test_data(name, 1000, 400, random_seed=42)
+            assert set(train) == set(test) == classes, name
+            assert all(len(train[c]) == 500 and len(test[c]) == 200 for c in classes), name
+            assert all(not set(train[c]) & set(test[c]) for c in classes), name
+
+
+@pytest.mark.real_model
+def test_europarl_rows_are_translations_not_copies(built):
+    import pandas as pd
+
+    _, paths = built
+    rows = pd.read_parquet(paths[red.EUROPARL] / "de-en" / "train.parquet").translation.tolist()
+    assert len(rows) > 2000 and all(r["de"] != r["en"] for r in rows)
+    assert all(len(r["de"]) >= red.MIN_PARAGRAPH_CHARS for r in rows)
+
+
+@pytest.mark.real_model
+def test_absorption_words_reach_saebench_as_real_single_tokens(built):
+    from transformers import AutoTokenizer
+
+    from sae_core.metrics.offline_datasets import ABSORPTION_WORDS, load_words
+
+    _, paths = built
+    words = load_words(paths[ABSORPTION_WORDS])
+    assert {w.strip()[0] for w in words} == set(red.LETTERS)
+    tokenizer = _gemma_tokenizer()
+    if tokenizer is None:
+        pytest.skip("no Gemma tokenizer here")
+    from sae_bench.evals.absorption import common
+
+    with dataset_overrides(paths):
+        kept = common.get_alpha_tokens(tokenizer)
+    assert len(kept) > 26 * 4 and {w.strip()[0] for w in kept} == set(red.LETTERS)
+
+
+def _gemma_tokenizer():
+    """The real model's tokenizer, from the dequantized copy when present."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    for folder in (os.environ.get("GEMMA_HF_DIR"), "/work/cache/gemma-3-270m-hf"):
+        if folder and Path(folder, "tokenizer.json").is_file():
+            return AutoTokenizer.from_pretrained(folder)
+    return None
