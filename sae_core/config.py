@@ -1,6 +1,6 @@
 """The one experiment configuration: a validated pydantic object, loaded from preset data files.
 
-Presets live in ``sae_core/presets/*.yaml`` (toy, gpt2-small, gemma-2-2b); where the original
+Presets live in ``sae_core/presets/*.yaml`` (toy, gpt2-small, gemma-2-2b, gemma-3-270m); where the original
 SAEs of a hub model come from lives in ``sae_core/presets/sae_releases.yaml``. Everything is
 checked here, before any task runs: unknown preset, metric, hook type, bad sparsities, ...
 """
