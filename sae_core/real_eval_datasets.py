@@ -6,24 +6,45 @@ mapping to :func:`sae_core.metrics.offline_datasets.dataset_overrides` (the one 
 mechanism) and SAEBench's own loaders read the folders unchanged. Output is a pure function of the
 arguments (and the installed package versions): files are byte-identical across builds.
 
-=================================  ===========================================================================
-hub id (SAEBench ``dataset_names``) stand-in
-=================================  ===========================================================================
-``LabHC/bias_in_bios``             ``bias_in_bios/{train,test}.parquet`` (``hard_text``, ``profession``,
-(``..._class_set1/2/3``; SCR/TPP    ``gender``): *templated* bios of the 15 class-set professions with real
-``LabHC/bias_in_bios_class_set1``)  US-census first names by gender (``names``), real cities (GeoNames);
-                                    ``bios_train_per_group`` / ``bios_test_per_group`` rows per
-                                    (profession, gender).
-``adamkarvonen/ravel_prompts``     ``ravel_prompts/ravel_city_*.json``: the ``n_cities`` most populous
-                                    GeoNames cities (at most ``max_cities_per_country`` per country, names
-                                    distinct and not containing their country's name) with Country,
-                                    Continent, Language (CLDR official language, English name).
-``Skylion007/openwebtext``,        ``text_corpus/train.parquet`` (``text``): the ``validation`` split of
-``monology/pile-uncopyrighted``     ``debian-text`` (never the SAE-training split), one row per document.
-=================================  ===========================================================================
+==================================  ==========================================================================
+hub id (SAEBench ``dataset_names``)  stand-in folder and content
+==================================  ==========================================================================
+``LabHC/bias_in_bios`` (class sets   ``bias_in_bios/{train,test}.parquet`` (``hard_text``, ``profession``,
+1/2/3 in sparse probing and TPP,     ``gender``): *templated* bios of the 15 class-set professions with real
+class set 1 in SCR)                  US-census first names by gender (``names``; train and test names
+                                     disjoint) and real cities (GeoNames); ``bios_train_per_group`` /
+                                     ``bios_test_per_group`` rows per (profession, gender).
+``adamkarvonen/ravel_prompts``       ``ravel_prompts/ravel_city_*.json``: the ``n_cities`` most populous
+                                     GeoNames cities (at most ``max_cities_per_country`` per country, a
+                                     shared name = its most populous city, names not containing their
+                                     country's name) with Country (GeoNames English name), Continent,
+                                     Language (first CLDR official language, English name; babel).
+``Skylion007/openwebtext`` (core),   ``text_corpus/train.parquet`` (``text``): every document of the
+``monology/pile-uncopyrighted``      ``validation`` split of ``debian-text`` (never the SAE-training split).
+``Helsinki-NLP/europarl``            ``europarl/<pair>/train.parquet`` (``translation`` {lang: text}) for
+                                     SAEBench's pairs en-fr, fr-it, de-en, es-fr, nl-pt: aligned paragraphs
+                                     of the Debian handbook's translations (untranslated ones dropped).
+``codeparrot/github-code``           ``github_code/train.parquet`` (``code``, ``language``): C (``/usr/include``
+                                     headers, C++ skipped), Python (the interpreter's stdlib), HTML (the
+                                     handbook's pages); no Java / PHP installs, so the folder declares
+                                     ``saebench_classes.json`` = [C, Python, HTML] (offline_datasets narrows
+                                     SAEBench's class list to it while mapped).
+``fancyzhx/ag_news``                 ``ag_news/{train,test}.parquet`` (``text``, ``label``), four topics:
+                                     0 Old Testament, 1 New Testament (3-verse passages), 2 handbook
+                                     project/installation/packages/APT, 3 handbook networks/services/
+                                     security/advanced administration (paragraphs); split by item hash.
+``sae_core/absorption_words``        ``absorption_words/words.json``: ``absorption_words_per_letter`` words
+(pseudo-id, absorption)              per letter a-z drawn (seeded) from the 64 most frequent corpus words
+                                     of that letter, bare and with a leading space (single-token forms
+                                     only when ``tokenizer`` is given; SAEBench's run filters anyway).
+==================================  ==========================================================================
 
-(More stand-ins -- language id, programming language, topic, absorption words -- are added below as
-they are built; see docs/eval-standins.md for how each differs from SAEBench's original.)
+Sizes that fit (SAEBench's loaders assert exact counts; "size" = SAEBench's train / test set size):
+bias_in_bios with the defaults (600 / 300 per group): sparse probing and TPP up to 2400 / 1200, SCR up to
+1198 / 598; europarl up to train//2 + test//2 <= 715 (Dutch has the fewest translated paragraphs);
+github-code 2000 rows per language: train//2 + test//2 < 2000; ag_news: train <= 1310, test <= 434
+(topic 2 has 655 train / 217 test items). RAVEL: 80 cities x 8 templates = 640 prompts to generate
+once per model. See docs/eval-standins.md for how each differs from SAEBench's original.
 """
 
 from __future__ import annotations
@@ -138,6 +159,10 @@ def real_cities(n: int, max_per_country: int = 4) -> list[dict]:
 # RAVEL prompt templates (``%s`` = city). The original ravel_prompts mixes plain sentences with
 # JSON-record templates (SAEBench's correctness check cuts the completion at the first ``"``); these
 # follow both styles. The first template of each attribute is the "train" context, the rest "val".
+# Chosen on Gemma 3 270M (greedy, 4 tokens, 40 most populous cities; SAEBench's evaluate_completion):
+# "The official language of %s is" 30/40, "The main language spoken in %s is" 27/40, while
+# "People in %s speak" 6/40 and "In %s, most people speak the language" 0/40 (" of the ...");
+# "%s is a city on the continent of" 29/40, "%s is located on the continent of" 25/40.
 RAVEL_CITY_TEMPLATES: dict[str, list[str]] = {
     "Country": [
         "%s is a city in the country of",
@@ -146,16 +171,17 @@ RAVEL_CITY_TEMPLATES: dict[str, list[str]] = {
     ],
     "Continent": [
         "%s is a city on the continent of",
-        '[{"city": "Paris", "continent": "Europe"}, {"city": "%s", "continent": "',
+        "%s is located on the continent of",
     ],
     "Language": [
-        "In %s, most people speak the language",
+        "The official language of %s is",
+        "The main language spoken in %s is",
         '[{"city": "Paris", "language": "French"}, {"city": "%s", "language": "',
     ],
 }
 
 
-def build_ravel_prompts(out_dir: Path, seed: int, n_cities: int = 150, max_cities_per_country: int = 4) -> Path:
+def build_ravel_prompts(out_dir: Path, seed: int, n_cities: int = 80, max_cities_per_country: int = 4) -> Path:
     """RAVEL's four json files for entity type ``city`` from real cities."""
     cities = real_cities(n_cities, max_cities_per_country)
     if len(cities) < n_cities:
@@ -634,7 +660,7 @@ def build_real_eval_datasets(
     *,
     bios_train_per_group: int = 600,
     bios_test_per_group: int = 300,
-    n_cities: int = 150,
+    n_cities: int = 80,
     max_cities_per_country: int = 4,
     text_dataset: str = "debian-text",
     text_split: str = "validation",
