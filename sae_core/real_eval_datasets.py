@@ -27,8 +27,8 @@ class set 1 in SCR)                  US-census first names by gender (``names``;
 ``codeparrot/github-code``           ``github_code/train.parquet`` (``code``, ``language``): C (``/usr/include``
                                      headers, C++ skipped), Python (the interpreter's stdlib), HTML (the
                                      handbook's pages); no Java / PHP installs, so the folder declares
-                                     ``saebench_classes.json`` = [C, Python, HTML] (offline_datasets narrows
-                                     SAEBench's class list to it while mapped).
+                                     ``saebench_classes.json`` = the languages found (normally [C, Python,
+                                     HTML]; offline_datasets narrows SAEBench's class list to it while mapped).
 ``fancyzhx/ag_news``                 ``ag_news/{train,test}.parquet`` (``text``, ``label``), four topics:
                                      0 Old Testament, 1 New Testament (3-verse passages), 2 handbook
                                      project/installation/packages/APT, 3 handbook networks/services/
@@ -473,7 +473,7 @@ def build_europarl(out_dir: Path, seed: int) -> Path:
         rows = []
         for page in sorted(english):
             for i, original in enumerate(english[page]):
-                sides = {lang: pages[lang][page][i] for lang in (a, b)}
+                sides = {lang: _paragraph(pages[lang], page, i) for lang in (a, b)}
                 if not original or any(len(t) < MIN_PARAGRAPH_CHARS or (lang != "en" and t == original)
                                        for lang, t in sides.items()):
                     continue
@@ -482,6 +482,12 @@ def build_europarl(out_dir: Path, seed: int) -> Path:
         schema = pa.schema([("translation", pa.struct([(a, pa.string()), (b, pa.string())]))])
         _write_parquet(out_dir / pair / "train.parquet", {"translation": rows}, schema)
     return out_dir
+
+
+def _paragraph(pages: dict[str, tuple[str, ...]], page: str, index: int) -> str:
+    """Paragraph ``index`` of ``page`` in one translation ("" when that translation lacks it)."""
+    paragraphs = pages.get(page, ())
+    return paragraphs[index] if index < len(paragraphs) else ""
 
 
 def _code_files(language: str) -> list[Path]:
@@ -510,11 +516,15 @@ def _looks_like_cxx(text: str) -> bool:
     return any(marker in text for marker in ("namespace ", "template <", "template<", "#include <c++", "class "))
 
 
-def build_github_code(out_dir: Path, seed: int, max_rows_per_language: int = 2000) -> Path:
+def build_github_code(out_dir: Path, seed: int, max_rows_per_language: int = 2000,
+                      min_rows_per_language: int = 200) -> Path:
     """``train.parquet`` (``code``, ``language``) from installed source files: up to
     :data:`CODE_CHUNKS_PER_FILE` chunks of about :data:`CODE_CHUNK_CHARS` characters (cut at line
-    ends) per file, files drawn with a seeded shuffle, rows of all languages interleaved."""
+    ends) per file, files drawn with a seeded shuffle, rows of all languages interleaved. A language
+    with fewer than ``min_rows_per_language`` rows here (e.g. no ``/usr/include``: ``apt-get install
+    libc6-dev``) is left out of the declared classes; fewer than two languages is an error."""
     rows = []
+    present = []
     for language in CODE_LANGUAGES:
         files = _code_files(language)
         random.Random(derived_seed(seed, f"github_code/{language}")).shuffle(files)
@@ -538,11 +548,18 @@ def build_github_code(out_dir: Path, seed: int, max_rows_per_language: int = 200
                 chunks.append(current)
             if len(chunks) >= max_rows_per_language:
                 break
+        if len(chunks) < min_rows_per_language:
+            continue
+        present.append(language)
         rows += [(chunk, language) for chunk in chunks[:max_rows_per_language]]
+    if len(present) < 2:
+        raise ValueError(f"the github-code stand-in found installed sources for only {present} of {CODE_LANGUAGES} "
+                         "(C: `apt-get install libc6-dev`; Python: the interpreter's standard library; HTML: "
+                         "`apt-get install debian-handbook`)")
     random.Random(derived_seed(seed, "github_code")).shuffle(rows)
     _write_parquet(out_dir / "train.parquet", {"code": [r[0] for r in rows], "language": [r[1] for r in rows]},
                    pa.schema([("code", pa.string()), ("language", pa.string())]))
-    _write_json(out_dir / CLASSES_FILE, list(CODE_LANGUAGES))
+    _write_json(out_dir / CLASSES_FILE, present)
     return out_dir
 
 

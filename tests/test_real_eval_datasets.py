@@ -79,6 +79,32 @@ def test_absorption_words_cover_every_letter_with_single_tokens():
     assert words != red.absorption_word_list(seed=1, tokenizer=OneTokenPerShortForm(), words_per_letter=3, counts=counts)
 
 
+def test_code_standin_declares_only_languages_it_found(monkeypatch, tmp_path):
+    import json
+
+    import pandas as pd
+
+    sources = {}
+    for language, line in (("Python", "x = compute(value)  # python\n"), ("HTML", "<p>some paragraph</p>\n")):
+        folder = tmp_path / language
+        folder.mkdir()
+        sources[language] = []
+        for i in range(30):
+            path = folder / f"f{i}.txt"
+            path.write_text(f"# file {i}\n" + line * 400)
+            sources[language].append(path)
+    sources["C"] = []  # e.g. no /usr/include on this machine
+    monkeypatch.setattr(red, "_code_files", lambda language: list(sources[language]))
+    out = red.build_github_code(tmp_path / "out", seed=0, max_rows_per_language=50, min_rows_per_language=40)
+    assert json.loads((out / red.CLASSES_FILE).read_text()) == ["Python", "HTML"]
+    frame = pd.read_parquet(out / "train.parquet")
+    assert frame.language.value_counts().to_dict() == {"Python": 50, "HTML": 50}
+    assert (frame.code.str.len() > 534).all(), "SAEBench drops code of 534 characters or fewer"
+    sources["HTML"] = []
+    with pytest.raises(ValueError, match="libc6-dev"):
+        red.build_github_code(tmp_path / "out2", seed=0, max_rows_per_language=50, min_rows_per_language=40)
+
+
 def test_ravel_templates_have_one_slot():
     for templates in red.RAVEL_CITY_TEMPLATES.values():
         assert all(t.count("%s") == 1 for t in templates)
