@@ -372,9 +372,29 @@ HOBBIES = ["hiking", "cooking", "running", "gardening", "playing the piano", "re
 _PRONOUNS = {"male": ("He", "he", "His", "his", "him"), "female": ("She", "she", "Her", "her", "her")}
 
 
+#: Professions whose bios overlap in real life; a bio sometimes borrows a related profession's phrase
+#: (:data:`BORROW_PROBABILITY`), so the profession is learnable from the whole bio but not from any
+#: single phrase.
+RELATED_PROFESSIONS = [
+    ("nurse", "physician", "surgeon", "dentist", "psychologist"),
+    ("painter", "photographer", "filmmaker", "poet"),
+    ("journalist", "poet", "professor", "teacher"),
+    ("attorney", "accountant", "architect"),
+]
+BORROW_PROBABILITY = 0.3
+
+
+def _related(profession: str) -> list[str]:
+    return sorted({p for group in RELATED_PROFESSIONS if profession in group for p in group} - {profession})
+
+
 def make_real_bio(rng: random.Random, profession: str, gender: str, first_name: str, cities: list[str]) -> str:
-    """One templated bio: 2-3 profession sentences and 1-2 neutral ones in random order."""
-    facts = PROFESSION_FACTS[profession]
+    """One templated bio: 2-3 profession sentences and 1-2 neutral ones in random order; with
+    probability :data:`BORROW_PROBABILITY` the task phrase comes from a related profession."""
+    facts = dict(PROFESSION_FACTS[profession])
+    related = _related(profession)
+    if related and rng.random() < BORROW_PROBABILITY:
+        facts["does"] = PROFESSION_FACTS[rng.choice(related)]["does"]
     He, he, His, his, him = _PRONOUNS[gender]
     years = rng.randint(2, 30)
     subject = rng.choice([first_name, He])

@@ -39,8 +39,13 @@ def test_bio_carries_profession_and_gender_without_repeating():
     assert all(" he " not in f" {b.lower()} " and " his " not in f" {b.lower()} " for b in bios), "female bios say she/her"
     assert len(set(bios)) > 190, "templates vary enough that rows rarely repeat"
     facts = red.PROFESSION_FACTS["nurse"]
-    vocabulary = [s for key in ("does", "place", "credential", "title") for s in facts[key]]
-    assert all(any(v in b for v in vocabulary) for b in bios), "every bio has some nurse-specific content"
+    own = [s for key in ("place", "credential", "title") for s in facts[key]]
+    assert all(any(v in b for v in own + facts["does"]) for b in bios), "every bio has some nurse-specific content"
+    # Some bios borrow a related profession's task phrase (never an unrelated one's): not one phrase decides.
+    borrowed = [b for b in bios if any(d in b for p in ("physician", "surgeon", "dentist", "psychologist")
+                                       for d in red.PROFESSION_FACTS[p]["does"])]
+    assert 0.1 < len(borrowed) / len(bios) < 0.5
+    assert not any(d in b for b in bios for d in red.PROFESSION_FACTS["accountant"]["does"])
 
 
 def test_declared_classes_narrow_saebench_list_while_mapped(tmp_path):
