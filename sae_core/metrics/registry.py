@@ -75,9 +75,11 @@ _REAL_PROBING = dict(context_length=64, sae_batch_size=64, llm_batch_size=16)
 _REAL_SCR_TPP = dict(**_REAL_PROBING, dataset_names=_BIOS[:1], train_set_size=200, test_set_size=100, probe_epochs=10,
                      early_stopping_patience=10, probe_test_batch_size=100, n_values=[2, 5, 10, 20, 50])
 REAL_OVERRIDES: dict[str, dict[str, Any]] = {
-    "core": dict(context_size=128, batch_size_prompts=8, n_eval_reconstruction_batches=2, n_eval_sparsity_variance_batches=8,
+    # 2 prompts per batch: one [batch, 128, 262144] float32 logits tensor is 268 MB per prompt, and
+    # sae-lens holds several at once (clean, spliced, ablated, KL) -- 8 prompts took a run past 11 GB.
+    "core": dict(context_size=128, batch_size_prompts=2, n_eval_reconstruction_batches=8, n_eval_sparsity_variance_batches=32,
                  streaming=False),
-    "absorption": dict(llm_batch_size=32, k_sparse_probe_num_epochs=20, k_sparse_probe_batch_size=1024,
+    "absorption": dict(llm_batch_size=8, k_sparse_probe_num_epochs=20, k_sparse_probe_batch_size=1024,
                        eval_k_sparse_probe_batch_size=64, precalc_k_sparse_probe_sae_acts=True),
     "scr": _REAL_SCR_TPP,
     "tpp": _REAL_SCR_TPP,
