@@ -490,13 +490,16 @@ def build_europarl(out_dir: Path, seed: int) -> Path:
     english = pages["en"]
     for pair in EUROPARL_PAIRS:
         a, b = pair.split("-")
-        rows = []
+        rows, seen = [], set()
         for page in sorted(english):
             for i, original in enumerate(english[page]):
                 sides = {lang: _paragraph(pages[lang], page, i) for lang in (a, b)}
                 if not original or any(len(t) < MIN_PARAGRAPH_CHARS or (lang != "en" and t == original)
                                        for lang, t in sides.items()):
                     continue
+                if sides[a] in seen or sides[b] in seen:  # repeated boilerplate paragraphs
+                    continue
+                seen.update(sides.values())
                 rows.append(sides)
         random.Random(derived_seed(seed, f"europarl/{pair}")).shuffle(rows)
         schema = pa.schema([("translation", pa.struct([(a, pa.string()), (b, pa.string())]))])
@@ -545,6 +548,7 @@ def build_github_code(out_dir: Path, seed: int, max_rows_per_language: int = 200
     libc6-dev``) is left out of the declared classes; fewer than two languages is an error."""
     rows = []
     present = []
+    seen: set[str] = set()  # identical chunks (copied headers, boilerplate) would leak across train/test
     for language in CODE_LANGUAGES:
         files = _code_files(language)
         random.Random(derived_seed(seed, f"github_code/{language}")).shuffle(files)
@@ -557,15 +561,20 @@ def build_github_code(out_dir: Path, seed: int, max_rows_per_language: int = 200
             if language == "C" and _looks_like_cxx(text):
                 continue
             lines, current, made = text.splitlines(keepends=True), "", 0
+            pieces = []
             for line in lines:
                 current += line
                 if len(current) >= CODE_CHUNK_CHARS:
-                    chunks.append(current)
+                    pieces.append(current)
                     current, made = "", made + 1
                     if made == CODE_CHUNKS_PER_FILE:
                         break
             if made < CODE_CHUNKS_PER_FILE and len(current) > 600:  # SAEBench skips code under 534 chars
-                chunks.append(current)
+                pieces.append(current)
+            for piece in pieces:
+                if piece not in seen:
+                    seen.add(piece)
+                    chunks.append(piece)
             if len(chunks) >= max_rows_per_language:
                 break
         if len(chunks) < min_rows_per_language:
@@ -635,7 +644,11 @@ def build_ag_news(out_dir: Path, seed: int, test_fraction: float = 0.25) -> Path
     the item id (train and test never share a passage)."""
     schema = pa.schema([("text", pa.string()), ("label", pa.int64())])
     splits: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+    seen: set[str] = set()
     for item_id, label, text in ag_news_items():
+        if text in seen:  # a repeated paragraph would sit in train and test
+            continue
+        seen.add(text)
         bucket = int.from_bytes(hashlib.sha256(f"ag_news:{item_id}".encode()).digest()[:8], "big") % 1000
         splits["test" if bucket < test_fraction * 1000 else "train"].append((text, label))
     for split, rows in splits.items():
