@@ -7,8 +7,8 @@ Two ratios, each against a baseline measured in the same process on the same tok
   decoder layer (no LM head); target >= 0.8x the bare forward's tokens/s. A full forward with the
   262k-row LM head is printed too, to show what stopping early saves.
 * WANDA: ``prune_model`` (50% unstructured, attention + MLP) on the calibration windows vs one full
-  forward (incl. LM head) over the same windows; target <= 3x (a layer-by-layer WANDA runs each
-  decoder layer once plus the per-layer pruning; the 262k-row LM head it skips is ~60% of a forward).
+  forward (incl. LM head) over the same windows; target <= 1.3x (issue 7's bar for GPT-2; WANDA
+  skips the 262k-row LM head, ~60% of a forward, but passes each decoder layer twice and sorts rows).
 
 Windows are real text (``debian-text`` train split), ``--seq-len`` tokens (inside the 512-token
 sliding window). Wall and process CPU time are both printed: on a shared machine the CPU ratio is
@@ -115,7 +115,7 @@ def main(argv=None) -> None:
                                                          seq_len=args.seq_len, batch_size=args.batch), progress=False)
         print(f"one calibration forward ({args.calibration}x{args.seq_len}, incl. LM head) wall {fwd.wall:7.2f}s cpu {fwd.cpu:7.2f}s")
         print(f"WANDA 50% prune_model                      wall {wanda.wall:7.2f}s cpu {wanda.cpu:7.2f}s")
-        print(f"WANDA / one calibration forward (target <= 3): wall {wanda.wall / fwd.wall:.3f}x cpu {wanda.cpu / fwd.cpu:.3f}x")
+        print(f"WANDA / one calibration forward (target <= 1.3): wall {wanda.wall / fwd.wall:.3f}x cpu {wanda.cpu / fwd.cpu:.3f}x")
 
 
 if __name__ == "__main__":
