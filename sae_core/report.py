@@ -174,7 +174,10 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_model
     if controls:
         lines += ["## Control: the pruned model reading the dense model's activations", "",
                   "ΔCE = CE(pruned LM with the dense LM's activations patched in at the hook) − CE(pruned LM), in nats, "
-                  "on the windows of the variants' CE-loss score. A transferred SAE cannot beat this.", "",
+                  "on the windows of the variants' CE-loss score. The CE-loss scores compare each SAE with the pruned "
+                  "model's *own* activations; ΔCE says how far those are, in loss, from the dense model's (negative: "
+                  "the pruned layers before the hook cost that much, and the layers after it still use dense "
+                  "activations well).", "",
                   _markdown_table(pd.DataFrame(controls)[["hook", "model_sparsity", "ce_clean", "ce_dense_patched",
                                                           "delta_ce_dense_patch", "ce_tokens"]]), ""]
     if not variants.empty:
