@@ -89,3 +89,19 @@ def test_llm_pruning_seed_chooses_the_calibration_windows(dataset):
     assert torch.equal(held0, held1)  # perplexity is measured on the same text whatever the seed
     calibration_rows = {tuple(r) for r in torch.cat([cal0, cal1]).tolist()}
     assert not calibration_rows & {tuple(r) for r in held0.tolist()}
+
+
+def test_real_metric_profile_changes_sizes_only_not_saebench_thresholds():
+    """The `real` profile is SAEBench's defaults with sizes cut: thresholds (absorption's probe F1 and
+    feature count, SCR/TPP's n values' meaning, ...) must stay SAEBench's unless a doc says why."""
+    from sae_core.metrics.registry import METRIC_NAMES, REAL_OVERRIDES, get_metric, settings_for
+
+    thresholds = {"absorption": ["min_GT_probe_f1", "min_feats_for_eval", "f1_jump_threshold"],
+                  "core": ["exclude_special_tokens_from_reconstruction"], "ravel": ["train_test_split"]}
+    for name in METRIC_NAMES:
+        hub, real = settings_for(name, "hub"), settings_for(name, "real")
+        changed = {k for k in hub if hub[k] != real[k]}
+        assert changed <= set(REAL_OVERRIDES.get(name) or {}), (name, changed)
+        for key in thresholds.get(name, []):
+            assert real[key] == hub[key], (name, key)
+        assert get_metric(name).settings_cls(**real) == get_metric(name).defaults("real")
