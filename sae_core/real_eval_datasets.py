@@ -572,8 +572,9 @@ def build_github_code(out_dir: Path, seed: int, max_rows_per_language: int = 200
             if made < CODE_CHUNKS_PER_FILE and len(current) > 600:  # SAEBench skips code under 534 chars
                 pieces.append(current)
             for piece in pieces:
-                if piece not in seen:
-                    seen.add(piece)
+                # SAEBench drops the first 150 characters (licence headers): compare what it keeps.
+                if piece[150:] not in seen:
+                    seen.add(piece[150:])
                     chunks.append(piece)
             if len(chunks) >= max_rows_per_language:
                 break

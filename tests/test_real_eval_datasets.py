@@ -96,7 +96,7 @@ def test_code_standin_declares_only_languages_it_found(monkeypatch, tmp_path):
         sources[language] = []
         for i in range(30):
             path = folder / f"f{i}.txt"
-            path.write_text(f"# file {i}\n" + line * 400)
+            path.write_text("".join(f"{line.strip()} {i}-{n}\n" for n in range(300)))
             sources[language].append(path)
     sources["C"] = []  # e.g. no /usr/include on this machine
     monkeypatch.setattr(red, "_code_files", lambda language: list(sources[language]))
