@@ -25,6 +25,7 @@ from sae_core.storage import DEFAULT_STORAGE_URL, Storage
 from tasks.activations import cache_activations_task
 from tasks.compression import compress_llm
 from tasks.feature_audit import feature_fidelity, feature_overlap, match_compression
+from tasks.controls import dense_patch_control
 from tasks.metrics import evaluate_metric
 from tasks.report import write_report
 from tasks.saes import original_sae, prune_sae_task, retrain_sae, transfer_sae
@@ -46,7 +47,7 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
             originals[hook] = original_sae.submit(dense, hook, c.original_sae_source(hook), c.original_sae.train and c.original_sae.train.model_dump(),
                                                   dense_acts, store, c.device, c.seed)
 
-        variants, metric_results, compressed_llms, audits = [], [], [], []
+        variants, metric_results, compressed_llms, audits, controls = [], [], [], [], []
         for spec in c.compression:
             # 2. Compress the LLM (WANDA, SparseGPT, magnitude, RTN, ... e.g. "wanda:0.5"); every SAE is then judged on it.
             llm = compress_llm.submit(dense, spec, c.llm_pruning.calibration(), store, *dev)
@@ -69,6 +70,8 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                 variants += hook_variants
                 if c.feature_audit.enabled:  # what compression did to each feature of the original SAE
                     audits.append(feature_fidelity.submit(original, dense, llm, audit_settings(c, hook), c.dataset, c.name, store, *dev))
+                # How to read CE-based transfer numbers: the compressed LM reading the dense LM's own activations.
+                controls.append(dense_patch_control.submit(dense, llm, held_out, q, c.dataset, store, *dev))
 
                 # 4. Every SAEBench metric, each its own cached task, on the compressed model.
                 for variant in hook_variants:
@@ -95,7 +98,10 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
     done_audits, failed_audits = finished(audits)
     done_audits = list({a["rows_key"]: a for a in done_audits}.values())  # a matched reference is audited twice
     failed_metrics += failed_audits
-    report = write_report(c.name, c.model_dump(mode="json"), done_llms, done_variants, done_metrics + done_audits, store)
+    done_controls, failed_controls = finished(controls)
+    failed += failed_controls
+    report = write_report(c.name, c.model_dump(mode="json"), done_llms, done_variants, done_metrics + done_audits, store,
+                          controls=done_controls, base_model=dense.result())
     if failed or failed_metrics:
         raise RuntimeError(f"{len(failed)} compression / SAE variant task(s) and {len(failed_metrics)} metric task(s) failed "
                            f"(report of the rest: {report['uri']}): " + "; ".join((failed + failed_metrics)[:5]))
@@ -138,11 +144,13 @@ def audit_settings(c: ExperimentConfig, hook: str) -> dict:
 @flow(name="sae-transfer", log_prints=True, result_serializer="json")
 def full(preset: str = "toy", overrides: dict[str, Any] | None = None, storage_url: str = DEFAULT_STORAGE_URL,
          runner: str = "threads") -> dict[str, Any]:
-    """WANDA-prune the LLM, build original / retrained / pruned SAEs, evaluate them with SAEBench on the
-    pruned model, and write one table and a report. Everything is validated before any work starts.
+    """Compress the LLM (WANDA by default), build original / retrained / pruned SAEs, evaluate them with
+    SAEBench (and the feature audit) on the compressed model, and write one table and a report.
+    Everything is validated before any work starts.
 
     Args:
-        preset: Experiment preset: toy (offline, CPU, minutes), gpt2-small or gemma-2-2b (GPU and model hub).
+        preset: Experiment preset: toy (offline, CPU, minutes), gemma-3-270m (a real model from PyPI, offline, CPU),
+            gpt2-small or gemma-2-2b (GPU and model hub).
         overrides: Any config field, nested, applied on top of the preset, e.g.
             {"pruned_sae": {"sparsities": [0.25, 0.5]}, "metrics": ["core"]}. See `python -m flows.full --print-config`.
         storage_url: Storage root for every artifact and cached result: file://PATH (relative to the worker's

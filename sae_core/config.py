@@ -1,6 +1,6 @@
 """The one experiment configuration: a validated pydantic object, loaded from preset data files.
 
-Presets live in ``sae_core/presets/*.yaml`` (toy, gpt2-small, gemma-2-2b); where the original
+Presets live in ``sae_core/presets/*.yaml`` (toy, gpt2-small, gemma-2-2b, gemma-3-270m); where the original
 SAEs of a hub model come from lives in ``sae_core/presets/sae_releases.yaml``. Everything is
 checked here, before any task runs: unknown preset, metric, hook type, bad sparsities, ...
 """
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sae_core.compression import parse_spec
 from sae_core.data import check_dataset_name
+from sae_core.model_sources import is_packaged_model, packaged_model
 from sae_core.toy.world import ToyWorldConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -225,7 +226,8 @@ class ExperimentConfig(_Frozen):
     quality: QualitySettings = QualitySettings()
     feature_audit: FeatureAuditSettings = FeatureAuditSettings()
     metrics: list[str] = list(KNOWN_METRICS)
-    metric_profile: Literal["toy", "hub"] = "toy"
+    # toy: tiny settings + toy stand-ins; real: CPU-sized settings + real-language stand-ins; hub: SAEBench's own
+    metric_profile: Literal["toy", "real", "hub"] = "toy"
     metric_overrides: dict[str, dict[str, Any]] = {}
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -302,6 +304,11 @@ class ExperimentConfig(_Frozen):
             too_deep = [layer for layer in self.layers if layer >= self.toy_world.n_layer]
             if too_deep:
                 raise ValueError(f"layers {too_deep} do not exist in the {self.toy_world.n_layer}-layer toy model")
+        if is_packaged_model(self.model):
+            n_layers = packaged_model(self.model).n_layers
+            too_deep = [layer for layer in self.layers if layer >= n_layers]
+            if too_deep:
+                raise ValueError(f"layers {too_deep} do not exist in {self.model!r}, which has {n_layers} layers (0..{n_layers - 1})")
         if self.original_sae.release == "from_registry":
             releases = sae_registry()["releases"].get(self.model)
             if releases is None:
@@ -327,7 +334,7 @@ class ExperimentConfig(_Frozen):
 
     # ------------------------------------------------------------ derived views
     def metric_settings(self, metric: str) -> dict[str, Any]:
-        """The metric's full settings: the profile's defaults (toy or hub) plus this config's overrides."""
+        """The metric's full settings: the profile's defaults (toy, real or hub) plus this config's overrides."""
         from sae_core.metrics.registry import settings_for
 
         return settings_for(metric, self.metric_profile, self.metric_overrides.get(metric))

@@ -2,6 +2,9 @@
 
 A dataset is named by a string:
 - ``toy-corpus:<seed>`` — the toy world's grammar, generated on the fly (offline);
+- ``debian-text`` / ``debian-text:handbook`` / ``debian-text:bible`` — real English text from installed
+  Debian packages with disjoint splits ``train`` / ``validation`` / ``calibration`` / ``perplexity``
+  (:mod:`sae_core.real_text`);
 - anything else — a Hugging Face dataset id, streamed (``datasets.load_dataset(..., streaming=True)``).
 """
 
@@ -11,6 +14,8 @@ import itertools
 from typing import Iterable, Iterator
 
 import torch
+
+from sae_core import real_text
 
 TOY_PREFIX = "toy-corpus:"
 # Documents generated per chunk when streaming the (unbounded) toy corpus.
@@ -33,6 +38,8 @@ def check_dataset_name(name: str) -> None:
             int(name[len(TOY_PREFIX) :])
         except ValueError:
             raise ValueError(f"toy dataset {name!r} must end in an integer seed, e.g. '{TOY_PREFIX}1'") from None
+    elif real_text.is_real_text_dataset(name):
+        real_text.check_real_text_name(name)  # unknown variant / missing Debian package, before heavy work
 
 
 def iter_texts(name: str, split: str = "train", text_column: str = "text") -> Iterator[str]:
@@ -45,6 +52,9 @@ def iter_texts(name: str, split: str = "train", text_column: str = "text") -> It
         for chunk in itertools.count():
             for doc in generate_corpus(_TOY_CHUNK, seed=seed * 100_003 + chunk):
                 yield doc.text
+        return
+    if real_text.is_real_text_dataset(name):
+        yield from real_text.iter_real_texts(name, split)
         return
     from datasets import load_dataset
 
@@ -80,3 +90,39 @@ def token_batch(tokenizer, dataset: str, n_sequences: int, seq_len: int, skip_se
     if len(chosen) < n_sequences:
         raise ValueError(f"dataset {dataset!r} yields only {len(chosen)} windows of {seq_len} tokens, {n_sequences} asked")
     return torch.stack(chosen)
+
+
+def calibration_windows(tokenizer, dataset: str, n_sequences: int, seq_len: int, seed: int,
+                        split: str = "calibration") -> torch.Tensor:
+    """``n_sequences`` windows drawn with ``seed`` (without replacement, in drawn order) from all
+    windows of ``split``. A finite split (real text) is read whole; a stream (toy corpus, hub)
+    draws from its first ``4 * n_sequences`` windows."""
+    import random
+
+    if n_sequences <= 0:
+        raise ValueError(f"n_sequences must be positive, got {n_sequences}")
+    windows = token_windows(tokenizer, iter_texts(dataset, split=split), seq_len)
+    if not real_text.is_real_text_dataset(dataset):
+        windows = itertools.islice(windows, 4 * n_sequences)
+    pool = list(windows)
+    if len(pool) < n_sequences:
+        raise ValueError(f"dataset {dataset!r} split {split!r} yields only {len(pool)} windows of {seq_len} tokens, "
+                         f"{n_sequences} asked")
+    chosen = random.Random(seed).sample(range(len(pool)), n_sequences)
+    return torch.stack([pool[i] for i in chosen])
+
+
+def pruning_windows(tokenizer, dataset: str, n_calibration: int, n_held_out: int, seq_len: int,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(calibration windows drawn with ``seed``, held-out windows for perplexity) for LLM pruning.
+
+    Real text: its ``calibration`` and ``perplexity`` splits. A stream without such splits (toy
+    corpus, hub): calibration drawn from the first ``4 * n_calibration`` windows, held-out windows
+    right after them. Either way the held-out text does not depend on the seed and never overlaps
+    the calibration pool.
+    """
+    if real_text.is_real_text_dataset(dataset):
+        return (calibration_windows(tokenizer, dataset, n_calibration, seq_len, seed, split="calibration"),
+                token_batch(tokenizer, dataset, n_held_out, seq_len, split="perplexity"))
+    return (calibration_windows(tokenizer, dataset, n_calibration, seq_len, seed, split="train"),
+            token_batch(tokenizer, dataset, n_held_out, seq_len, skip_sequences=4 * n_calibration))

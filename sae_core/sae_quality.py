@@ -14,7 +14,7 @@ from sae_core.sae_io import check_sae_matches_hook, flat_sae_inputs, no_hook_z_r
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
-__all__ = ["reconstruction_stats", "spliced_ce"]
+__all__ = ["dense_patched_ce", "reconstruction_stats", "spliced_ce"]
 
 
 @torch.no_grad()
@@ -89,8 +89,9 @@ def reconstruction_stats(
     }
 
 
-def _splice_hook(sae: SAE[Any], mode: str):
-    """Forward hook replacing the activation by its SAE reconstruction ("sae") or zeros ("zero")."""
+def _splice_hook(sae: SAE[Any], mode: str, keep: torch.Tensor | None = None):
+    """Forward hook replacing the activation by its SAE reconstruction ("sae") or zeros ("zero");
+    positions where ``keep [batch, seq]`` is True keep their own activation."""
     head = sae.cfg.metadata.hook_head_index
 
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001
@@ -99,6 +100,9 @@ def _splice_hook(sae: SAE[Any], mode: str):
             new = torch.zeros_like(target)
         else:
             new = sae(target.to(sae.dtype)).to(act.dtype)
+        if keep is not None:
+            mask = keep.to(new.device).view(*keep.shape, *([1] * (new.dim() - 2)))
+            new = torch.where(mask, target, new)
         if head is None:
             return new
         act = act.clone()
@@ -115,8 +119,13 @@ def spliced_ce(
     tokens: torch.Tensor,
     batch_size: int = 8,
     hook_name: str | None = None,
+    keep_token_ids: Iterable[int] = (),
 ) -> dict[str, float]:
     """Next-token CE of ``model`` on ``tokens [n, seq]``: clean, with the SAE spliced in, and zero-ablated.
+
+    Positions holding a token of ``keep_token_ids`` (e.g. BOS) keep their own activation, as
+    SAEBench's ``exclude_special_tokens_from_reconstruction`` does: an SAE trained without them
+    (Gemma's BOS residual is ~15x the norm of other positions) is not asked to reconstruct them.
 
     The SAE replaces the activation at ``hook_name`` (default
     ``sae.cfg.metadata.hook_name``) via ``model.run_with_hooks``; single-head
@@ -153,6 +162,8 @@ def spliced_ce(
     try:
         for start in range(0, tokens.shape[0], batch_size):
             toks = tokens[start : start + batch_size].to(device)
+            keep = torch.isin(toks, torch.tensor(sorted(set(keep_token_ids)), dtype=toks.dtype, device=toks.device))
+            keep = keep if keep.any() else None
             clean = model(toks, return_type="loss", loss_per_token=True)
             totals["clean"] += clean.double().sum().item()
             for mode in ("sae", "zero"):
@@ -160,7 +171,7 @@ def spliced_ce(
                     toks,
                     return_type="loss",
                     loss_per_token=True,
-                    fwd_hooks=[(hook_name, _splice_hook(sae, mode))],
+                    fwd_hooks=[(hook_name, _splice_hook(sae, mode, keep))],
                 )
                 totals[mode] += loss.double().sum().item()
             n_tok += clean.numel()
@@ -178,3 +189,32 @@ def spliced_ce(
         "ce_delta": ce_sae - ce_clean,
         "ce_tokens": int(n_tok),
     }
+
+
+@torch.no_grad()
+def dense_patched_ce(model: HookedTransformer, dense_model: HookedTransformer, tokens: torch.Tensor, hook_name: str,
+                     batch_size: int = 8) -> dict[str, float]:
+    """The control for reading CE-based transfer numbers: ``model``'s (the pruned LM's) next-token CE,
+    clean and with ``dense_model``'s own activations patched in at ``hook_name`` (every position).
+
+    ``delta_ce_dense_patch = ce_dense_patched - ce_clean`` (nats) is what a *perfect* reconstruction
+    of the dense model's activations would change in the pruned model's loss: an SAE trained on the
+    dense model cannot do better than this on the pruned one, whatever its CE-loss score says.
+    """
+    layer = int(hook_name.split(".")[1])
+    device = getattr(model.cfg, "device", None) or "cpu"
+    total_clean = total_patched = 0.0
+    n_tok = 0
+    for start in range(0, tokens.shape[0], batch_size):
+        toks = tokens[start : start + batch_size].to(device)
+        _, cache = dense_model.run_with_cache(toks, names_filter=hook_name, stop_at_layer=layer + 1)
+        dense_acts = cache[hook_name]
+        clean = model(toks, return_type="loss", loss_per_token=True)
+        patched = model.run_with_hooks(toks, return_type="loss", loss_per_token=True,
+                                       fwd_hooks=[(hook_name, lambda act, hook: dense_acts.to(act.dtype))])
+        total_clean += clean.double().sum().item()
+        total_patched += patched.double().sum().item()
+        n_tok += clean.numel()
+    ce_clean, ce_patched = total_clean / n_tok, total_patched / n_tok
+    return {"ce_clean": ce_clean, "ce_dense_patched": ce_patched, "delta_ce_dense_patch": ce_patched - ce_clean,
+            "ce_tokens": int(n_tok)}

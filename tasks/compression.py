@@ -10,7 +10,7 @@ import pandas as pd
 from prefect import task
 
 from sae_core.compression import compress_model, parse_spec
-from sae_core.data import token_batch
+from sae_core.data import pruning_windows
 from sae_core.hashing import config_hash, folder_hash
 from sae_core.lm_eval import perplexity
 from sae_core.models import load_language_model
@@ -38,8 +38,8 @@ def compress_llm(dense: dict, spec: str, calibration: dict, storage_url: str, de
     """Compress the dense model once per (model, spec, calibration settings, code); return its manifest.
 
     ``spec``: e.g. ``wanda:0.5``, ``sparsegpt:2:4``, ``rtn:4``. ``calibration``: the ``CALIBRATION_KEYS``
-    of ``llm_pruning`` (``LLMPruningSettings.calibration()``); the held-out perplexity windows come
-    right after the calibration windows, so methods without calibration are measured the same way.
+    of ``llm_pruning`` (``LLMPruningSettings.calibration()``); the held-out perplexity windows
+    (``sae_core.data.pruning_windows``) are the same for every method and seed.
     """
     spec = parse_spec(spec).text
     calibration = {key: calibration[key] for key in CALIBRATION_KEYS}
@@ -63,8 +63,9 @@ def _compress_and_store(dense, spec, calibration, storage, prefix, device, dtype
     model = load_language_model(source, device=device, dtype=getattr(torch, dtype))
     n_calibration = calibration["n_calibration_samples"]
     seq_len = calibration["seq_len"] or min(1024, getattr(model.hf_model.config, "n_positions", 1024))
-    windows = token_batch(model.tokenizer, calibration["calibration_dataset"], n_calibration + PERPLEXITY_SEQUENCES, seq_len)
-    calibration_ids, held_out = windows[:n_calibration], windows[n_calibration:]
+    # Calibration windows drawn with llm_pruning.seed; the perplexity windows never depend on it.
+    calibration_ids, held_out = pruning_windows(model.tokenizer, calibration["calibration_dataset"], n_calibration,
+                                                PERPLEXITY_SEQUENCES, seq_len, calibration["seed"])
     dense_ppl = perplexity(model.hf_model, held_out)
     started = time.perf_counter()
     report = compress_model(model.hf_model, parsed, calibration_ids, module_groups=calibration["module_groups"])
@@ -82,7 +83,7 @@ def _compress_and_store(dense, spec, calibration, storage, prefix, device, dtype
         storage.upload_dir(folder, prefix, {
             "kind": "model",
             "base_model": dense,
-            "base_model_name": dense.get("hub_id") or f"toy-world:{dense['content_hash']}",
+            "base_model_name": dense.get("hub_id") or dense.get("name") or f"toy-world:{dense['content_hash']}",
             "compression": summary,
             # The keys pre-compression readers use (variant rows, metric rows, catalog): "method" is the spec
             # text so that rows of rtn:8 and rtn:4 (both sparsity 0) stay apart.

@@ -22,7 +22,8 @@ def collect_metrics(storage: Storage, metric_results: list[dict]) -> pd.DataFram
 
 @task(name="report", **{**ARTIFACT_TASK_OPTIONS, "cache_policy": None, "persist_result": False})
 def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], variants: list[dict],
-                 metric_results: list[dict], storage_url: str) -> dict:
+                 metric_results: list[dict], storage_url: str, controls: list[dict] | None = None,
+                 base_model: dict | None = None) -> dict:
     """Always runs (it is cheap): the report reflects whatever the cached steps produced."""
     storage = Storage(storage_url)
     prefix = f"reports/{experiment_name}-{config_hash(config, length=10)}"
@@ -43,7 +44,8 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
         storage.put_parquet(f"{prefix}/metrics.parquet", metrics)
         headline = rep.headline_table(metrics)
         storage.put_parquet(f"{prefix}/headline.parquet", headline)
-    summary = rep.markdown_summary(metrics, variant_rows, pruned_llms, sorted(plots)) + "\n" + crep.markdown_section(metric_results, metrics)
+    summary = (rep.markdown_summary(metrics, variant_rows, pruned_llms, sorted(plots), controls=controls, base_model=base_model)
+               + "\n" + crep.markdown_section(metric_results, metrics))
     storage.put_bytes(f"{prefix}/summary.md", summary.encode())
     storage.put_json(f"{prefix}/config.json", config)
 

@@ -59,6 +59,7 @@ def _batches(storage: Storage, acts: dict, max_tokens: int | None = None, shuffl
 
 
 def _quality(storage: Storage, sae, llm: dict, held_out: dict, quality: dict, dataset: str, device: str, dtype: str) -> dict:
+    from sae_core.activations import special_token_ids
     from sae_core.sae_quality import reconstruction_stats, spliced_ce
 
     model = load_model_ref(storage, llm, device, dtype)
@@ -67,7 +68,8 @@ def _quality(storage: Storage, sae, llm: dict, held_out: dict, quality: dict, da
     with compute_lock():
         stats = reconstruction_stats(sae, _batches(storage, held_out, max_tokens=quality["n_tokens"]))
         hooked = model.hooked(sae_processing(sae))
-        ce = spliced_ce(hooked, sae.to(device), tokens, hook_name=held_out["hook_name"])
+        # BOS/EOS positions keep their own activations: the SAE never saw them (cached activations exclude them)
+        ce = spliced_ce(hooked, sae.to(device), tokens, hook_name=held_out["hook_name"], keep_token_ids=special_token_ids(model.tokenizer))
     # Named for what it is: 1 - SSE / SST with SST about the per-dimension mean (sae_quality), not
     # SAEBench core's `explained_variance` (a different formula, in the metric rows).
     stats = {VARIANT_COLUMN_NAMES.get(k, k): v for k, v in stats.items()}

@@ -39,6 +39,7 @@ SAEBench would otherwise crash or silently read wrong token positions):
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
 import tempfile
@@ -160,6 +161,29 @@ def letters_missing_from_train_split(words: list[str], seed: int, train_fraction
     return [letter for letter in LETTERS if letter not in present]
 
 
+@contextlib.contextmanager
+def _forward_stops_after(hooked_model: Any, layer: int):
+    """SAEBench's absorption only reads the hook's activation from ``run_with_cache`` (its two calls drop
+    the logits), but runs the whole model: with a 262k-token vocabulary the LM head is most of the
+    forward, and its logits for SAEBench's fixed 64-prompt probe batches take ~4 GB. While active, a
+    ``run_with_cache`` without ``stop_at_layer`` stops after ``layer``; the activations are identical."""
+    had_own = "run_with_cache" in vars(hooked_model)
+    original = hooked_model.run_with_cache
+
+    def run_with_cache(*args, **kwargs):
+        kwargs.setdefault("stop_at_layer", layer + 1)
+        return original(*args, **kwargs)
+
+    hooked_model.run_with_cache = run_with_cache
+    try:
+        yield
+    finally:
+        if had_own:
+            hooked_model.run_with_cache = original
+        else:
+            del hooked_model.run_with_cache
+
+
 def run_absorption(
     sae: Any,
     hooked_model: Any,
@@ -232,7 +256,8 @@ def run_absorption(
         )
         probes_dir = llm_folder / "probes"
         sae_name = "custom_sae"
-        with tempfile.TemporaryDirectory(dir=scratch_dir or llm_folder, prefix="absorption-run-") as run_dir:
+        with tempfile.TemporaryDirectory(dir=scratch_dir or llm_folder, prefix="absorption-run-") as run_dir, \
+                _forward_stops_after(hooked_model, layer):
             k_sparse_dir = Path(run_dir) / "k_sparse_probing"
             try:
                 k_sparse = run_k_sparse_probing_experiment(

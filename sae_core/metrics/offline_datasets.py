@@ -48,6 +48,12 @@ Local folder formats (``load_local_dataset``):
 * for ``snapshot_download`` the folder simply holds the repository's files; those matching
   ``allow_patterns`` are copied into ``local_dir``.
 
+A stand-in folder may hold fewer classes than SAEBench's class list for its id
+(``sae_bench.sae_bench_utils.dataset_info.chosen_classes_per_dataset``), e.g. a code stand-in without
+Java: it then declares the classes it holds in :data:`CLASSES_FILE` (a JSON list, a subset of
+SAEBench's), and while mapped that id's entry in ``chosen_classes_per_dataset`` is narrowed to them
+(restored on exit). Labels keep SAEBench's meaning; nothing is relabelled.
+
 ``split=`` picks one split, ``streaming=True`` returns an ``IterableDataset`` (dict), other keyword
 arguments (``trust_remote_code``, ``languages``, ...) are ignored for local folders.
 
@@ -75,6 +81,8 @@ RAVEL_PROMPTS = "adamkarvonen/ravel_prompts"
 ABSORPTION_WORDS = "sae_core/absorption_words"
 OPENWEBTEXT = "Skylion007/openwebtext"
 PILE_UNCOPYRIGHTED = "monology/pile-uncopyrighted"
+#: file in a stand-in folder listing the subset of SAEBench's classes it holds (see module docstring).
+CLASSES_FILE = "saebench_classes.json"
 
 #: (module, attribute) pairs whose ``load_dataset`` is redirected while overrides are active.
 LOAD_DATASET_TARGETS: tuple[tuple[str, str], ...] = (
@@ -126,15 +134,18 @@ def dataset_overrides(overrides: Mapping[str, str | Path] | None) -> Iterator[di
                 raise RuntimeError(
                     f"{dataset_id!r} is already redirected to {current[-1]}; refusing to redirect it to {folder} at the same time"
                 )
+        narrowed = _declared_classes(mapping)
         for dataset_id, folder in mapping.items():
             _ACTIVE.setdefault(dataset_id, []).append(folder)
         if _DEPTH == 0:
             _install()
         _DEPTH += 1
+        restore_classes = _narrow_classes(narrowed)
     try:
         yield mapping
     finally:
         with _LOCK:
+            restore_classes()
             for dataset_id in mapping:
                 _ACTIVE[dataset_id].pop()
                 if not _ACTIVE[dataset_id]:
@@ -142,6 +153,40 @@ def dataset_overrides(overrides: Mapping[str, str | Path] | None) -> Iterator[di
             _DEPTH -= 1
             if _DEPTH == 0:
                 _uninstall()
+
+
+def _declared_classes(mapping: dict[str, Path]) -> dict[str, list[str]]:
+    """id -> the classes its folder declares (checked against SAEBench's list before anything is patched)."""
+    import json
+
+    declared = {}
+    for dataset_id, folder in mapping.items():
+        path = folder / CLASSES_FILE
+        if not path.is_file():
+            continue
+        from sae_bench.sae_bench_utils.dataset_info import chosen_classes_per_dataset
+
+        classes = json.loads(path.read_text())
+        known = chosen_classes_per_dataset.get(dataset_id)
+        if known is None or not isinstance(classes, list) or not classes or not set(classes) <= set(known):
+            raise ValueError(f"{path} must list a non-empty subset of SAEBench's classes for {dataset_id!r} "
+                             f"({known}), got {classes!r}")
+        declared[dataset_id] = [c for c in known if c in classes]  # SAEBench's order
+    return declared
+
+
+def _narrow_classes(declared: dict[str, list[str]]):
+    if not declared:
+        return lambda: None
+    from sae_bench.sae_bench_utils import dataset_info
+
+    saved = {dataset_id: dataset_info.chosen_classes_per_dataset[dataset_id] for dataset_id in declared}
+    dataset_info.chosen_classes_per_dataset.update(declared)
+
+    def restore() -> None:
+        dataset_info.chosen_classes_per_dataset.update(saved)
+
+    return restore
 
 
 def _install() -> None:

@@ -12,8 +12,9 @@ is a TransformerLens hook of ``hooked_model``; it is copied, never modified.
 tokenizer (ravel; the others use ``hooked_model.tokenizer``). Models must already be on ``device``.
 ``artifacts_dir``: where SAEBench may write caches / outputs (see each module).
 
-Presets: ``toy_defaults`` are tiny CPU settings for the offline toy world (use together with
-``dataset_overrides(build_eval_datasets(...))``); ``hub_defaults`` are SAEBench's own defaults on
+Profiles: ``toy_defaults`` are tiny CPU settings for the offline toy world (use together with
+``dataset_overrides(build_eval_datasets(...))``); "real" is ``hub_defaults`` with CPU-sized sizes
+(``REAL_OVERRIDES``; SAEBench's thresholds unchanged) on the real-language stand-ins; ``hub_defaults`` are SAEBench's own defaults on
 its hub datasets (core: the paper's context 128, 16 prompts per batch, 200 reconstruction and 2000
 sparsity/variance batches, special tokens excluded).
 """
@@ -45,13 +46,17 @@ class MetricSpec:
     hub_defaults: MetricSettings
     #: which model object the SAEBench code runs on
     model_kind: str = "hooked"
+    #: CPU-sized settings for a real (small) pretrained model on the real-language stand-ins
+    real_overrides: dict[str, Any] | None = None
 
     def defaults(self, preset: str) -> MetricSettings:
         if preset == "toy":
             return self.toy_defaults
         if preset == "hub":
             return self.hub_defaults
-        raise ValueError(f"unknown profile {preset!r}; use 'toy' or 'hub'")
+        if preset == "real":
+            return self.settings_cls(**{**self.hub_defaults.model_dump(), **(self.real_overrides or {})})
+        raise ValueError(f"unknown profile {preset!r}; use one of {PROFILES}")
 
     def settings(self, preset: str = "hub", **overrides: Any) -> MetricSettings:
         """Preset defaults with ``overrides`` applied (validated)."""
@@ -60,24 +65,54 @@ class MetricSpec:
         return self.settings_cls(**base)
 
 
+# The "real" profile: SAEBench's own settings and thresholds with only the *sizes* cut, so that all
+# six families on five SAE variants of a ~270M model fit a 2-core CPU budget. The datasets are the
+# real-language stand-ins (sae_core.real_eval_datasets; amazon reviews have none, so SCR/TPP use
+# bias-in-bios only and sparse probing the other six). Probing texts are cut to 64 tokens (the
+# templated bios are shorter than that).
+_BIOS = ["LabHC/bias_in_bios_class_set1", "LabHC/bias_in_bios_class_set2", "LabHC/bias_in_bios_class_set3"]
+_REAL_PROBING = dict(context_length=64, sae_batch_size=64, llm_batch_size=16)
+_REAL_SCR_TPP = dict(**_REAL_PROBING, dataset_names=_BIOS[:1], train_set_size=200, test_set_size=100, probe_epochs=10,
+                     early_stopping_patience=10, probe_test_batch_size=100, n_values=[2, 5, 10, 20, 50])
+REAL_OVERRIDES: dict[str, dict[str, Any]] = {
+    # 2 prompts per batch: one [batch, 128, 262144] float32 logits tensor is 268 MB per prompt, and
+    # sae-lens holds several at once (clean, spliced, ablated, KL) -- 8 prompts took a run past 11 GB.
+    "core": dict(context_size=128, batch_size_prompts=2, n_eval_reconstruction_batches=8, n_eval_sparsity_variance_batches=32,
+                 streaming=False),
+    "absorption": dict(llm_batch_size=8, k_sparse_probe_num_epochs=20, k_sparse_probe_batch_size=1024,
+                       eval_k_sparse_probe_batch_size=64, precalc_k_sparse_probe_sae_acts=True),
+    "scr": _REAL_SCR_TPP,
+    "tpp": _REAL_SCR_TPP,
+    "sparse_probing": dict(**_REAL_PROBING, dataset_names=[*_BIOS, "codeparrot/github-code", "fancyzhx/ag_news",
+                                                           "Helsinki-NLP/europarl"],
+                           probe_train_set_size=200, probe_test_set_size=100),
+    "ravel": dict(entity_attribute_selection={"city": ["Country", "Continent", "Language"]}, top_n_entities=40,
+                  num_pairs_per_attribute=60, llm_batch_size=8, n_generated_tokens=4),
+    "autointerp": None,
+}
+
 METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        MetricSpec("core", core.run_core, core.CoreSettings, core.TOY_DEFAULTS, core.HUB_DEFAULTS),
+        MetricSpec("core", core.run_core, core.CoreSettings, core.TOY_DEFAULTS, core.HUB_DEFAULTS,
+                   real_overrides=REAL_OVERRIDES["core"]),
         MetricSpec("absorption", absorption.run_absorption, absorption.AbsorptionSettings,
-                   absorption.TOY_DEFAULTS, absorption.HUB_DEFAULTS),
-        MetricSpec("scr", scr_tpp.run_scr, scr_tpp.ScrSettings, scr_tpp.SCR_TOY_DEFAULTS, scr_tpp.SCR_HUB_DEFAULTS),
-        MetricSpec("tpp", scr_tpp.run_tpp, scr_tpp.TppSettings, scr_tpp.TPP_TOY_DEFAULTS, scr_tpp.TPP_HUB_DEFAULTS),
+                   absorption.TOY_DEFAULTS, absorption.HUB_DEFAULTS, real_overrides=REAL_OVERRIDES["absorption"]),
+        MetricSpec("scr", scr_tpp.run_scr, scr_tpp.ScrSettings, scr_tpp.SCR_TOY_DEFAULTS, scr_tpp.SCR_HUB_DEFAULTS,
+                   real_overrides=REAL_OVERRIDES["scr"]),
+        MetricSpec("tpp", scr_tpp.run_tpp, scr_tpp.TppSettings, scr_tpp.TPP_TOY_DEFAULTS, scr_tpp.TPP_HUB_DEFAULTS,
+                   real_overrides=REAL_OVERRIDES["tpp"]),
         MetricSpec("sparse_probing", sparse_probing.run_sparse_probing, sparse_probing.SparseProbingSettings,
-                   sparse_probing.TOY_DEFAULTS, sparse_probing.HUB_DEFAULTS),
-        MetricSpec("ravel", ravel.run_ravel, ravel.RavelSettings, ravel.TOY_DEFAULTS, ravel.HUB_DEFAULTS, model_kind="hf"),
+                   sparse_probing.TOY_DEFAULTS, sparse_probing.HUB_DEFAULTS, real_overrides=REAL_OVERRIDES["sparse_probing"]),
+        MetricSpec("ravel", ravel.run_ravel, ravel.RavelSettings, ravel.TOY_DEFAULTS, ravel.HUB_DEFAULTS, model_kind="hf",
+                   real_overrides=REAL_OVERRIDES["ravel"]),
         MetricSpec("autointerp", autointerp.run_autointerp, autointerp.AutoInterpSettings,
                    autointerp.TOY_DEFAULTS, autointerp.HUB_DEFAULTS),
     )
 }
 
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
-PROFILES: tuple[str, ...] = ("toy", "hub")
+PROFILES: tuple[str, ...] = ("toy", "real", "hub")
 
 __all__ = ["METRICS", "METRIC_NAMES", "PROFILES", "MetricSpec", "get_metric", "run_metric", "sae_bench_version",
            "settings_for", "toy_dataset_paths"]
@@ -92,26 +127,45 @@ def get_metric(name: str) -> MetricSpec:
 
 
 def settings_for(metric: str, profile: str = "hub", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The full settings of ``metric`` under ``profile`` ("toy" | "hub") plus ``overrides``, as a
+    """The full settings of ``metric`` under ``profile`` ("toy" | "real" | "hub") plus ``overrides``, as a
     JSON-able dict (validated: unknown keys or wrong types raise)."""
     return get_metric(metric).settings(profile, **(overrides or {})).model_dump(mode="json")
 
 
 def toy_dataset_paths(cache_root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """The toy-world stand-ins for every SAEBench dataset, built once under ``cache_root``.
-
-    Building is deterministic per seed and cheap (< 1 s); a finished build is reused. Concurrent
-    callers build into private folders and atomically rename, so a reader never sees half a build.
-    """
+    """The toy-world stand-ins for every SAEBench dataset, built once under ``cache_root``."""
     from sae_core.toy.eval_datasets import build_eval_datasets
 
-    final = Path(cache_root) / f"toy_eval_datasets-seed{seed}"
+    return _built_dataset_paths(build_eval_datasets, "toy_eval_datasets", cache_root, seed)
+
+
+def real_dataset_paths(cache_root: str | Path, seed: int = 0) -> dict[str, Path]:
+    """The real-language stand-ins (sae_core.real_eval_datasets) for every SAEBench dataset, built once."""
+    from sae_core import real_eval_datasets
+
+    return _built_dataset_paths(real_eval_datasets.build_real_eval_datasets, "real_eval_datasets", cache_root, seed,
+                                fingerprint=_source_fingerprint(real_eval_datasets))
+
+
+def _source_fingerprint(module) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:12]
+
+
+def _built_dataset_paths(build, name: str, cache_root: str | Path, seed: int, fingerprint: str = "") -> dict[str, Path]:
+    """Stand-ins built once by ``build(folder, seed=seed)`` under ``cache_root`` (keyed by the builder's code).
+
+    Building is deterministic per seed; a finished build is reused. Concurrent callers build into
+    private folders and atomically rename, so a reader never sees half a build.
+    """
+    final = Path(cache_root) / f"{name}-seed{seed}{'-' + fingerprint if fingerprint else ''}"
     marker = final / "paths.json"
     if not marker.exists():
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
         try:
-            paths = build_eval_datasets(staging, seed=seed)
+            paths = build(staging, seed=seed)
             (staging / "paths.json").write_text(json.dumps({k: os.path.relpath(v, staging) for k, v in paths.items()}))
             try:
                 staging.rename(final)
@@ -142,7 +196,8 @@ def run_metric(
     ``settings``: a settings object, a dict (full settings as from :func:`settings_for`, or just
     overrides of ``profile``'s defaults), or None for ``profile``'s defaults.
     ``profile``: "hub" -- SAEBench's datasets from the hub; "toy" -- the toy-world stand-ins
-    (built with ``seed`` under ``artifacts_dir``) served through
+    (built with ``seed`` under ``artifacts_dir``); "real" -- the real-language stand-ins of
+    :mod:`sae_core.real_eval_datasets` with CPU-sized settings; stand-ins are served through
     :func:`~sae_core.metrics.offline_datasets.dataset_overrides`. ``dataset_paths`` (hub id ->
     local folder) adds or replaces stand-ins under either profile.
     ``artifacts_dir``: SAEBench caches (LLM activations, probes, RAVEL prompt sets), keyed by model
@@ -165,6 +220,8 @@ def run_metric(
     overrides: dict[str, Any] = {}
     if profile == "toy":
         overrides.update(toy_dataset_paths(Path(artifacts_dir), seed))
+    elif profile == "real":
+        overrides.update(real_dataset_paths(Path(artifacts_dir), seed))
     overrides.update(dataset_paths or {})
     with contextlib.ExitStack() as stack:
         if scratch_dir is None:

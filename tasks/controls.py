@@ -1,0 +1,34 @@
+"""Controls beside the SAE comparison: how far the pruned model is from reading the dense model's activations."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from sae_core.data import token_batch
+from sae_core.hashing import config_hash
+from sae_core.storage import Storage
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
+
+
+@task(name="dense-patch-control", **ARTIFACT_TASK_OPTIONS)
+def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, dataset: str, storage_url: str,
+                        device: str = "cpu", dtype: str = "float32") -> dict:
+    """ΔCE = CE(pruned LM, dense activations patched in at the hook) − CE(pruned LM), on the variants' CE windows."""
+    from sae_core.sae_quality import dense_patched_ce
+
+    storage = Storage(storage_url)
+    hook = held_out["hook_name"]
+    key = f"controls/{config_hash('dense-patch', dense['content_hash'], llm['content_hash'], held_out['prefix'], quality, code_fingerprint('sae_quality', 'data'))}.json"
+    if not storage.exists(key):
+        processing = held_out.get("processing", {})
+        pruned = load_model_ref(storage, llm, device, dtype)
+        spec = held_out["spec"]
+        # the same windows as the variants' spliced CE (tasks/saes.py _quality)
+        tokens = token_batch(pruned.tokenizer, dataset, quality["ce_sequences"], spec["seq_len"], skip_sequences=spec["skip_sequences"])
+        with compute_lock():
+            pruned_hooked = pruned.hooked(processing)
+            dense_hooked = load_model_ref(storage, dense, device, dtype).hooked(processing)
+            result = dense_patched_ce(pruned_hooked, dense_hooked, tokens, hook)
+        storage.put_json(key, {"hook": hook, "model_prefix": llm.get("prefix"),
+                               "model_sparsity": float(llm.get("pruning", {}).get("sparsity", 0.0)), **result})
+    return {"kind": "control", "key": key, **storage.get_json(key)}
