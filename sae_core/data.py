@@ -2,7 +2,9 @@
 
 A dataset is named by a string:
 - ``toy-corpus:<seed>`` — the toy world's grammar, generated on the fly (offline);
-- anything else — a Hugging Face dataset id, streamed (``datasets.load_dataset(..., streaming=True)``).
+- anything else — a Hugging Face dataset id, streamed (``datasets.load_dataset(..., streaming=True)``),
+  or served from a local folder when one is mapped (the one mechanism,
+  ``sae_core.metrics.offline_datasets``: an active override or the ``SAE_TRANSFER_DATASET_MIRROR`` site mirror).
 """
 
 from __future__ import annotations
@@ -46,9 +48,16 @@ def iter_texts(name: str, split: str = "train", text_column: str = "text") -> It
             for doc in generate_corpus(_TOY_CHUNK, seed=seed * 100_003 + chunk):
                 yield doc.text
         return
-    from datasets import load_dataset
+    from sae_core.metrics.offline_datasets import load_local_dataset, local_folder
 
-    for row in load_dataset(name, split=split, streaming=True):
+    folder = local_folder(name)
+    if folder is not None:
+        rows = load_local_dataset(folder, split=split, streaming=True)
+    else:
+        from datasets import load_dataset
+
+        rows = load_dataset(name, split=split, streaming=True)
+    for row in rows:
         text = row[text_column]
         if text:
             yield text
