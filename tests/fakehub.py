@@ -256,6 +256,17 @@ def build_fake_hub(root: str | Path, presets: tuple[str, ...] = ("gpt2-small", "
     return FakeHub(root=root, hf_home=hf_home, dataset_mirror=mirror)
 
 
+def shared_fake_hub(tmp_path_factory, layers: tuple[int, ...] = (1,)) -> FakeHub:
+    """One fake hub per test session (built once, ~1 GB, a minute or two), shared by every test module."""
+    root = tmp_path_factory.getbasetemp() / f"fakehub-layers-{'-'.join(map(str, layers))}"
+    done = root / "BUILT"
+    if not done.exists():
+        hub = build_fake_hub(root, layers=layers)
+        done.write_text("ok")
+        return hub
+    return FakeHub(root=root, hf_home=root / "hf_home", dataset_mirror=root / "datasets")
+
+
 if __name__ == "__main__":  # python -m tests.fakehub OUT_DIR [preset ...]: build one to inspect by hand
     import sys
 

@@ -37,7 +37,7 @@ TINY_ARGS = [
     "--device", "cpu",
     "--set", "llm_pruning.n_calibration_samples=2", "--set", "llm_pruning.seq_len=64",
     "--set", "activations.seq_len=64", "--set", "activations.batch_sequences=8", "--set", "activations.shard_sequences=16",
-    "--set", "retrained_sae.train_tokens=1024", "--set", "retrained_sae.batch_size=256",
+    "--set", "retrained_sae.train_tokens=256", "--set", "retrained_sae.batch_size=256",
     "--set", "pruned_sae.calibration_tokens=512", "--set", "quality.n_tokens=256", "--set", "quality.ce_sequences=2",
     "--set", "metric_overrides={core: {n_eval_reconstruction_batches: 1, n_eval_sparsity_variance_batches: 1, "
              "batch_size_prompts: 2, context_size: 32}}",
@@ -46,9 +46,9 @@ TINY_ARGS = [
 
 @pytest.fixture(scope="module")
 def fake_hub(tmp_path_factory):
-    from tests.fakehub import build_fake_hub
+    from tests.fakehub import shared_fake_hub
 
-    return build_fake_hub(tmp_path_factory.mktemp("fakehub"), layers=(LAYER,))
+    return shared_fake_hub(tmp_path_factory, layers=(LAYER,))
 
 
 def run_cli(fake_hub, tmp_path: Path, preset: str, extra: list[str] | None = None, timeout: int = 900):
