@@ -117,3 +117,34 @@ def test_hub_preset_bad_references_fail_before_any_download(args, fragment, tmp_
     err = capsys.readouterr().err
     assert rc == 2 and fragment in err and not started, err
     assert not (tmp_path / "store").exists()
+
+
+def test_dataset_mirror_serves_hub_ids_to_the_flow_and_to_saebench(tmp_path, monkeypatch):
+    """SAE_TRANSFER_DATASET_MIRROR: one folder tree, read by the flow's text streams and by the
+    load_dataset seen by SAEBench / SAE Lens; ids without a folder there are not touched."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sae_core.data import iter_texts
+    from sae_core.metrics.offline_datasets import MIRROR_ENV, dataset_overrides, local_folder
+
+    folder = tmp_path / "mirror" / "someone" / "corpus"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["alpha beta", "", "gamma"]}), folder / "train.parquet")
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "mirror"))
+    assert list(iter_texts("someone/corpus")) == ["alpha beta", "gamma"]  # empty texts skipped, as from the hub
+    assert local_folder("someone/other") is None and local_folder("someone/../someone/corpus") is None
+    with dataset_overrides({}):
+        import sae_lens.training.activations_store as store
+
+        rows = store.load_dataset("someone/corpus", split="train", streaming=True)
+        assert [r["text"] for r in rows] == ["alpha beta", "", "gamma"]
+        # An explicit override wins over the mirror.
+        other = tmp_path / "explicit"
+        other.mkdir()
+        pq.write_table(pa.table({"text": ["delta"]}), other / "train.parquet")
+        with dataset_overrides({"someone/corpus": other}):
+            assert [r["text"] for r in datasets.load_dataset("someone/corpus", split="train")] == ["delta"]
+    monkeypatch.delenv(MIRROR_ENV)
+    assert local_folder("someone/corpus") is None
