@@ -55,7 +55,7 @@ BUDGETS = {
                  "--set", "activations.seq_len=64", "--set", "activations.batch_sequences=8",
                  "--set", "activations.shard_sequences=16",
                  "--set", "metric_overrides={core: {n_eval_reconstruction_batches: 1, n_eval_sparsity_variance_batches: 1, "
-                          "batch_size_prompts: 2, context_size: 32}}"],
+                          "batch_size_prompts: 2, context_size: 32, compute_featurewise_weight_based_metrics: false}}"],
         "caching": ["--tokens", "512", "--seq-len", "32", "--batch-sequences", "4", "--shard-sequences", "16",
                     "--repeats", "1", "--threads", "1"],
         "variants": ["--tokens", "256", "--calib-tokens", "256", "--batch-size", "256", "--repeat", "1", "--threads", "1"],
