@@ -59,13 +59,13 @@ BUDGETS = {
         "caching": ["--tokens", "512", "--seq-len", "32", "--batch-sequences", "4", "--shard-sequences", "16",
                     "--repeats", "1", "--threads", "1"],
         "variants": ["--tokens", "256", "--calib-tokens", "256", "--batch-size", "256", "--repeat", "1", "--threads", "1"],
-        "limits": {"fakehub": 600, "flow": 900, "caching": 600, "sae_variants": 600},
+        "limits": {"fakehub": 1200, "flow": 2400, "caching": 1500, "sae_variants": 1200},
     },
 }
 RESID_RELEASE = "gpt2-small-resid-post-v5-32k"
 
 
-def run_part(name: str, cmd: list[str], env: dict[str, str], limit: float, log_dir: Path) -> dict:
+def run_part(name: str, cmd: list[str], env: dict[str, str], limit: float, log_dir: Path) -> tuple[dict, str]:
     """Run one part in its own process under ``limit`` seconds; keep its output in ``<log_dir>/<name>.log``."""
     started = time.perf_counter()
     try:

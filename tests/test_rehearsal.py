@@ -53,7 +53,7 @@ def fake_hub(tmp_path_factory):
     return shared_fake_hub(tmp_path_factory, layers=(LAYER,))
 
 
-def run_cli(fake_hub, tmp_path: Path, preset: str, extra: list[str] | None = None, timeout: int = 900):
+def run_cli(fake_hub, tmp_path: Path, preset: str, extra: list[str] | None = None, timeout: int = 3600):
     env = {**os.environ, **fake_hub.env(), "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(ROOT),
            "SAE_TRANSFER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "PREFECT_API_URL": ""}
     env.pop("PREFECT_API_URL")
