@@ -65,7 +65,8 @@ def run_cli(fake_hub, tmp_path: Path, preset: str, extra: list[str] | None = Non
 
 def check_table(done, storage: Storage, hooks: set[str]) -> pd.DataFrame:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    lines = done.stdout.splitlines()  # the CLI prints its summary JSON last (TransformerLens prints before it)
+    summary = json.loads("\n".join(lines[max(i for i, line in enumerate(lines) if line == "{"):]))
     variants = storage.read_parquet_prefix("variants")
     # original (transfer), retrained, pruned-wanda-50% for every hook
     assert set(variants["hook"]) == hooks
