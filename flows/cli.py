@@ -98,12 +98,14 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_references(config) -> None:
-    """Model and SAE release names exist (local checks: folders, TransformerLens and sae-lens registries)."""
+    """Model, hooks and SAE release names exist (local checks: folders, TransformerLens and sae-lens
+    registries; for a hub model whose config TransformerLens does not table, its small config.json)."""
     from sae_core.config import TOY_MODEL
-    from sae_core.models import check_model_reference
+    from sae_core.models import check_hooks_exist, check_model_reference
 
     if config.model != TOY_MODEL:
         check_model_reference(config.model)
+        check_hooks_exist(config.model, config.hook_names())
     for hook in config.hook_names():
         source = config.original_sae_source(hook)
         if source and "release" in source:

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (the same `uv sync --frozen` image). Secrets are never shipped: nodes bring their own.
 SHIPPED_PACKAGES = ("sae_core", "tasks", "flows")
 SHIPPED_ENV = ("SAE_TRANSFER_S3_ENDPOINT", "AWS_ENDPOINT_URL", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
-               "TOKENIZERS_PARALLELISM")  # Prefect's API URL travels in Prefect's own task context
+               "TOKENIZERS_PARALLELISM", "SAE_TRANSFER_DATASET_MIRROR")  # Prefect's API URL travels in Prefect's own task context
 
 
 @contextlib.contextmanager

@@ -5,7 +5,9 @@ A dataset is named by a string:
 - ``debian-text`` / ``debian-text:handbook`` / ``debian-text:bible`` — real English text from installed
   Debian packages with disjoint splits ``train`` / ``validation`` / ``calibration`` / ``perplexity``
   (:mod:`sae_core.real_text`);
-- anything else — a Hugging Face dataset id, streamed (``datasets.load_dataset(..., streaming=True)``).
+- anything else — a Hugging Face dataset id, streamed (``datasets.load_dataset(..., streaming=True)``),
+  or served from a local folder when one is mapped (the one mechanism,
+  ``sae_core.metrics.offline_datasets``: an active override or the ``SAE_TRANSFER_DATASET_MIRROR`` site mirror).
 """
 
 from __future__ import annotations
@@ -56,9 +58,16 @@ def iter_texts(name: str, split: str = "train", text_column: str = "text") -> It
     if real_text.is_real_text_dataset(name):
         yield from real_text.iter_real_texts(name, split)
         return
-    from datasets import load_dataset
+    from sae_core.metrics.offline_datasets import load_local_dataset, local_folder
 
-    for row in load_dataset(name, split=split, streaming=True):
+    folder = local_folder(name)
+    if folder is not None:
+        rows = load_local_dataset(folder, split=split, streaming=True)
+    else:
+        from datasets import load_dataset
+
+        rows = load_dataset(name, split=split, streaming=True)
+    for row in rows:
         text = row[text_column]
         if text:
             yield text

@@ -93,6 +93,36 @@ def check_model_reference(name_or_path: str) -> None:
         )
 
 
+def model_layer_count(name_or_path: str) -> int:
+    """The number of transformer blocks of a model, from its config alone (no weights are loaded).
+
+    Local folders: their config.json. Hub ids: TransformerLens' table (Gemma, Llama, ...: no
+    download at all) or the repo's config.json (GPT-2: one small file, from the local cache offline).
+    """
+    if is_local_model(name_or_path):
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(name_or_path, local_files_only=True).num_hidden_layers)
+    from transformer_lens import loading_from_pretrained as loading
+
+    return int(loading.convert_hf_model_config(name_or_path)["n_layers"])
+
+
+def check_hooks_exist(name_or_path: str, hook_names: list[str]) -> None:
+    """Fail fast on ``blocks.<layer>.*`` hooks past the model's last block, before anything heavy happens
+    (skipped when the config cannot be read without a download, e.g. offline and not cached)."""
+    layers = {int(h.split(".")[1]) for h in hook_names if h.startswith("blocks.") and h.split(".")[1].isdigit()}
+    if not layers:
+        return
+    try:
+        n_layers = model_layer_count(name_or_path)
+    except OSError:  # config.json neither cached nor reachable: the model load will say so
+        return
+    missing = sorted(h for h in hook_names if h.startswith("blocks.") and int(h.split(".")[1]) >= n_layers)
+    if missing:
+        raise ValueError(f"model {name_or_path!r} has no hook(s) {missing}: it has {n_layers} blocks (layers 0..{n_layers - 1})")
+
+
 def load_language_model(name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """The HF model + tokenizer; the hooked form is built lazily from the same weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -112,27 +142,57 @@ def load_language_model(name_or_path: str, device: str = "cpu", dtype: torch.dty
     return LoadedModel(name=name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype)
 
 
+# Architectures TransformerLens configures from its own table, by official model name, never from
+# config.json: a local folder of one (a pruned Gemma 2) is configured from the official name of its
+# family whose table matches the folder's width. Layer count and vocabulary always come from the
+# loaded HF model (TransformerLens' ``first_n_layers`` and ``hf_cfg``), so a truncated checkpoint works too.
+NAME_CONFIGURED_FAMILIES: dict[str, str] = {"Gemma2ForCausalLM": "google/gemma-2-"}
+
+
+def tl_reference_name(hf_config, name_or_path: str) -> str | None:
+    """The TransformerLens official name to configure ``name_or_path`` from; None: from its config.json."""
+    if not is_local_model(name_or_path):
+        return name_or_path
+    architecture = (getattr(hf_config, "architectures", None) or [None])[0]
+    family = NAME_CONFIGURED_FAMILIES.get(architecture)
+    if family is None:
+        return None
+    from transformer_lens import loading_from_pretrained as loading
+
+    wanted = (hf_config.hidden_size, hf_config.intermediate_size, hf_config.num_attention_heads)
+    for official in loading.OFFICIAL_MODEL_NAMES:
+        if official.startswith(family) and not official.endswith("-it"):
+            table = loading.convert_hf_model_config(official)
+            if (table["d_model"], table["d_mlp"], table["n_heads"]) == wanted:
+                return official
+    raise ModelNotFound(f"model folder {name_or_path!r} ({architecture}, width {wanted[0]}) matches no TransformerLens "
+                        f"model of the {family}* family")
+
+
 def to_hooked_transformer(hf_model, tokenizer, name_or_path: str, processing: dict[str, bool], device: str = "cpu"):
     """Build a HookedTransformer from ``hf_model``'s in-memory weights.
 
     TransformerLens reads only the *config* from ``name_or_path`` (a local folder's config.json,
-    or its table for hub ids); weights come from ``hf_model``, so a pruned model stays pruned.
+    or its table for hub ids and name-configured families); weights come from ``hf_model``, so a
+    pruned model stays pruned. ``from_pretrained`` also drops processing the architecture cannot
+    take (e.g. ``center_unembed`` under Gemma 2's logit soft-cap).
     """
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
 
     from sae_core.model_sources import TL_NAME_KEY
 
-    tl_name = getattr(hf_model.config, TL_NAME_KEY, None)
+    # An official TransformerLens name: recorded in the folder's config.json (packaged models, e.g. the
+    # GGUF Gemma 3), a hub id, or the name-configured family a local folder belongs to (Gemma 2).
+    reference = getattr(hf_model.config, TL_NAME_KEY, None) or tl_reference_name(hf_model.config, name_or_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*TransformerBridge.*")
-        if tl_name or not is_local_model(name_or_path):
-            # An official name: TransformerLens takes the architecture from its own table (no hub access)
-            # and the weights from hf_model.
+        if reference is not None:
+            # TransformerLens takes the architecture from its own table (no hub access), the weights from hf_model.
             hooked = HookedTransformer.from_pretrained(
-                tl_name or name_or_path, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype,
-                **processing
+                reference, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype,
+                first_n_layers=hf_model.config.num_hidden_layers, **processing
             )
         else:
             # from_pretrained insists on an official name; for a local folder, do its steps directly:

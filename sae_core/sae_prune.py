@@ -256,11 +256,14 @@ def _mask_lowest(scores: torch.Tensor, sparsity: float, dim: int | None) -> torc
             mask[idx] = True
         return mask.view_as(scores)
     n = int(sparsity * scores.shape[dim])
-    mask = torch.zeros_like(scores, dtype=torch.bool)
+    # Sorted along a contiguous last axis: a stable sort along a strided axis (dim 0 of W_enc) is
+    # ~5x slower on CPU (measured on a Gemma Scope-sized [2304, 16384] matrix's slice).
+    moved = scores.movedim(dim, -1).contiguous()
+    mask = torch.zeros_like(moved, dtype=torch.bool)
     if n:
-        idx = torch.sort(scores, dim=dim, stable=True).indices.narrow(dim, 0, n)
-        mask.scatter_(dim, idx, True)
-    return mask
+        idx = torch.sort(moved, dim=-1, stable=True).indices[..., :n]
+        mask.scatter_(-1, idx, True)
+    return mask.movedim(-1, dim)
 
 
 @torch.no_grad()

@@ -149,6 +149,10 @@ def run_core(
             eval_metrics["feature_metrics"] = feature_metrics
         # SAEBench writes NaN as -1 in its JSON; the headline keeps the real value.
         headline_rows = _headline(eval_metrics["metrics"])
+        if not want_misc:  # SAEBench's output schema requires the block: NaN (written -1) = not computed
+            from sae_bench.evals.core.eval_output import MiscMetrics
+
+            eval_metrics["metrics"]["misc_metrics"] = {name: math.nan for name in MiscMetrics.model_fields}
         cleaned = core_main.replace_nans_with_negative_one(eval_metrics)
         json_path = out_dir / "custom_sae_eval_results.json"
         core_main.save_single_eval_result(

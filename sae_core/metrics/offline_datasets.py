@@ -36,6 +36,15 @@ never edited and nothing stays patched after the block: the originals are put ba
 outermost block exits. Nested / concurrent blocks may add ids; mapping one id to two different
 folders at the same time raises ``RuntimeError``.
 
+A site mirror: the environment variable :data:`MIRROR_ENV` (``SAE_TRANSFER_DATASET_MIRROR``) names a
+folder laid out like the hub, ``<mirror>/<owner>/<name>/`` (same folder formats as below). While it is
+set, every id that has a folder there is served from it -- by the wrappers above (inside any
+``dataset_overrides`` block; ``run_metric`` always opens one) and by the flow's own text streams
+(activations, WANDA calibration, CE: :func:`sae_core.data.iter_texts` asks :func:`local_folder`).
+Ids without a folder there go to the hub as usual; an explicit ``dataset_overrides`` mapping wins
+over the mirror. Use it for a site with mirrored datasets and no hub access, or for the offline
+rehearsals of the hub presets (``tests/fakehub.py``).
+
 Local folder formats (``load_local_dataset``):
 
 * a ``datasets`` folder written by ``Dataset(Dict).save_to_disk`` (has ``dataset_dict.json`` or
@@ -69,6 +78,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import importlib
+import os
 import shutil
 import threading
 from collections.abc import Iterator, Mapping
@@ -99,6 +109,9 @@ ALPHA_TOKENS_TARGETS: tuple[tuple[str, str], ...] = (
     ("sae_bench.evals.absorption.feature_absorption", "get_alpha_tokens"),
 )
 
+#: environment variable naming a folder of mirrored hub datasets, ``<mirror>/<owner>/<name>/``.
+MIRROR_ENV = "SAE_TRANSFER_DATASET_MIRROR"
+
 _LOCK = threading.RLock()
 _ACTIVE: dict[str, list[Path]] = {}
 _ORIGINALS: dict[tuple[str, str], Any] = {}
@@ -111,12 +124,31 @@ def active_overrides() -> dict[str, Path]:
         return {dataset_id: stack[-1] for dataset_id, stack in _ACTIVE.items() if stack}
 
 
+def mirrored_folder(dataset_id: Any) -> Path | None:
+    """``<$SAE_TRANSFER_DATASET_MIRROR>/<dataset_id>`` when the variable is set and that folder exists."""
+    root = os.environ.get(MIRROR_ENV, "").strip()
+    if not root or not isinstance(dataset_id, str) or not dataset_id:
+        return None
+    parts = dataset_id.split("/")
+    if dataset_id.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return None  # not a hub id: never let one point outside the mirror
+    folder = Path(root).expanduser() / dataset_id
+    return folder if folder.is_dir() else None
+
+
+def local_folder(dataset_id: Any) -> Path | None:
+    """Where ``dataset_id`` is served from locally: an active override, else the site mirror, else None."""
+    return _resolve(dataset_id)
+
+
 def _resolve(dataset_id: Any) -> Path | None:
     if not isinstance(dataset_id, str):
         return None
     with _LOCK:
         stack = _ACTIVE.get(dataset_id)
-        return stack[-1] if stack else None
+        if stack:
+            return stack[-1]
+    return mirrored_folder(dataset_id)
 
 
 @contextlib.contextmanager
