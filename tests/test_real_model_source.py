@@ -12,6 +12,12 @@ import torch
 
 from sae_core import model_sources
 from sae_core.model_sources import ModelSourceError, check_gguf_file, convert_gguf_to_hf
+from sae_core.real_text import missing_packages
+
+# The preset's text comes from Debian packages (`make env-real`); without them these tests cannot
+# build its config, and the real-model checks (`make test-slow`) install them first.
+needs_debian_text = pytest.mark.skipif(
+    bool(missing_packages()), reason="Debian text packages missing (make env-real)")
 
 
 def test_altered_or_truncated_gguf_is_refused_before_conversion(tmp_path):
@@ -46,6 +52,7 @@ def test_missing_model_package_names_what_to_install(monkeypatch):
         check_model_reference("gemma-3-270m")
 
 
+@needs_debian_text
 def test_hook_layer_the_model_lacks_is_a_config_error():
     from sae_core.config import build_config
 
@@ -53,6 +60,7 @@ def test_hook_layer_the_model_lacks_is_a_config_error():
         build_config("gemma-3-270m", {"layers": [18]})
 
 
+@needs_debian_text
 def test_packaged_preset_validates_and_uses_the_real_profile():
     from sae_core.config import build_config
 
@@ -74,7 +82,7 @@ class _ByteTokenizer:
         return {"input_ids": list(text.encode())}
 
 
-@pytest.mark.parametrize("dataset", ["toy-corpus:3", "debian-text:handbook"])
+@pytest.mark.parametrize("dataset", ["toy-corpus:3", pytest.param("debian-text:handbook", marks=needs_debian_text)])
 def test_llm_pruning_seed_chooses_the_calibration_windows(dataset):
     """llm_pruning.seed used to enter the cache key only (the first windows were always taken)."""
     from sae_core.data import pruning_windows
