@@ -239,8 +239,8 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_model
                   "model's *own* activations; ΔCE says how far those are, in loss, from the dense model's (negative: "
                   "the pruned layers before the hook cost that much, and the layers after it still use dense "
                   "activations well).", "",
-                  _markdown_table(pd.DataFrame(controls)[["hook", "model_sparsity", "ce_clean", "ce_dense_patched",
-                                                          "delta_ce_dense_patch", "ce_tokens"]]), ""]
+                  _markdown_table(pd.DataFrame(controls).reindex(columns=["hook", "compression", "model_sparsity", "ce_clean",
+                                                                          "ce_dense_patched", "delta_ce_dense_patch", "ce_tokens"])), ""]
     if not variants.empty:
         frame = variants_for_display(variants)
         cols = [c for c in VARIANT_DISPLAY_COLUMNS if c in frame]

@@ -31,4 +31,5 @@ def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, d
             result = dense_patched_ce(pruned_hooked, dense_hooked, tokens, hook)
         storage.put_json(key, {"hook": hook, "model_prefix": llm.get("prefix"),
                                "model_sparsity": float(llm.get("pruning", {}).get("sparsity", 0.0)), **result})
-    return {"kind": "control", "key": key, **storage.get_json(key)}
+    spec = (llm.get("compression") or {}).get("spec") or (llm.get("pruning") or {}).get("method", "")
+    return {"kind": "control", "key": key, "compression": spec, **storage.get_json(key)}

@@ -22,6 +22,7 @@ HEAVY_TASKS = {"base-model", "cache-activations", "original-sae", "compress-llm"
                "prune-sae", "metric-core"}
 
 
+@pytest.mark.slow  # ~2-4 min on 2 cores (cluster start, per-worker imports): `make test-slow`, which CI runs
 def test_experiment_runs_on_a_local_ray_cluster_and_shares_its_cache(prefect_harness, s3_bucket, monkeypatch):
     import ray
 
