@@ -18,7 +18,7 @@ def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, d
 
     storage = Storage(storage_url)
     hook = held_out["hook_name"]
-    key = f"controls/{config_hash('dense-patch', dense['content_hash'], llm['content_hash'], held_out['prefix'], quality, code_fingerprint('sae_quality', 'data'))}.json"
+    key = f"controls/{config_hash('dense-patch', dense.get('content_hash') or dense.get('hub_id'), llm.get('content_hash') or llm.get('hub_id'), held_out['prefix'], quality, code_fingerprint('sae_quality', 'data'))}.json"
     if not storage.exists(key):
         processing = held_out.get("processing", {})
         pruned = load_model_ref(storage, llm, device, dtype)

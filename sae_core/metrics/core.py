@@ -150,9 +150,11 @@ def run_core(
         # SAEBench writes NaN as -1 in its JSON; the headline keeps the real value.
         headline_rows = _headline(eval_metrics["metrics"])
         if not want_misc:  # SAEBench's output schema requires the block: NaN (written -1) = not computed
-            from sae_bench.evals.core.eval_output import MiscMetrics
+            import dataclasses
 
-            eval_metrics["metrics"]["misc_metrics"] = {name: math.nan for name in MiscMetrics.model_fields}
+            from sae_bench.evals.core.eval_output import MiscMetrics  # a pydantic *dataclass*: no model_fields
+
+            eval_metrics["metrics"]["misc_metrics"] = {f.name: math.nan for f in dataclasses.fields(MiscMetrics)}
         cleaned = core_main.replace_nans_with_negative_one(eval_metrics)
         json_path = out_dir / "custom_sae_eval_results.json"
         core_main.save_single_eval_result(
