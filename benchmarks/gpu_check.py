@@ -111,7 +111,8 @@ def flow_figures(storage_root: Path, hooks: list[str]) -> dict:
                                   "value", "status"]].to_dict(orient="records")
     variants = storage.read_parquet_prefix("variants")
     keep = [c for c in ("hook", "sae_variant", "sae_scoring_rule", "sae_sparsity", "achieved_sparsity", "tokens_used",
-                        "wall_time_s", "mse", "explained_variance", "l0", "ce_loss_score") if c in variants]
+                        "wall_time_s", "mse", "explained_variance_centred", "explained_variance", "l0", "ce_loss_score")
+            if c in variants]
     figures["variants"] = variants[keep].to_dict(orient="records")
     pruned = [storage.manifest(k.rsplit("/", 1)[0]) for k in storage.list("pruned_models") if k.endswith("manifest.json")]
     figures["llm_pruning"] = [{"pruning": m["pruning"], "perplexity": m["perplexity"]} for m in pruned]
@@ -119,7 +120,8 @@ def flow_figures(storage_root: Path, hooks: list[str]) -> dict:
     for key in storage.list("activations"):
         if key.endswith("manifest.json"):
             manifest = storage.manifest(key.rsplit("/", 1)[0])
-            if manifest.get("hook_name") == hooks[0] and (best is None or manifest["n_tokens"] > best[1]):
+            hook = (manifest.get("spec") or {}).get("hook_name") or manifest.get("hook_name")  # activation caches keep it in their spec
+            if hook == hooks[0] and (best is None or manifest["n_tokens"] > best[1]):
                 best = (key.rsplit("/", 1)[0], manifest["n_tokens"])
     figures["resid_activations"] = str(storage_root / best[0]) if best else None
     return figures
