@@ -71,7 +71,7 @@ def check_table(done, storage: Storage, hooks: set[str]) -> pd.DataFrame:
     # original (transfer), retrained, pruned-wanda-50% for every hook
     assert set(variants["hook"]) == hooks
     assert sorted(variants.groupby("hook")["sae_variant"].apply(sorted).iloc[0]) == ["original", "pruned", "retrained"]
-    assert variants[["mse", "explained_variance", "l0"]].notna().all().all()
+    assert variants[["mse", "explained_variance_centred", "l0"]].notna().all().all()
     metrics = storage.read_parquet_prefix("metrics")
     assert set(metrics["metric_family"]) == {"core"} and set(metrics["hook"]) == hooks
     assert (metrics["status"] == "ok").all(), metrics[["hook", "sae_variant", "status", "reason"]]
