@@ -74,7 +74,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=1, help="cached runs and baseline runs (median); the cold run is one run")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the subprocesses (torch threads); 0: leave")
-    p.add_argument("--metrics", default="", help="comma-separated metrics to include (default: none)")
+    p.add_argument("--metrics", default="",
+                   help="comma-separated metrics to include (default: none); 'preset': the preset's own list")
     p.add_argument("--size", choices=("tiny", "preset"), default="tiny",
                    help="tiny: the toy preset shrunk (benchmarks/_common.py TINY_OVERRIDES, default); "
                         "preset: the toy preset as shipped (cold run takes many minutes)")
@@ -96,7 +97,8 @@ def main(argv=None) -> None:
     if a.threads:
         env.update(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     overrides = dict(C.TINY_OVERRIDES) if a.size == "tiny" else {}
-    overrides["metrics"] = [m for m in a.metrics.split(",") if m.strip()]
+    if a.metrics != "preset":
+        overrides["metrics"] = [m for m in a.metrics.split(",") if m.strip()]
     storage = f"file://{work / 'store'}"
     cli_args = ["--storage", storage] + C.cli_set_args(overrides)
     for item in a.set:
@@ -126,7 +128,7 @@ def main(argv=None) -> None:
         def med(key):
             return C.median(r[key] for r in cached)
 
-        print(f"\n{a.size} toy experiment (metrics: {overrides['metrics'] or 'none'}), {n_cold} committed artifacts; "
+        print(f"\n{a.size} toy experiment (metrics: {overrides.get('metrics', 'as in the preset') or 'none'}), {n_cold} committed artifacts; "
               f"cached figures: median of {a.repeats}")
         print(f"{'':44s} {'cold':>8s} {'cached':>8s}")
         for label, key in (("process wall (start to exit)", "_wall_s"), ("  imports", "imports_s"),

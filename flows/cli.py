@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from flows.runners import task_runner
+from flows.runners import check_runner
 from sae_core.config import KNOWN_METRICS, SAE_PRUNING_RULES, build_config, preset_names
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage, StorageError
 
@@ -101,9 +101,10 @@ def check_references(config) -> None:
     """Model, hooks and SAE release names exist (local checks: folders, TransformerLens and sae-lens
     registries; for a hub model whose config TransformerLens does not table, its small config.json)."""
     from sae_core.config import TOY_MODEL
-    from sae_core.models import check_hooks_exist, check_model_reference
 
     if config.model != TOY_MODEL:
+        from sae_core.models import check_hooks_exist, check_model_reference
+
         check_model_reference(config.model)
         check_hooks_exist(config.model, config.hook_names())
     for hook in config.hook_names():
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         check_references(config)
         storage = Storage(args.storage)
         storage.check_reachable()
-        task_runner(args.runner)  # e.g. a malformed SAE_TRANSFER_RAY_INIT
+        check_runner(args.runner)  # e.g. a malformed SAE_TRANSFER_RAY_INIT
     except (ValueError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow
 
 from flows.runners import accelerator_request, run_settings
-from sae_core.activations import ActivationCacheSpec
+from sae_core.activation_spec import ActivationCacheSpec
 from sae_core.config import ExperimentConfig, build_config
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage
 from tasks.activations import cache_activations_task

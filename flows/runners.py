@@ -57,6 +57,17 @@ def run_settings(storage_url: str, runner: str):
         discard_sae_bench_run_cache(storage_url, str(context.flow_run.id))
 
 
+def check_runner(name: str) -> None:
+    """What ``task_runner(name)`` would reject, without importing Prefect (the CLI checks this before
+    its temporary server starts); the Ray runner is built once to check its settings."""
+    if name == "threads":
+        threads = os.environ.get("SAE_TRANSFER_THREADS", "2")
+        if not threads.isdigit() or int(threads) < 1:
+            raise ValueError(f"SAE_TRANSFER_THREADS must be a positive integer, got {threads!r}")
+        return
+    task_runner(name)
+
+
 def task_runner(name: str):
     from prefect.task_runners import ThreadPoolTaskRunner
 

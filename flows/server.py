@@ -67,6 +67,11 @@ class TemporaryServer:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
         parent = os.getpid()
+        # The server's own output goes to a log file: when the run ends it is stopped mid-flush and
+        # prints tracebacks of cancelled event writes that say nothing about the run.
+        self.log_path = Path(get_current_settings().home) / "temporary-server.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
         # The command and environment of Prefect's own SubprocessASGIServer (prefect.server.api.server).
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
@@ -75,7 +80,9 @@ class TemporaryServer:
             env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
                  **get_current_settings().to_environment_variables(exclude_unset=True)},
             preexec_fn=lambda: _die_with_parent(parent),
+            stdout=log, stderr=subprocess.STDOUT,
         )
+        log.close()  # the child holds its own copy
 
     def wait(self, timeout_s: float | None = None) -> str:
         """Block until the server answers its health check; its API URL."""
@@ -90,12 +97,18 @@ class TemporaryServer:
                 self._spawn()
                 continue
             if code is not None:
-                raise RuntimeError(f"Prefect's temporary API server exited with code {code} while starting")
+                raise RuntimeError(f"Prefect's temporary API server exited with code {code} while starting; "
+                                   f"its output ({self.log_path}) ends:\n{self._log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
                     return self.api_url
             time.sleep(0.1)
         raise RuntimeError(f"Prefect's temporary API server did not answer on {self.api_url} within {timeout_s:.0f} s")
+
+    def _log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no output)"
 
     @contextlib.contextmanager
     def in_use(self):

@@ -105,6 +105,13 @@ class TrainSAESettings(_Frozen):
     train_tokens: int = Field(gt=0)
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(4096, gt=0)
+    # Steps without firing after which sae-lens counts a latent dead, which switches on the TopK
+    # auxiliary loss for it. sae-lens' default (None here) is 1,000 steps: a run of fewer steps never
+    # revives a latent. Short CPU runs set it to a few percent of their steps.
+    dead_feature_window: int | None = Field(None, gt=0)
+    # "mean": the decoder bias starts at the activations' mean (sae_core.sae_train.train_sae); needed
+    # where the residual stream has a large common direction, as Gemma's does.
+    b_dec_init: Literal["zeros", "mean"] = "zeros"
 
     @model_validator(mode="after")
     def _k_for_topk(self):
@@ -136,6 +143,8 @@ class RetrainSettings(_Frozen):
     train_tokens: int = Field(gt=0)
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(4096, gt=0)
+    dead_feature_window: int | None = Field(None, gt=0)  # as TrainSAESettings.dead_feature_window
+    b_dec_init: Literal["zeros", "mean"] = "zeros"  # as TrainSAESettings.b_dec_init
 
 
 class PrunedSAESettings(_Frozen):

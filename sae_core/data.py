@@ -13,11 +13,12 @@ A dataset is named by a string:
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from sae_core import real_text
+
+if TYPE_CHECKING:  # torch loads on first use: config validation and cached runs never need it
+    import torch
 
 TOY_PREFIX = "toy-corpus:"
 # Documents generated per chunk when streaming the (unbounded) toy corpus.
@@ -78,6 +79,8 @@ def token_windows(tokenizer, texts: Iterable[str], seq_len: int, prepend_bos: bo
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    import torch
+
     body = seq_len - 1 if prepend_bos else seq_len
     buffer: list[int] = []
     for text in texts:
@@ -92,6 +95,8 @@ def token_windows(tokenizer, texts: Iterable[str], seq_len: int, prepend_bos: bo
 
 def token_batch(tokenizer, dataset: str, n_sequences: int, seq_len: int, skip_sequences: int = 0, split: str = "train") -> torch.Tensor:
     """``n_sequences`` windows as one [n, seq_len] tensor (after skipping ``skip_sequences``)."""
+    import torch
+
     if n_sequences <= 0:
         raise ValueError(f"n_sequences must be positive, got {n_sequences}")
     windows = token_windows(tokenizer, iter_texts(dataset, split=split), seq_len)
@@ -107,6 +112,8 @@ def calibration_windows(tokenizer, dataset: str, n_sequences: int, seq_len: int,
     windows of ``split``. A finite split (real text) is read whole; a stream (toy corpus, hub)
     draws from its first ``4 * n_sequences`` windows."""
     import random
+
+    import torch
 
     if n_sequences <= 0:
         raise ValueError(f"n_sequences must be positive, got {n_sequences}")

@@ -27,11 +27,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
-import torch
+
+from sae_core.lazy_torch import no_grad
+
+if TYPE_CHECKING:  # torch loads when an audit runs, not when the report reads the thresholds
+    import torch
 
 # Duan's thresholds (src/qdm_feature_survival/metrics.py), kept so figures are comparable.
 FIRING_THRESHOLD = 1e-3  # a feature is "active" if it fires on > 0.1% of dense tokens (a rate, not a count)
@@ -60,6 +64,8 @@ class FeatureMoments:
     _SUMS = ("x", "y", "xx", "yy", "xy", "fire_x", "fire_y", "fire_both", "co_x", "co_y")
 
     def __post_init__(self):
+        import torch
+
         if not self.sums:
             self.sums = {name: torch.zeros(self.d_sae, dtype=torch.float64) for name in self._SUMS}
             self.sums.update(max_x=torch.full((self.d_sae,), -math.inf, dtype=torch.float64),
@@ -67,9 +73,11 @@ class FeatureMoments:
                              max_y=torch.full((self.d_sae,), -math.inf, dtype=torch.float64),
                              min_y=torch.full((self.d_sae,), math.inf, dtype=torch.float64))
 
-    @torch.no_grad()
+    @no_grad
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add token rows ``x`` (dense) and ``y`` (compressed), both ``[tokens, d_sae]``."""
+        import torch
+
         if x.shape != y.shape or x.ndim != 2 or x.shape[1] != self.d_sae:
             raise ValueError(f"feature batches must both be [tokens, {self.d_sae}], got {tuple(x.shape)} and {tuple(y.shape)}")
         step = max(1, _CHUNK_ELEMENTS // self.d_sae)
@@ -89,6 +97,8 @@ class FeatureMoments:
             self.n += int(xd.shape[0])
 
     def merged(self, other: "FeatureMoments") -> "FeatureMoments":
+        import torch
+
         if other.d_sae != self.d_sae:
             raise ValueError(f"cannot merge moments of {self.d_sae} and {other.d_sae} features")
         sums = {k: self.sums[k] + other.sums[k] for k in self._SUMS}
@@ -197,7 +207,7 @@ def check_same_hf_config(dense_hf, compressed_hf) -> None:
         raise ValueError(f"the compressed model's architecture differs from the dense one: {differs}")
 
 
-@torch.no_grad()
+@no_grad
 def _forward(hooked, batch: torch.Tensor, hook_name: str, with_loss: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Activations at ``hook_name`` ([batch, seq, d], heads flattened) and, if asked, per-token NLL."""
     from sae_core.activations import hook_activations
@@ -218,6 +228,8 @@ def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_na
     dropped on both sides. With ``with_perplexity`` the forward passes run to the logits and the
     perplexity of both models on these very tokens is returned too.
     """
+    import torch
+
     from sae_core.sae_io import check_sae_matches_hook, flat_sae_inputs, no_hook_z_reshaping
 
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point:

@@ -675,7 +675,7 @@ def corpus_word_counts(dataset: str = "debian-text", split: str = "train") -> di
     return counts
 
 
-def absorption_word_list(seed: int, tokenizer=None, words_per_letter: int = 16, candidates_per_letter: int = 64,
+def absorption_word_list(seed: int, tokenizer=None, words_per_letter: int = 24, candidates_per_letter: int = 96,
                          counts: dict[str, int] | None = None) -> list[str]:
     """For each letter a-z, ``words_per_letter`` words drawn (seeded) from its
     ``candidates_per_letter`` most frequent corpus words of 2+ letters, each as `` word`` and
@@ -698,7 +698,7 @@ def absorption_word_list(seed: int, tokenizer=None, words_per_letter: int = 16, 
     return out
 
 
-def build_absorption_words(out_dir: Path, seed: int, tokenizer=None, words_per_letter: int = 16) -> Path:
+def build_absorption_words(out_dir: Path, seed: int, tokenizer=None, words_per_letter: int = 24) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "words.json", absorption_word_list(seed, tokenizer, words_per_letter))
     return out_dir
@@ -716,7 +716,7 @@ def build_real_eval_datasets(
     text_dataset: str = "debian-text",
     text_split: str = "validation",
     code_rows_per_language: int = 2000,
-    absorption_words_per_letter: int = 16,
+    absorption_words_per_letter: int = 24,
 ) -> dict[str, Path]:
     """Write every real-data stand-in under ``out_dir``; returns ``{hub id: folder}`` for
     ``dataset_overrides``. ``tokenizer`` (optional) only narrows the absorption word list to single

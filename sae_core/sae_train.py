@@ -37,6 +37,7 @@ then selects on, which cannot be re-folded exactly; the report shows it.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
@@ -177,6 +178,7 @@ def train_sae(
     shuffle_buffer_batches: int = 0,
     allow_repeat: bool = True,
     n_batches_for_norm_estimate: int = 10,
+    b_dec_init: str = "zeros",
     final_window_steps: int = 10,
     sae_overrides: dict[str, Any] | None = None,
     trainer_overrides: dict[str, Any] | None = None,
@@ -198,6 +200,11 @@ def train_sae(
     sae-lens training-SAE config / ``SAETrainerConfig``.
     ``shuffle_buffer_batches > 0`` mixes tokens through sae-lens'
     ``mixing_buffer`` (seeded).  Deterministic for a given seed and data order.
+    ``b_dec_init="mean"`` starts the decoder bias at the mean of the first
+    ``n_batches_for_norm_estimate`` training batches (those batches are still
+    trained on).  Residual streams with a large common direction (Gemma's
+    mid-layer mean has ~98% of a typical token's norm) otherwise steer every
+    token's TopK choice to the same few latents and leave most latents dead.
 
     Report keys: architecture, d_in, d_sae, k, tokens_requested, tokens_used,
     tokens_read, data_passes, steps, batch_size, lr, l1_coefficient /
@@ -222,6 +229,8 @@ def train_sae(
     batch_size = _validate_positive_int("batch_size", batch_size)
     if total_tokens < batch_size:
         raise ValueError(f"total_tokens={total_tokens} is smaller than one batch (batch_size={batch_size})")
+    if b_dec_init not in ("zeros", "mean"):
+        raise ValueError(f"b_dec_init must be 'zeros' or 'mean', got {b_dec_init!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive float, got {lr!r}")
     if activation_batches is None or isinstance(activation_batches, torch.Tensor):
@@ -306,6 +315,14 @@ def train_sae(
                 trainer.activation_scaler.estimate_whitening(
                     d_in=d_in, data_provider=provider, n_batches_for_norm_estimate=n_batches_for_norm_estimate
                 )
+            if b_dec_init == "mean":
+                if norm == "covariance_whitening":
+                    raise ValueError("b_dec_init='mean' does not combine with covariance_whitening (whitening centres the data)")
+                peeked = list(itertools.islice(provider, max(1, n_batches_for_norm_estimate)))
+                provider = itertools.chain(peeked, provider)  # the peeked batches are still trained on
+                mean = torch.cat(peeked).mean(0)
+                scale = trainer.activation_scaler.scaling_factor
+                training_sae.b_dec.data.copy_(mean * scale if scale is not None else mean)
             with Progress(tokens_used, f"Training {arch} SAE", unit="tok", show=progress) as pbar:
                 while trainer.n_training_samples < tokens_used:
                     trainer.maybe_reset_sparsity()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prefect import task
 
-from sae_core.activations import ActivationCacheSpec, cache_activations
+from sae_core.activation_spec import ActivationCacheSpec
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
 from tasks.progress import report_progress
 
 
@@ -19,9 +19,12 @@ def activation_prefix(model: dict, spec: ActivationCacheSpec, processing: dict) 
 @task(name="cache-activations", **ARTIFACT_TASK_OPTIONS)
 def cache_activations_task(model: dict, spec: ActivationCacheSpec, processing: dict, storage_url: str,
                            device: str = "cpu", dtype: str = "float32") -> dict:
+    ml_stack()
     storage = Storage(storage_url)
     prefix = activation_prefix(model, spec, processing)
     if not storage.is_committed(prefix):
+        from sae_core.activations import cache_activations
+
         loaded = load_model_ref(storage, model, device, dtype)
         with compute_lock(), report_progress():
             cache_activations(loaded.hooked(processing), loaded.tokenizer, spec, storage, prefix,

@@ -85,6 +85,28 @@ _models: dict[tuple, Any] = {}
 _MAX_MODELS = 2
 
 
+_ML_STACK_LOCK = threading.Lock()
+
+
+def ml_stack() -> None:
+    """Import torch, transformers, TransformerLens and sae-lens, once per process, under a lock.
+
+    Task modules import them lazily (a fully cached run never needs them), so the first tasks
+    that do real work may start importing from two worker threads at once, and transformers'
+    lazy top-level module is not safe for that ("cannot import name 'AutoTokenizer'"). Every
+    task that computes calls this first; after the first call it costs nothing.
+    """
+    with _ML_STACK_LOCK:
+        import torch  # noqa: F401
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (resolve the lazy names now)
+
+        import transformer_lens  # noqa: F401
+        import sae_lens  # noqa: F401
+
+        del transformers
+
+
 def load_model_ref(storage, ref: dict, device: str, dtype: str):
     """A LoadedModel for a model manifest ({'hub_id'} or {'prefix'} in storage)."""
     import torch

@@ -9,13 +9,11 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from sae_core.compression import compress_model, parse_spec
+from sae_core.compression import parse_spec
 from sae_core.data import pruning_windows
 from sae_core.hashing import config_hash, folder_hash
-from sae_core.lm_eval import perplexity
-from sae_core.models import load_language_model
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, SAE_CORE_DIR, code_fingerprint
+from tasks.common import ARTIFACT_TASK_OPTIONS, SAE_CORE_DIR, code_fingerprint, ml_stack
 from tasks.progress import report_progress
 
 PERPLEXITY_SEQUENCES = 32
@@ -41,6 +39,7 @@ def compress_llm(dense: dict, spec: str, calibration: dict, storage_url: str, de
     of ``llm_pruning`` (``LLMPruningSettings.calibration()``); the held-out perplexity windows
     (``sae_core.data.pruning_windows``) are the same for every method and seed.
     """
+    ml_stack()
     spec = parse_spec(spec).text
     calibration = {key: calibration[key] for key in CALIBRATION_KEYS}
     storage = Storage(storage_url)
@@ -56,6 +55,10 @@ def compress_llm(dense: dict, spec: str, calibration: dict, storage_url: str, de
 
 def _compress_and_store(dense, spec, calibration, storage, prefix, device, dtype) -> None:
     import torch
+
+    from sae_core.compression import compress_model
+    from sae_core.lm_eval import perplexity
+    from sae_core.models import load_language_model
 
     parsed = parse_spec(spec)
     # A private copy: compression is in place and the cached dense model must stay dense.

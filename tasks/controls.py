@@ -7,13 +7,14 @@ from prefect import task
 from sae_core.data import token_batch
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
 
 
 @task(name="dense-patch-control", **ARTIFACT_TASK_OPTIONS)
 def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, dataset: str, storage_url: str,
                         device: str = "cpu", dtype: str = "float32") -> dict:
     """ΔCE = CE(pruned LM, dense activations patched in at the hook) − CE(pruned LM), on the variants' CE windows."""
+    ml_stack()
     from sae_core.sae_quality import dense_patched_ce
 
     storage = Storage(storage_url)

@@ -19,7 +19,7 @@ from prefect import task
 from sae_core.data import token_batch
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
 from tasks.metrics import tidy_rows
 from tasks.saes import load_stored_sae
 
@@ -54,6 +54,7 @@ def _clean(value):
 def feature_fidelity(original: dict, dense: dict, compressed: dict, audit: dict, dataset: str, experiment: str, storage_url: str,
                      device: str = "cpu", dtype: str = "float32") -> dict:
     """Audit every feature of the ``original`` SAE on the ``compressed`` model against the ``dense`` one."""
+    ml_stack()
     storage = Storage(storage_url)
     key = config_hash(FAMILY, original["prefix"], _identity(dense), _identity(compressed), original.get("processing", {}), audit,
                       dataset, code_fingerprint(*AUDIT_CODE))
@@ -112,6 +113,7 @@ def match_compression(dense: dict, match: dict, reference: dict, calibration: di
     """Bisect ``match['method']``'s sparsity until its held-out perplexity matches the ``reference``
     compressed model's (both measured on the same windows by the compression task); the chosen
     model's manifest, plus the search (target, chosen strength, every step)."""
+    ml_stack()
     from sae_core.feature_audit import match_strength
     from tasks.compression import compress_llm
 

@@ -23,7 +23,7 @@ from sae_core.hashing import config_hash
 from sae_core.progress import Progress
 from sae_core.storage import Storage
 from tasks.progress import mirror_tqdm, report_progress
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
 from tasks.saes import load_stored_sae
 
 METRIC_COLUMNS = ["run_id", "experiment", "model", "pruning_method", "model_sparsity", "hook", "layer", "sae_variant",
@@ -90,6 +90,7 @@ def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, ex
     """Run one SAEBench metric family for one SAE variant on its pruned model; store raw JSON + tidy rows."""
     from sae_core.metrics import registry
 
+    ml_stack()
     storage = Storage(storage_url)
     key = metric_key(metric, variant, settings, profile)
     # Raw JSON lives beside, not inside, metrics/ so that `pd.read_parquet("<root>/metrics")` reads every row.

@@ -12,7 +12,7 @@ from sae_core import compression_report as crep
 from sae_core import report as rep
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint
 
 
 def collect_metrics(storage: Storage, metric_results: list[dict]) -> pd.DataFrame:
@@ -30,15 +30,8 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
     variant_rows = rep.legacy_variant_columns(pd.DataFrame([v["row"] for v in variants]))
     metrics = collect_metrics(storage, metric_results)
 
-    plots = rep.metric_vs_sparsity_plots(metrics)
-    cost_png = rep.cost_plot(variant_rows)
-    if cost_png:
-        plots["cost_per_variant.png"] = cost_png
     audits = [r for r in metric_results if r.get("kind") == "feature_fidelity"]  # the feature audit's manifests
-    if audits:
-        plots.update(crep.compression_plots(audits, {a["table_key"]: storage.get_parquet(a["table_key"]) for a in audits}, metrics))
-    for name, png in plots.items():
-        storage.put_bytes(f"{prefix}/{name}", png)
+    plots = _rendered_plots(storage, prefix, metrics, variant_rows, metric_results, audits)
     storage.put_parquet(f"{prefix}/variants.parquet", variant_rows)
     if not metrics.empty:
         storage.put_parquet(f"{prefix}/metrics.parquet", metrics)
@@ -65,6 +58,30 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
         create_link_artifact(link=variant["sae_uri"], description=f"{variant['hook']} {rep.variant_label(variant['row'])} checkpoint")
     return {"prefix": prefix, "uri": storage.uri(prefix), "plots": sorted(plots), "n_metric_rows": int(len(metrics)),
             "n_variants": int(len(variant_rows))}
+
+
+def _rendered_plots(storage: Storage, prefix: str, metrics: pd.DataFrame, variant_rows: pd.DataFrame,
+                    metric_results: list[dict], audits: list[dict]) -> dict[str, bytes]:
+    """The report's PNGs: read back from storage when the same inputs and plotting code drew them
+    before (a cached re-run), drawn and stored otherwise. Drawing is most of the report's time."""
+    render_key = config_hash(sorted(str(r.get("rows_key") or r.get("table_key")) for r in metric_results),
+                             variant_rows.to_json(orient="records", double_precision=15),
+                             code_fingerprint("report", "compression_report"))
+    index_key = f"{prefix}/plots.json"
+    if storage.exists(index_key):
+        index = storage.get_json(index_key)
+        if index.get("render_key") == render_key and all(storage.exists(f"{prefix}/{n}") for n in index["plots"]):
+            return {name: storage.get_bytes(f"{prefix}/{name}") for name in index["plots"]}
+    plots = rep.metric_vs_sparsity_plots(metrics)
+    cost_png = rep.cost_plot(variant_rows)
+    if cost_png:
+        plots["cost_per_variant.png"] = cost_png
+    if audits:
+        plots.update(crep.compression_plots(audits, {a["table_key"]: storage.get_parquet(a["table_key"]) for a in audits}, metrics))
+    for name, png in plots.items():
+        storage.put_bytes(f"{prefix}/{name}", png)
+    storage.put_json(index_key, {"render_key": render_key, "plots": sorted(plots)})  # last: the PNGs are complete
+    return plots
 
 
 # The UI cannot fetch file:// or private s3:// images, so plots go inline as data: URIs (which the

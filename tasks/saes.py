@@ -16,11 +16,10 @@ from typing import Any
 import pandas as pd
 from prefect import task
 
-from sae_core.activations import ActivationShards
 from sae_core.data import token_batch
 from sae_core.hashing import config_hash, folder_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
 from tasks.progress import report_progress
 
 SAE_CODE = ("sae_io", "sae_prune", "sae_train", "sae_quality")
@@ -54,7 +53,15 @@ def sae_processing(sae) -> dict[str, bool]:
     return {k: bool(v) for k, v in kwargs.items() if k in PROCESSING_KEYS}
 
 
+def _training_options(settings: dict) -> dict[str, Any]:
+    """``train_sae`` keywords of a train / retrain section beyond budget, lr and batch size."""
+    trainer = {k: settings[k] for k in ("dead_feature_window",) if settings.get(k) is not None}  # None: sae-lens' default
+    return {"trainer_overrides": trainer, "b_dec_init": settings.get("b_dec_init", "zeros")}
+
+
 def _batches(storage: Storage, acts: dict, max_tokens: int | None = None, shuffle: bool = False, seed: int = 0):
+    from sae_core.activations import ActivationShards
+
     return ActivationShards(storage, acts["prefix"], batch_size=READ_BATCH, shuffle=shuffle, seed=seed, max_tokens=max_tokens)
 
 
@@ -110,6 +117,7 @@ def _variant_result(storage, key, sae_manifest, prefix, llm, held_out, compute_q
 def original_sae(dense: dict, hook_name: str, source: dict | None, train: dict | None, dense_acts: dict | None,
                  storage_url: str, device: str = "cpu", seed: int = 0) -> dict:
     """The SAE trained on the dense model: from a release / folder, or trained here (toy preset)."""
+    ml_stack()
     storage = Storage(storage_url)
     identity = dense.get("content_hash") or dense.get("hub_id")
     prefix = f"saes/original/{config_hash(identity, hook_name, source, train, dense_acts and dense_acts['prefix'], code_fingerprint(*SAE_CODE))}"
@@ -127,7 +135,8 @@ def original_sae(dense: dict, hook_name: str, source: dict | None, train: dict |
             blank = new_sae(train["architecture"], dense_acts["d_in"], train["d_sae"], hook_name, k=train.get("k"), seed=seed)
             with compute_lock(), report_progress():
                 sae, report = train_sae(blank, _batches(storage, dense_acts, shuffle=True, seed=seed), train["train_tokens"],
-                                        lr=train["lr"], batch_size=train["batch_size"], seed=seed)
+                                        lr=train["lr"], batch_size=train["batch_size"], seed=seed,
+                                        **_training_options(train))
         _store_sae(storage, sae, prefix, {"variant": "original", "hook": hook_name, "source": source or {"trained_on": dense_acts["prefix"]},
                                           "processing": sae_processing(sae), "tokens_used": int(report.get("tokens_used", 0)),
                                           "wall_time_s": round(time.perf_counter() - started, 3)})
@@ -141,6 +150,7 @@ def original_sae(dense: dict, hook_name: str, source: dict | None, train: dict |
 def transfer_sae(original: dict, llm: dict, held_out: dict, quality: dict, dataset: str, storage_url: str,
                  device: str = "cpu", dtype: str = "float32") -> dict:
     """Variant 1: the original SAE, unchanged, read on the pruned model."""
+    ml_stack()
     storage = Storage(storage_url)
     key = config_hash("transfer", original["prefix"], llm.get("prefix"), held_out["prefix"], quality, code_fingerprint(*SAE_CODE))
     manifest = {**storage.manifest(original["prefix"]), "variant": "original", "tokens_used": 0, "wall_time_s": 0.0}
@@ -152,6 +162,7 @@ def transfer_sae(original: dict, llm: dict, held_out: dict, quality: dict, datas
 def retrain_sae(original: dict, llm: dict, train_acts: dict, held_out: dict, retrain: dict, quality: dict, dataset: str,
                 storage_url: str, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> dict:
     """Variant 2: a fresh SAE of the original's architecture, width and k, trained on the pruned model."""
+    ml_stack()
     from sae_core.sae_train import train_sae
 
     storage = Storage(storage_url)
@@ -163,7 +174,8 @@ def retrain_sae(original: dict, llm: dict, train_acts: dict, held_out: dict, ret
         # Same architecture, width and k as the original: a sparsity-matched, fair baseline.
         with compute_lock(), report_progress():
             sae, report = train_sae(like, _batches(storage, train_acts, shuffle=True, seed=seed), retrain["train_tokens"],
-                                    lr=retrain["lr"], batch_size=retrain["batch_size"], seed=seed)
+                                    lr=retrain["lr"], batch_size=retrain["batch_size"], seed=seed,
+                                    **_training_options(retrain))
         _store_sae(storage, sae, prefix, {"variant": "retrained", "hook": original["hook"], "parent": original["prefix"],
                                           "trained_on": train_acts["prefix"], "processing": original["processing"],
                                           "tokens_used": int(report["tokens_used"]), "wall_time_s": round(time.perf_counter() - started, 3)})
@@ -177,6 +189,7 @@ def prune_sae_task(original: dict, llm: dict, calibration_acts: dict, held_out: 
                    calibration_tokens: int, quality: dict, dataset: str, storage_url: str,
                    device: str = "cpu", dtype: str = "float32") -> dict:
     """Variant 3: the original SAE's encoder and decoder pruned by ``rule`` at ``sparsity``."""
+    ml_stack()
     from sae_core.sae_prune import accumulate_sae_norms, prune_sae
 
     storage = Storage(storage_url)

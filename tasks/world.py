@@ -13,13 +13,14 @@ from sae_core.hashing import config_hash, folder_hash
 from sae_core.model_sources import is_packaged_model
 from sae_core.storage import Storage
 from sae_core.toy.world import ToyWorldConfig
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, ml_stack
 from tasks.progress import report_progress
 
 
 @task(name="base-model", **ARTIFACT_TASK_OPTIONS)
 def base_model(model: str, toy_world: ToyWorldConfig | None, storage_url: str) -> dict:
     """{'hub_id': ...} for hub models; the toy world or a packaged model: built once into storage."""
+    ml_stack()
     if model == TOY_MODEL:
         return _toy_model(toy_world, Storage(storage_url))
     if is_packaged_model(model):

@@ -91,3 +91,28 @@ def test_cost_plot_does_not_invent_a_cost_for_the_free_original(monkeypatch):
     assert rep.cost_plot(_variant_rows())[:4] == b"\x89PNG"
     # A wrong version clipped 0 to 1e-3 s and drew it as a bar on the log axis.
     assert drawn["original"] == 0.0 and drawn["retrained"] == 120.0
+
+
+def test_a_cached_rerun_reads_the_plots_back_instead_of_drawing_them(tmp_path, monkeypatch):
+    """Drawing is most of the report task's time; with unchanged inputs and plotting code the PNGs
+    come back from storage byte for byte. Changed inputs draw again (a version that reused plots by
+    report folder alone would show stale figures: caught by the last assertion)."""
+    from sae_core.storage import Storage
+    from tasks import report as report_task
+
+    storage = Storage(f"file://{tmp_path}")
+    metrics, variants = _rows(), _variant_rows()
+    results = [{"rows_key": "metrics/core/abc.parquet"}]
+    drawn = []
+    real = rep.metric_vs_sparsity_plots
+    monkeypatch.setattr(rep, "metric_vs_sparsity_plots", lambda m: drawn.append(1) or real(m))
+
+    first = report_task._rendered_plots(storage, "reports/x", metrics, variants, results, [])
+    assert drawn == [1] and first and all(png[:4] == b"\x89PNG" for png in first.values())
+    again = report_task._rendered_plots(storage, "reports/x", metrics, variants, results, [])
+    assert drawn == [1] and again == first
+
+    changed = variants.copy()
+    changed.loc[changed.index[0], changed.columns[-1]] = 12345
+    report_task._rendered_plots(storage, "reports/x", metrics, changed, results, [])
+    assert drawn == [1, 1]

@@ -114,6 +114,34 @@ def test_latents_that_never_fire_in_training_end_unit_norm_too(acts):
     assert report["decoder_norm_max_deviation"] < 1e-5
 
 
+def test_mean_decoder_bias_init_keeps_latents_alive_under_a_large_common_direction(acts):
+    """A residual stream whose mean dwarfs its spread (as Gemma's mid layers: mean ~98% of a token's
+    norm): TopK with b_dec = 0 keeps choosing the few latents aligned with the mean, the rest die;
+    starting b_dec at the mean (what ``b_dec_init="mean"`` does) keeps most alive. A variant that
+    ignored the option (or subtracted nothing) is caught by the b_dec check at a zero learning rate."""
+    offset = 40.0 * torch.nn.functional.normalize(torch.randn(D_MODEL, generator=torch.Generator().manual_seed(5)), dim=0)
+    train, held = acts["train"] + offset, acts["held_out"] + offset
+    like = new_sae("topk", D_MODEL, 128, HOOK, k=4, seed=0)
+
+    # With a learning rate of ~0 the trained b_dec is the initial one: the mean of the first batches.
+    still, _ = train_sae(like, batches(train, 256), total_tokens=512, batch_size=256, lr=1e-12, progress=False,
+                         b_dec_init="mean", n_batches_for_norm_estimate=2)
+    assert torch.allclose(still.b_dec, train[:512].mean(0), atol=1e-3)
+    zero, _ = train_sae(like, batches(train, 256), total_tokens=512, batch_size=256, lr=1e-12, progress=False)
+    assert zero.b_dec.abs().max() < 1e-3
+
+    alive = {}
+    for init in ("zeros", "mean"):
+        trained, report = train_sae(like, batches(train), total_tokens=8192, batch_size=256, lr=3e-3, seed=0,
+                                    progress=False, b_dec_init=init)
+        assert report["tokens_used"] == 8192  # the batches read for the mean are trained on too
+        alive[init] = reconstruction_stats(trained, batches(held))["alive_fraction"]
+    assert alive["mean"] > alive["zeros"] + 0.2, alive
+
+    with pytest.raises(ValueError, match="b_dec_init must be 'zeros' or 'mean', got 'median'"):
+        train_sae(like, batches(train), total_tokens=512, batch_size=256, progress=False, b_dec_init="median")
+
+
 def _random_training_sae(arch: str, k: int | None, n_dead: int = 5) -> SAE:
     """A training SAE with decoder row norms spread over [0.05, 2] and ``n_dead`` latents that never fire."""
     flag = {"rescale_acts_by_decoder_norm": True} if arch == "topk" else {}

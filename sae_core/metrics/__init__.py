@@ -17,10 +17,26 @@ folders; ``flatten`` turns results into tidy rows.
 SAEBench, SAE Lens and `datasets` are imported lazily, when a metric runs.
 """
 
+import importlib
+from typing import Any
+
+# Light names load now; the adapters (and with them torch) on first use, so that reading a metric's
+# settings or computing a cache key stays cheap.
 from sae_core.metrics.base import MetricResult, MetricSettings, sae_bench_version
-from sae_core.metrics.flatten import COLUMNS, flatten_result, flatten_results, results_frame
-from sae_core.metrics.offline_datasets import ABSORPTION_WORDS, dataset_overrides
-from sae_core.metrics.registry import METRIC_NAMES, METRICS, MetricSpec, get_metric, run_metric
+
+_LAZY = {
+    "COLUMNS": "flatten", "flatten_result": "flatten", "flatten_results": "flatten", "results_frame": "flatten",
+    "ABSORPTION_WORDS": "offline_datasets", "dataset_overrides": "offline_datasets",
+    "METRIC_NAMES": "registry", "METRICS": "registry", "MetricSpec": "registry", "get_metric": "registry",
+    "run_metric": "registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"sae_core.metrics.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'sae_core.metrics' has no attribute {name!r}")
+
 
 __all__ = [
     "ABSORPTION_WORDS",

@@ -45,9 +45,7 @@ import statistics
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sae_core.metrics.base import (
     MetricResult,
@@ -63,6 +61,9 @@ from sae_core.metrics.base import (
     sae_bench_context,
     to_jsonable,
 )
+
+if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
+    import torch
 
 METRIC = "absorption"
 
@@ -194,6 +195,8 @@ def run_absorption(
     device: str = "cpu",
     scratch_dir: str | Path | None = None,
 ) -> MetricResult:
+    import torch
+
     from sae_bench.evals.absorption import main as absorption_main
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.eval_output import (

@@ -26,9 +26,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sae_core.metrics.base import (
     MetricResult,
@@ -44,6 +42,9 @@ from sae_core.metrics.base import (
     to_jsonable,
 )
 from sae_core.metrics.sparse_probing import default_llm_batch_size
+
+if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
+    import torch
 
 METRIC = "autointerp"
 ENV_API_KEY = "SAE_TRANSFER_AUTOINTERP_API_KEY"
@@ -151,6 +152,8 @@ def run_autointerp(
     device: str = "cpu",
     scratch_dir: str | Path | None = None,
 ) -> MetricResult:
+    import torch
+
     config = config or HUB_DEFAULTS
     timer = Timer()
     judge = judge_config()

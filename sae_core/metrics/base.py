@@ -38,11 +38,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, field_validator
+
+from sae_core.lazy_torch import no_grad
+
+if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
+    import torch
 
 Status = Literal["ok", "skipped"]
 
@@ -99,6 +103,8 @@ def headline(metric_name: str, value: Any, higher_is_better: bool | None) -> dic
 
 
 def _to_float(value: Any) -> float:
+    import torch
+
     if value is None:
         return math.nan
     if isinstance(value, torch.Tensor):
@@ -114,6 +120,8 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def _json_default(value: Any) -> Any:
+    import torch
+
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -165,6 +173,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    import torch
+
     for parameter in module.parameters():
         if parameter.is_floating_point():
             return parameter.dtype
@@ -204,13 +214,15 @@ def prepare_sae(sae: Any, *, model_name: str, device: str, dtype: torch.dtype | 
     return sae
 
 
-@torch.no_grad()
+@no_grad
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Short hash of a model's weights (names, shapes, dtypes, norms, non-zero counts).
 
     Cheap (one reduction per tensor) and sensitive to pruning: a WANDA-pruned copy differs in
     every pruned matrix's norm and non-zero count.
     """
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         if not isinstance(tensor, torch.Tensor):
@@ -241,6 +253,8 @@ def _key(part: Any) -> Any:
 @contextlib.contextmanager
 def preserved_global_state() -> Iterator[None]:
     """Restore torch grad mode and the python / numpy / torch RNG states after SAEBench ran."""
+    import torch
+
     grad_enabled = torch.is_grad_enabled()
     py_state = random.getstate()
     np_state = np.random.get_state()

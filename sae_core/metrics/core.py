@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sae_core.metrics.base import (
     MetricResult,
@@ -34,6 +32,9 @@ from sae_core.metrics.base import (
     sae_bench_version,
     sae_lens_version,
 )
+
+if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
+    import torch
 
 METRIC = "core"
 
@@ -83,6 +84,7 @@ def run_core(
     scratch_dir: str | Path | None = None,
 ) -> MetricResult:
     """Core metrics of ``sae`` spliced into ``hooked_model`` (``hf_model``/``tokenizer`` unused)."""
+    import torch
     from sae_lens.training.activations_store import ActivationsStore
 
     import sae_bench.evals.core.main as core_main

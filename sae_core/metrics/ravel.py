@@ -44,9 +44,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sae_core.metrics.base import (
     MetricResult,
@@ -62,7 +60,11 @@ from sae_core.metrics.base import (
     sae_bench_context,
     to_jsonable,
 )
+from sae_core.lazy_torch import no_grad
 from sae_core.metrics.sparse_probing import default_llm_batch_size
+
+if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
+    import torch
 
 METRIC = "ravel"
 
@@ -108,6 +110,8 @@ _LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decod
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The list of decoder blocks of a causal LM (Llama/Gemma/Qwen, GPT-2, GPT-NeoX, OPT layouts)."""
+    import torch
+
     for path in _LAYER_PATHS:
         obj: Any = model
         try:
@@ -167,11 +171,13 @@ def make_get_module(center: bool = False):
 get_module = make_get_module(center=False)
 
 
-@torch.no_grad()
+@no_grad
 def residual_view(hooked_model: Any, hf_model: torch.nn.Module, hook_name: str, tokenizer: Any, device: str) -> str:
     """How ``hooked_model``'s ``hook_name`` relates to ``hf_model``'s decoder-layer output:
     "raw" (equal), "centered" (equal after subtracting the mean over d_model, i.e. TransformerLens'
     ``center_writing_weights``) or "mismatch"."""
+    import torch
+
     layer = int(hook_name.split(".")[1])
     text = "The city of Paris is in Europe. People in Tokyo speak Japanese."
     ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :32].to(device)

@@ -77,7 +77,8 @@ _REAL_SCR_TPP = dict(**_REAL_PROBING, dataset_names=_BIOS[:1], train_set_size=20
 REAL_OVERRIDES: dict[str, dict[str, Any]] = {
     # 2 prompts per batch: one [batch, 128, 262144] float32 logits tensor is 268 MB per prompt, and
     # sae-lens holds several at once (clean, spliced, ablated, KL) -- 8 prompts took a run past 11 GB.
-    "core": dict(context_size=128, batch_size_prompts=2, n_eval_reconstruction_batches=8, n_eval_sparsity_variance_batches=32,
+    # 4 x 2 x 128 tokens for CE / KL: each runs the 262k-row unembedding three times, most of core's cost.
+    "core": dict(context_size=128, batch_size_prompts=2, n_eval_reconstruction_batches=4, n_eval_sparsity_variance_batches=16,
                  streaming=False),
     "absorption": dict(llm_batch_size=8, k_sparse_probe_num_epochs=20, k_sparse_probe_batch_size=1024,
                        eval_k_sparse_probe_batch_size=64, precalc_k_sparse_probe_sae_acts=True),

@@ -12,12 +12,15 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from sae_core.progress import Progress
 from sae_core.toy.corpus import generate_corpus
+
+if TYPE_CHECKING:  # torch loads on first use: config validation and cached runs never need it
+    import torch
 
 BOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -73,6 +76,8 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 def pack_tokens(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
     """Documents joined by BOS and cut into [n, seq_len] windows, each starting with BOS."""
+    import torch
+
     ids: list[int] = []
     for encoding in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         ids.extend(encoding + [tokenizer.bos_token_id])
@@ -84,6 +89,7 @@ def pack_tokens(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
 
 
 def train_language_model(cfg: ToyWorldConfig, tokenizer, tokens: torch.Tensor, progress: bool = True):
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(cfg.seed)
@@ -135,6 +141,8 @@ def train_language_model(cfg: ToyWorldConfig, tokenizer, tokens: torch.Tensor, p
 
 def build_toy_world(out_dir: Path, cfg: ToyWorldConfig = ToyWorldConfig(), progress: bool = True) -> ToyWorld:
     """Write corpus-trained tokenizer + model to ``out_dir/model`` (an HF folder)."""
+    import torch
+
     out_dir = Path(out_dir)
     model_dir = out_dir / "model"
     started = time.perf_counter()
