@@ -163,6 +163,10 @@ def real_cities(n: int, max_per_country: int = 4) -> list[dict]:
 # "The official language of %s is" 30/40, "The main language spoken in %s is" 27/40, while
 # "People in %s speak" 6/40 and "In %s, most people speak the language" 0/40 (" of the ...");
 # "%s is a city on the continent of" 29/40, "%s is located on the continent of" 25/40.
+# The 50%-WANDA-pruned model names no continent after the plain sentences (0/40: " the world, and")
+# and 4/40 languages at best, but completes JSON records: Continent one-shot 13/40 (3 continents),
+# two-shot 17/40. So Continent's train context is a JSON record, and the gemma-3-270m preset asks
+# RAVEL for Country and Continent only (sae_core/metrics/registry.py).
 RAVEL_CITY_TEMPLATES: dict[str, list[str]] = {
     "Country": [
         "%s is a city in the country of",
@@ -170,6 +174,8 @@ RAVEL_CITY_TEMPLATES: dict[str, list[str]] = {
         '[{"city": "Paris", "country": "France"}, {"city": "%s", "country": "',
     ],
     "Continent": [
+        '[{"city": "Paris", "continent": "Europe"}, {"city": "%s", "continent": "',
+        '[{"city": "Tokyo", "continent": "Asia"}, {"city": "Paris", "continent": "Europe"}, {"city": "%s", "continent": "',
         "%s is a city on the continent of",
         "%s is located on the continent of",
     ],

@@ -11,6 +11,7 @@ Results are small JSON manifests; tensors never pass through Prefect.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
 from functools import lru_cache
@@ -107,14 +108,22 @@ def ml_stack() -> None:
         del transformers
 
 
-def load_model_ref(storage, ref: dict, device: str, dtype: str):
-    """A LoadedModel for a model manifest ({'hub_id'} or {'prefix'} in storage)."""
+def load_model_ref(storage, ref: dict, device: str, dtype: str, only: bool = False):
+    """A LoadedModel for a model manifest ({'hub_id'} or {'prefix'} in storage).
+
+    ``only``: drop every other model this process keeps loaded first (a metric task needs just its
+    compressed model; keeping the dense one too cost Gemma 3 270M ~3 GB of peak memory).
+    """
     import torch
 
     from sae_core.models import load_language_model
 
     key = (storage.url, ref.get("prefix") or ref["hub_id"], device, dtype)
     with _model_lock:
+        if only:
+            for other in [k for k in _models if k != key]:
+                del _models[other]
+            gc.collect()
         if key not in _models:
             source = str(storage.materialise_dir(ref["prefix"])) if ref.get("prefix") else ref["hub_id"]
             if len(_models) >= _MAX_MODELS:

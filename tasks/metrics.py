@@ -96,7 +96,7 @@ def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, ex
     # Raw JSON lives beside, not inside, metrics/ so that `pd.read_parquet("<root>/metrics")` reads every row.
     rows_key, raw_key = f"metrics/{metric}/{key}.parquet", f"metrics_raw/{metric}/{key}.json"
     if not storage.exists(rows_key):
-        model = load_model_ref(storage, variant["llm"], device, dtype)
+        model = load_model_ref(storage, variant["llm"], device, dtype, only=True)
         sae = load_stored_sae(storage, variant["sae_prefix"], device)
         # SAEBench sets global state (seeds, grad mode, dataset loaders): one metric at a time per process.
         # On this task's page: one bar for the whole metric (some families draw none of their own, e.g.

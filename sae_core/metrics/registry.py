@@ -66,29 +66,32 @@ class MetricSpec:
 
 
 # The "real" profile: SAEBench's own settings and thresholds with only the *sizes* cut, so that all
-# six families on five SAE variants of a ~270M model fit a 2-core CPU budget. The datasets are the
-# real-language stand-ins (sae_core.real_eval_datasets; amazon reviews have none, so SCR/TPP use
-# bias-in-bios only and sparse probing the other six). Probing texts are cut to 64 tokens (the
-# templated bios are shorter than that).
+# six families on four SAE variants of a ~270M model fit a 30-minute cold run on 2 CPU cores. The
+# datasets are the real-language stand-ins (sae_core.real_eval_datasets; amazon reviews have none, so
+# SCR/TPP use bias-in-bios set 1 only). Probing texts are cut to 64 tokens (the templated bios are
+# shorter than that). Measured per family (docs/results-gemma-3-270m.md): SCR's cost is per class
+# pair (311 s for the first SAE with SAEBench's four pairs, 135 s for each further one), so SCR takes
+# its first two pairs; sparse probing takes bias-in-bios set 1, code and language id; RAVEL trains its
+# MDBM for one epoch on 40 pairs per attribute (one forward of the 262k-row head per pair and step).
 _BIOS = ["LabHC/bias_in_bios_class_set1", "LabHC/bias_in_bios_class_set2", "LabHC/bias_in_bios_class_set3"]
 _REAL_PROBING = dict(context_length=64, sae_batch_size=64, llm_batch_size=16)
 _REAL_SCR_TPP = dict(**_REAL_PROBING, dataset_names=_BIOS[:1], train_set_size=200, test_set_size=100, probe_epochs=10,
-                     early_stopping_patience=10, probe_test_batch_size=100, n_values=[2, 5, 10, 20, 50])
+                     early_stopping_patience=10, probe_test_batch_size=100, n_values=[2, 5, 10, 20])  # @20: the paper's column
 REAL_OVERRIDES: dict[str, dict[str, Any]] = {
     # 2 prompts per batch: one [batch, 128, 262144] float32 logits tensor is 268 MB per prompt, and
     # sae-lens holds several at once (clean, spliced, ablated, KL) -- 8 prompts took a run past 11 GB.
     # 4 x 2 x 128 tokens for CE / KL: each runs the 262k-row unembedding three times, most of core's cost.
-    "core": dict(context_size=128, batch_size_prompts=2, n_eval_reconstruction_batches=4, n_eval_sparsity_variance_batches=16,
+    "core": dict(context_size=128, batch_size_prompts=2, n_eval_reconstruction_batches=4, n_eval_sparsity_variance_batches=8,
                  streaming=False),
     "absorption": dict(llm_batch_size=8, k_sparse_probe_num_epochs=20, k_sparse_probe_batch_size=1024,
                        eval_k_sparse_probe_batch_size=64, precalc_k_sparse_probe_sae_acts=True),
-    "scr": _REAL_SCR_TPP,
+    "scr": dict(**_REAL_SCR_TPP, column1_vals_lookup={_BIOS[0]: [("professor", "nurse"), ("architect", "journalist")]}),
     "tpp": _REAL_SCR_TPP,
-    "sparse_probing": dict(**_REAL_PROBING, dataset_names=[*_BIOS, "codeparrot/github-code", "fancyzhx/ag_news",
-                                                           "Helsinki-NLP/europarl"],
+    "sparse_probing": dict(**_REAL_PROBING, dataset_names=[_BIOS[0], "codeparrot/github-code", "Helsinki-NLP/europarl"],
                            probe_train_set_size=200, probe_test_set_size=100),
-    "ravel": dict(entity_attribute_selection={"city": ["Country", "Continent", "Language"]}, top_n_entities=40,
-                  num_pairs_per_attribute=60, llm_batch_size=8, n_generated_tokens=4),
+    # Language left out: the 50%-pruned Gemma 3 270M names 4 of 40 cities' languages (real_eval_datasets).
+    "ravel": dict(entity_attribute_selection={"city": ["Country", "Continent"]}, top_n_entities=40,
+                  num_pairs_per_attribute=40, num_epochs=1, llm_batch_size=8, n_generated_tokens=4),
     "autointerp": None,
 }
 
