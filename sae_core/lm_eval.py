@@ -12,12 +12,13 @@ __all__ = ["perplexity", "mean_nll"]
 
 
 @torch.no_grad()
-def mean_nll(model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8) -> float:
+def mean_nll(model: nn.Module, input_ids: torch.Tensor, batch_size: int | None = None) -> float:
     """Mean next-token negative log-likelihood (nats) over every predicted token.
 
     Each row of ``input_ids`` ``[n, seq]`` is an independent sequence; position ``t``
     predicts token ``t+1`` (``n * (seq - 1)`` predictions in all). Per-token NLLs are
-    computed from float32 (or wider) logits and summed in float64.
+    computed from float32 (or wider) logits and summed in float64. ``batch_size`` None: as many
+    sequences as keep one logits tensor small (``sae_quality.logits_batch_size``).
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
         raise ValueError(f"input_ids must be a 2-D LongTensor [n, seq], got {getattr(input_ids, 'shape', input_ids)!r}")
@@ -26,6 +27,11 @@ def mean_nll(model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8) -> 
     n, seq = input_ids.shape
     if n == 0 or seq < 2:
         raise ValueError(f"input_ids needs >= 1 row and >= 2 tokens per row, got shape {tuple(input_ids.shape)}")
+    if batch_size is None:
+        from sae_core.sae_quality import logits_batch_size
+
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None) or model.get_output_embeddings().weight.shape[0]
+        batch_size = logits_batch_size(int(vocab), seq)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
 
@@ -49,6 +55,6 @@ def mean_nll(model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8) -> 
     return float(total / count)
 
 
-def perplexity(model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8) -> float:
+def perplexity(model: nn.Module, input_ids: torch.Tensor, batch_size: int | None = None) -> float:
     """``exp(mean next-token NLL)`` over ``input_ids`` ``[n, seq]`` (float64 accumulation)."""
     return math.exp(mean_nll(model, input_ids, batch_size=batch_size))

@@ -112,12 +112,24 @@ def _splice_hook(sae: SAE[Any], mode: str, keep: torch.Tensor | None = None):
     return hook
 
 
+# One float32 logits tensor per batch stays under this (TransformerLens' loss also holds its log-softmax):
+# Gemma's 262k-row vocabulary makes 8 x 128 tokens of logits 1.07 GB each, several alive at once.
+LOGITS_BUDGET_BYTES = 2**28
+
+
+def logits_batch_size(d_vocab: int, seq_len: int, cap: int = 8) -> int:
+    """Sequences per forward pass so that one float32 ``[batch, seq, vocab]`` logits tensor fits
+    ``LOGITS_BUDGET_BYTES`` (at most ``cap``, at least 1). Losses are sums over tokens, so the batch
+    size changes memory, not results."""
+    return max(1, min(cap, LOGITS_BUDGET_BYTES // max(1, 4 * d_vocab * seq_len)))
+
+
 @torch.no_grad()
 def spliced_ce(
     model: HookedTransformer,
     sae: SAE[Any],
     tokens: torch.Tensor,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     hook_name: str | None = None,
     keep_token_ids: Iterable[int] = (),
 ) -> dict[str, float]:
@@ -149,6 +161,8 @@ def spliced_ce(
         )
     if tokens.shape[1] < 2:
         raise ValueError(f"tokens need seq >= 2 to compute next-token loss, got shape {tuple(tokens.shape)}")
+    if batch_size is None:
+        batch_size = logits_batch_size(model.cfg.d_vocab, tokens.shape[1])
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     check_sae_matches_hook(sae, model, hook_name, allow_other_hook=True)
@@ -193,7 +207,7 @@ def spliced_ce(
 
 @torch.no_grad()
 def dense_patched_ce(model: HookedTransformer, dense_model: HookedTransformer, tokens: torch.Tensor, hook_name: str,
-                     batch_size: int = 8) -> dict[str, float]:
+                     batch_size: int | None = None) -> dict[str, float]:
     """The control for reading CE-based transfer numbers: ``model``'s (the pruned LM's) next-token CE,
     clean and with ``dense_model``'s own activations patched in at ``hook_name`` (every position).
 
@@ -203,6 +217,7 @@ def dense_patched_ce(model: HookedTransformer, dense_model: HookedTransformer, t
     """
     layer = int(hook_name.split(".")[1])
     device = getattr(model.cfg, "device", None) or "cpu"
+    batch_size = batch_size or logits_batch_size(model.cfg.d_vocab, tokens.shape[1])
     total_clean = total_patched = 0.0
     n_tok = 0
     for start in range(0, tokens.shape[0], batch_size):
