@@ -25,7 +25,7 @@ def cache_activations_task(model: dict, spec: ActivationCacheSpec, processing: d
     if not storage.is_committed(prefix):
         from sae_core.activations import cache_activations
 
-        loaded = load_model_ref(storage, model, device, dtype)
+        loaded = load_model_ref(storage, model, device, dtype, only=True)
         with compute_lock(), report_progress():
             cache_activations(loaded.hooked(processing), loaded.tokenizer, spec, storage, prefix,
                               extra_manifest={"model": model, "processing": processing})
