@@ -8,7 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["perplexity", "mean_nll"]
+__all__ = ["perplexity", "mean_nll", "logits_batch_size"]
+
+# One float32 logits tensor per batch stays under this (TransformerLens' loss also holds its log-softmax):
+# Gemma's 262k-row vocabulary makes 8 x 128 tokens of logits 1.07 GB each, several alive at once.
+LOGITS_BUDGET_BYTES = 2**28
+
+
+def logits_batch_size(d_vocab: int, seq_len: int, cap: int = 8) -> int:
+    """Sequences per forward pass so that one float32 ``[batch, seq, vocab]`` logits tensor fits
+    ``LOGITS_BUDGET_BYTES`` (at most ``cap``, at least 1). Losses are sums over tokens, so the batch
+    size changes memory, not results."""
+    return max(1, min(cap, LOGITS_BUDGET_BYTES // max(1, 4 * d_vocab * seq_len)))
 
 
 @torch.no_grad()
@@ -18,7 +29,7 @@ def mean_nll(model: nn.Module, input_ids: torch.Tensor, batch_size: int | None =
     Each row of ``input_ids`` ``[n, seq]`` is an independent sequence; position ``t``
     predicts token ``t+1`` (``n * (seq - 1)`` predictions in all). Per-token NLLs are
     computed from float32 (or wider) logits and summed in float64. ``batch_size`` None: as many
-    sequences as keep one logits tensor small (``sae_quality.logits_batch_size``).
+    sequences as keep one logits tensor small (``logits_batch_size``).
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
         raise ValueError(f"input_ids must be a 2-D LongTensor [n, seq], got {getattr(input_ids, 'shape', input_ids)!r}")
@@ -28,8 +39,6 @@ def mean_nll(model: nn.Module, input_ids: torch.Tensor, batch_size: int | None =
     if n == 0 or seq < 2:
         raise ValueError(f"input_ids needs >= 1 row and >= 2 tokens per row, got shape {tuple(input_ids.shape)}")
     if batch_size is None:
-        from sae_core.sae_quality import logits_batch_size
-
         vocab = getattr(getattr(model, "config", None), "vocab_size", None) or model.get_output_embeddings().weight.shape[0]
         batch_size = logits_batch_size(int(vocab), seq)
     if batch_size < 1:

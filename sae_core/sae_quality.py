@@ -9,6 +9,7 @@ import torch
 
 from sae_lens import SAE
 
+from sae_core.lm_eval import LOGITS_BUDGET_BYTES, logits_batch_size  # noqa: F401  (re-exported)
 from sae_core.sae_io import check_sae_matches_hook, flat_sae_inputs, no_hook_z_reshaping, sae_hook_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,18 +111,6 @@ def _splice_hook(sae: SAE[Any], mode: str, keep: torch.Tensor | None = None):
         return act
 
     return hook
-
-
-# One float32 logits tensor per batch stays under this (TransformerLens' loss also holds its log-softmax):
-# Gemma's 262k-row vocabulary makes 8 x 128 tokens of logits 1.07 GB each, several alive at once.
-LOGITS_BUDGET_BYTES = 2**28
-
-
-def logits_batch_size(d_vocab: int, seq_len: int, cap: int = 8) -> int:
-    """Sequences per forward pass so that one float32 ``[batch, seq, vocab]`` logits tensor fits
-    ``LOGITS_BUDGET_BYTES`` (at most ``cap``, at least 1). Losses are sums over tokens, so the batch
-    size changes memory, not results."""
-    return max(1, min(cap, LOGITS_BUDGET_BYTES // max(1, 4 * d_vocab * seq_len)))
 
 
 @torch.no_grad()
