@@ -15,21 +15,24 @@ def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, d
                         device: str = "cpu", dtype: str = "float32") -> dict:
     """ΔCE = CE(pruned LM, dense activations patched in at the hook) − CE(pruned LM), on the variants' CE windows."""
     ml_stack()
-    from sae_core.sae_quality import dense_patched_ce
+    from sae_core.sae_quality import dense_patched_ce, hook_activations
 
     storage = Storage(storage_url)
     hook = held_out["hook_name"]
     key = f"controls/{config_hash('dense-patch', dense.get('content_hash') or dense.get('hub_id'), llm.get('content_hash') or llm.get('hub_id'), held_out['prefix'], quality, code_fingerprint('sae_quality', 'data'))}.json"
     if not storage.exists(key):
-        processing = held_out.get("processing", {})
-        pruned = load_model_ref(storage, llm, device, dtype)
-        spec = held_out["spec"]
-        # the same windows as the variants' spliced CE (tasks/saes.py _quality)
-        tokens = token_batch(pruned.tokenizer, dataset, quality["ce_sequences"], spec["seq_len"], skip_sequences=spec["skip_sequences"])
+        processing, spec = held_out.get("processing", {}), held_out["spec"]
+        # One model in memory at a time: the dense model's activations first (small: ce_sequences
+        # windows at one hook), then the pruned model, which the metric tasks after this one use.
+        dense_model = load_model_ref(storage, dense, device, dtype, only=True)
+        # the same windows as the variants' spliced CE (tasks/saes.py _quality); compression keeps the tokenizer
+        tokens = token_batch(dense_model.tokenizer, dataset, quality["ce_sequences"], spec["seq_len"], skip_sequences=spec["skip_sequences"])
         with compute_lock():
-            pruned_hooked = pruned.hooked(processing)
-            dense_hooked = load_model_ref(storage, dense, device, dtype).hooked(processing)
-            result = dense_patched_ce(pruned_hooked, dense_hooked, tokens, hook)
+            dense_activations = hook_activations(dense_model.hooked(processing), tokens, hook)
+        del dense_model
+        pruned = load_model_ref(storage, llm, device, dtype, only=True)
+        with compute_lock():
+            result = dense_patched_ce(pruned.hooked(processing), dense_activations, tokens, hook)
         storage.put_json(key, {"hook": hook, "model_prefix": llm.get("prefix"),
                                "model_sparsity": float(llm.get("pruning", {}).get("sparsity", 0.0)), **result})
     spec = (llm.get("compression") or {}).get("spec") or (llm.get("pruning") or {}).get("method", "")

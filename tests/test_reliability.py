@@ -751,7 +751,8 @@ class Scenario:
         return Storage(self.url)
 
 
-def _start_flow(scn: Scenario, name: str, kill_after: str | None = None) -> tuple[subprocess.Popen, dict]:
+def _start_flow(scn: Scenario, name: str, kill_after: str | None = None,
+                barrier: str | None = None) -> tuple[subprocess.Popen, dict]:
     home = scn.work / f"prefect-home-{name}"
     files = {k: scn.work / f"{name}.{k}" for k in ("stdout", "stderr", "writes", "unpickles")}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PREFECT_HOME": str(home),
@@ -760,8 +761,11 @@ def _start_flow(scn: Scenario, name: str, kill_after: str | None = None) -> tupl
            "SAE_TRANSFER_S3_ENDPOINT": scn.endpoint, "SAE_TRANSFER_CACHE": str(scn.work / "materialised-cache"),
            "RELIABILITY_WRITE_LOG": str(files["writes"]), "RELIABILITY_FORBID_UNPICKLE": str(files["unpickles"])}
     env.pop("RELIABILITY_KILL_AFTER", None)
+    env.pop("RELIABILITY_BARRIER", None)
     if kill_after:
         env["RELIABILITY_KILL_AFTER"] = kill_after
+    if barrier:
+        env["RELIABILITY_BARRIER"] = barrier
     with open(files["stdout"], "w") as out, open(files["stderr"], "w") as err:
         # A session of its own: the run and the Prefect server it starts can be killed as one group.
         proc = subprocess.Popen([sys.executable, str(HELPER), "--storage", scn.url, *TINY_FLOW_ARGS], cwd=REPO, env=env,
@@ -813,6 +817,9 @@ def _storage_snapshot(client, scn: Scenario) -> dict[str, tuple]:
     return {k[len(root):]: v for k, v in s3_snapshot(client, [scn.bucket]).items() if k.startswith(root)}
 
 
+PRUNED_WEIGHTS = r"^pruned_models/[^/]+/model\.safetensors$"
+
+
 @pytest.fixture(scope="module")
 def flow_scenario(s3_server, tmp_path_factory):
     """Run A: killed from outside mid activation caching. Run B: killed (SIGKILL at a chosen
@@ -843,12 +850,15 @@ def flow_scenario(s3_server, tmp_path_factory):
         scn.snapshots["A_activations"] = _activation_state(client, scn)
 
         # --- B: SIGKILL right after the pruned model's weights are uploaded, before its manifest
-        proc, info = _start_flow(scn, "B", kill_after=r"^pruned_models/[^/]+/model\.safetensors$")
+        proc, info = _start_flow(scn, "B", kill_after=PRUNED_WEIGHTS)
         _finish(scn, "B", proc, info, timeout=480)
         scn.snapshots["B"] = _storage_snapshot(client, scn)
 
-        # --- C and D: the same command at the same time, to completion
-        started = [_start_flow(scn, name) for name in ("C", "D")]
+        # --- C and D: the same command at the same time, to completion. Both find B's half-uploaded
+        # pruned model and prune again; a barrier before that upload makes them write it at the same
+        # moment: without it, one run's Prefect server may boot seconds sooner and finish first.
+        barrier = f"{PRUNED_WEIGHTS}|{work / 'barrier-CD'}|2|240"
+        started = [_start_flow(scn, name, barrier=barrier) for name in ("C", "D")]
         for name, (proc, info) in zip(("C", "D"), started):
             _finish(scn, name, proc, info, timeout=560)
         scn.snapshots["final"] = _storage_snapshot(client, scn)
@@ -942,7 +952,8 @@ def test_concurrent_runs_write_identical_checkpoints(flow_scenario):
         assert not rewritten, f"run {name} wrote different bytes twice under one key: {rewritten}"
     checkpoints = sorted(k for k in set(c) & set(d) if k.endswith(".safetensors"))
     print(f"\nsafetensors objects written by both concurrent runs: {len(checkpoints)}")
-    assert checkpoints, "the two runs never wrote the same checkpoint: they did not actually overlap"
+    barrier = [w for run in ("C", "D") for w in scn.runs[run].writes if "barrier" in w]
+    assert checkpoints, f"the two runs never wrote the same checkpoint: they did not actually overlap (barrier: {barrier})"
     differ = [k for k in checkpoints if c[k] != d[k]]
     assert not differ, f"concurrent runs wrote different bytes under the same key: {differ}"
     for name in ("C", "D"):

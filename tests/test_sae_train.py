@@ -26,7 +26,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_core.sae_io import decoder_norm_deviation, new_sae, save_sae
 from sae_core.sae_prune import prune_sae
-from sae_core.sae_quality import reconstruction_stats, spliced_ce
+from sae_core.sae_quality import dense_patched_ce, hook_activations, reconstruction_stats, spliced_ce
 from sae_core.sae_train import train_sae, training_to_inference_sae
 
 HOOK = "blocks.0.hook_resid_post"
@@ -307,6 +307,32 @@ def test_spliced_ce(model, tokens):
         spliced_ce(model, new_sae("standard", 16, 32, HOOK, seed=0), toks)
     with pytest.raises(ValueError, match="tokens must be an integer tensor"):
         spliced_ce(model, identity_sae(D_MODEL), toks.float())
+
+
+def test_dense_patch_control_patches_the_other_models_activations(model, tokens):
+    """The control's two passes: ``hook_activations`` (stops at the hook's block) equals a full
+    forward's cache; a model patched with its own activations loses nothing; patched with another
+    model's, the loss is what a hand-written hook gives. Patching the wrong hook, or the model's own
+    activations instead of the other's, or dropping the stop-early forward's last block, fails here."""
+    toks = tokens[:10]
+    other = HookedTransformer(model.cfg.to_dict() | {"seed": 1}).eval()
+    with torch.no_grad():
+        _, full_cache = other.run_with_cache(toks, names_filter=HOOK)
+    other_acts = hook_activations(other, toks, HOOK, batch_size=3)
+    assert other_acts.shape == (10, 32, D_MODEL)
+    torch.testing.assert_close(other_acts, full_cache[HOOK], rtol=0, atol=1e-6)
+
+    own = dense_patched_ce(model, hook_activations(model, toks, HOOK), toks, HOOK, batch_size=4)
+    assert own["delta_ce_dense_patch"] == pytest.approx(0.0, abs=1e-6)
+    assert own["ce_clean"] == pytest.approx(model(toks, return_type="loss").item(), rel=1e-5)
+
+    patched = dense_patched_ce(model, other_acts, toks, HOOK, batch_size=4)
+    with torch.no_grad():
+        by_hand = model.run_with_hooks(toks, return_type="loss", fwd_hooks=[(HOOK, lambda act, hook: full_cache[HOOK])]).item()
+    assert patched["ce_dense_patched"] == pytest.approx(by_hand, rel=1e-5)
+    assert abs(patched["delta_ce_dense_patch"]) > 1e-3 and patched["ce_tokens"] == 10 * 31
+    with pytest.raises(ValueError, match=r"do not cover tokens \(12, 32\)"):
+        dense_patched_ce(model, other_acts, tokens[:12], HOOK)
 
 
 def test_logit_batches_fit_a_big_vocabulary_in_memory():

@@ -9,6 +9,11 @@ Runs exactly ``flows.cli.main(argv)`` (what ``python -m flows.full`` runs) after
                                   e.g. half-way through uploading a multi-file artifact).
 - RELIABILITY_FORBID_UNPICKLE=path  make pickle/cloudpickle/torch loaders record the call
                                   (with a stack) to ``path`` and raise.
+- RELIABILITY_BARRIER=regex|dir|n|timeout_s
+                                  before the first write whose key matches ``regex``, sign in
+                                  ``dir`` and wait (up to ``timeout_s``) until ``n`` processes
+                                  have: concurrent runs then really write the same artifact at
+                                  the same time, whatever their start-up times were.
 
 Usage: python tests/helpers/instrumented_cli.py [flows.full arguments...]
 """
@@ -22,6 +27,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -30,6 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 _lock = threading.Lock()
+_barrier_lock = threading.Lock()
 
 
 def _append(path: str, record: dict) -> None:
@@ -41,10 +48,38 @@ def _append(path: str, record: dict) -> None:
             os.fsync(handle.fileno())
 
 
+def _barrier(spec: str | None, log: str | None):
+    """A function that, the first time it sees a key matching the barrier's regex, waits for the
+    other processes to reach the same point (see RELIABILITY_BARRIER above)."""
+    if not spec:
+        return lambda key: None
+    regex, folder, parties, timeout_s = spec.split("|")
+    pattern, folder, passed = re.compile(regex), Path(folder), threading.Event()
+
+    def wait(key: str) -> None:
+        if passed.is_set() or not pattern.search(key):
+            return
+        with _barrier_lock:
+            if passed.is_set():
+                return
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / str(os.getpid())).write_text(key)
+            started = time.monotonic()
+            while len(list(folder.iterdir())) < int(parties) and time.monotonic() - started < float(timeout_s):
+                time.sleep(0.05)
+            if log:
+                _append(log, {"barrier": key, "waited_s": round(time.monotonic() - started, 2),
+                              "arrived": len(list(folder.iterdir())), "parties": int(parties), "pid": os.getpid()})
+            passed.set()
+
+    return wait
+
+
 def _instrument_writes() -> None:
     log = os.environ.get("RELIABILITY_WRITE_LOG")
     kill = os.environ.get("RELIABILITY_KILL_AFTER")
-    if not log and not kill:
+    barrier = _barrier(os.environ.get("RELIABILITY_BARRIER"), log)
+    if not log and not kill and not os.environ.get("RELIABILITY_BARRIER"):
         return
     from sae_core.storage import Storage
 
@@ -52,6 +87,7 @@ def _instrument_writes() -> None:
     real_put = Storage.put_bytes
 
     def put_bytes(self, key, data):
+        barrier(key.strip("/"))
         uri = real_put(self, key, data)
         if log:
             _append(log, {"key": key.strip("/"), "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
