@@ -34,8 +34,13 @@ def _layer_of(hook_name: str) -> int | None:
 
 
 @torch.no_grad()
-def hook_activations(hooked, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
-    """[batch, seq, d] activations at ``hook_name`` (heads flattened for attn.hook_z)."""
+def hook_activations(hooked, tokens: torch.Tensor, hook_name: str, batch_size: int | None = None) -> torch.Tensor:
+    """[batch, seq, d] activations at ``hook_name`` (heads flattened for attn.hook_z); the forward
+    stops after the hook's block. ``batch_size``: forward that many sequences at a time and gather
+    the result on the CPU (for more windows than fit through the model at once)."""
+    if batch_size is not None:
+        return torch.cat([hook_activations(hooked, tokens[i : i + batch_size], hook_name).cpu()
+                          for i in range(0, tokens.shape[0], batch_size)])
     layer = _layer_of(hook_name)
     _, cache = hooked.run_with_cache(
         tokens.to(hooked.cfg.device), names_filter=hook_name, stop_at_layer=None if layer is None else layer + 1

@@ -15,7 +15,7 @@ from sae_core.sae_io import check_sae_matches_hook, flat_sae_inputs, no_hook_z_r
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
-__all__ = ["dense_patched_ce", "hook_activations", "reconstruction_stats", "spliced_ce"]
+__all__ = ["dense_patched_ce", "reconstruction_stats", "spliced_ce"]
 
 
 @torch.no_grad()
@@ -195,27 +195,12 @@ def spliced_ce(
 
 
 @torch.no_grad()
-def hook_activations(model: HookedTransformer, tokens: torch.Tensor, hook_name: str, batch_size: int = 8) -> torch.Tensor:
-    """``model``'s activations at ``hook_name`` for every position of ``tokens [n, seq]``, on the CPU.
-
-    The forward stops after the hook's block (no LM head), so it costs a fraction of a full pass.
-    """
-    layer = int(hook_name.split(".")[1])
-    device = getattr(model.cfg, "device", None) or "cpu"
-    chunks = []
-    for start in range(0, tokens.shape[0], batch_size):
-        _, cache = model.run_with_cache(tokens[start : start + batch_size].to(device), names_filter=hook_name,
-                                        stop_at_layer=layer + 1)
-        chunks.append(cache[hook_name].cpu())
-    return torch.cat(chunks)
-
-
-@torch.no_grad()
 def dense_patched_ce(model: HookedTransformer, dense_activations: torch.Tensor, tokens: torch.Tensor, hook_name: str,
                      batch_size: int | None = None) -> dict[str, float]:
     """The control for reading CE-based transfer numbers: ``model``'s (the pruned LM's) next-token CE,
     clean and with the dense model's own activations (``dense_activations``, from
-    :func:`hook_activations` on the same ``tokens``) patched in at ``hook_name`` (every position).
+    ``sae_core.activations.hook_activations`` on the same ``tokens``) patched in at ``hook_name``
+    (every position).
 
     ``delta_ce_dense_patch = ce_dense_patched - ce_clean`` (nats) is what a *perfect* reconstruction
     of the dense model's activations would change in the pruned model's loss: an SAE trained on the
@@ -235,7 +220,7 @@ def dense_patched_ce(model: HookedTransformer, dense_activations: torch.Tensor, 
         dense_acts = dense_activations[start : start + batch_size].to(device)
         clean = model(toks, return_type="loss", loss_per_token=True)
         patched = model.run_with_hooks(toks, return_type="loss", loss_per_token=True,
-                                       fwd_hooks=[(hook_name, lambda act, hook: dense_acts.to(act.dtype))])
+                                       fwd_hooks=[(hook_name, lambda act, hook: dense_acts.reshape(act.shape).to(act.dtype))])
         total_clean += clean.double().sum().item()
         total_patched += patched.double().sum().item()
         n_tok += clean.numel()

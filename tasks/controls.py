@@ -15,11 +15,12 @@ def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, d
                         device: str = "cpu", dtype: str = "float32") -> dict:
     """ΔCE = CE(pruned LM, dense activations patched in at the hook) − CE(pruned LM), on the variants' CE windows."""
     ml_stack()
-    from sae_core.sae_quality import dense_patched_ce, hook_activations
+    from sae_core.activations import hook_activations
+    from sae_core.sae_quality import dense_patched_ce
 
     storage = Storage(storage_url)
     hook = held_out["hook_name"]
-    key = f"controls/{config_hash('dense-patch', dense.get('content_hash') or dense.get('hub_id'), llm.get('content_hash') or llm.get('hub_id'), held_out['prefix'], quality, code_fingerprint('sae_quality', 'data'))}.json"
+    key = f"controls/{config_hash('dense-patch', dense.get('content_hash') or dense.get('hub_id'), llm.get('content_hash') or llm.get('hub_id'), held_out['prefix'], quality, code_fingerprint('sae_quality', 'data', 'activations'))}.json"
     if not storage.exists(key):
         processing, spec = held_out.get("processing", {}), held_out["spec"]
         # One model in memory at a time: the dense model's activations first (small: ce_sequences
@@ -28,7 +29,7 @@ def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, d
         # the same windows as the variants' spliced CE (tasks/saes.py _quality); compression keeps the tokenizer
         tokens = token_batch(dense_model.tokenizer, dataset, quality["ce_sequences"], spec["seq_len"], skip_sequences=spec["skip_sequences"])
         with compute_lock():
-            dense_activations = hook_activations(dense_model.hooked(processing), tokens, hook)
+            dense_activations = hook_activations(dense_model.hooked(processing), tokens, hook, batch_size=8)
         del dense_model
         pruned = load_model_ref(storage, llm, device, dtype, only=True)
         with compute_lock():

@@ -26,7 +26,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_core.sae_io import decoder_norm_deviation, new_sae, save_sae
 from sae_core.sae_prune import prune_sae
-from sae_core.sae_quality import dense_patched_ce, hook_activations, reconstruction_stats, spliced_ce
+from sae_core.activations import hook_activations
+from sae_core.sae_quality import dense_patched_ce, reconstruction_stats, spliced_ce
 from sae_core.sae_train import train_sae, training_to_inference_sae
 
 HOOK = "blocks.0.hook_resid_post"
