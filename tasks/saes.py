@@ -120,7 +120,9 @@ def original_sae(dense: dict, hook_name: str, source: dict | None, train: dict |
     ml_stack()
     storage = Storage(storage_url)
     identity = dense.get("content_hash") or dense.get("hub_id")
-    prefix = f"saes/original/{config_hash(identity, hook_name, source, train, dense_acts and dense_acts['prefix'], code_fingerprint(*SAE_CODE))}"
+    # A trained SAE depends on the seed (initialisation, batch order); a loaded one does not.
+    trained_with_seed = seed if source is None else None
+    prefix = f"saes/original/{config_hash(identity, hook_name, source, train, dense_acts and dense_acts['prefix'], trained_with_seed, code_fingerprint(*SAE_CODE))}"
     if not storage.is_committed(prefix):
         started = time.perf_counter()
         if source is not None:

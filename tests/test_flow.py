@@ -181,6 +181,31 @@ def test_sae_bench_caches_belong_to_one_run_and_storage(first_run, tmp_path):
     assert not (here.parent.exists() and any(here.parent.iterdir())), list(here.parent.iterdir())
 
 
+def test_another_seed_trains_new_saes_on_the_same_model_and_activations(first_run, tmp_path):
+    """``seed`` is the SAE training seed: a run with another seed trains a new original SAE (so its
+    transfer and pruned variants are new too) and a new retrained one, and reuses the model, its
+    compression and every activation cache. (The original SAE's key once left the seed out, so a
+    second seed silently re-evaluated the first seed's SAEs.)"""
+    import shutil
+
+    storage_url, _ = first_run
+    copy_url = f"file://{tmp_path}/store"
+    shutil.copytree(storage_url.removeprefix("file://"), tmp_path / "store")
+    storage = Storage(copy_url)
+    reusable = ("toy_world", "models", "pruned_models", "activations")
+    before = {k: storage.fs.info(storage.path(k))["mtime"] for k in storage.list() if k.startswith(reusable)}
+    since = dt.datetime.now(dt.timezone.utc)
+    run_full(copy_url, copy.deepcopy(TINY_FLOW_OVERRIDES) | {"seed": 1})
+    after = {k: storage.fs.info(storage.path(k))["mtime"] for k in storage.list() if k.startswith(reusable)}
+    assert after == before, "another SAE seed rebuilt the model, its compression or an activation cache"
+    states = states_by_name(task_runs_since(since))
+    assert {"original-sae", "retrain-sae", "transfer-sae", "prune-sae", "metric-core"} <= set(states)
+    originals = [k for k in storage.list("saes/original") if k.endswith("manifest.json")]
+    assert len(originals) == 2, originals
+    weights = {storage.get_bytes(k.replace("manifest.json", "sae_weights.safetensors")) for k in originals}
+    assert len(weights) == 2, "the two seeds' original SAEs have the same weights"
+
+
 def test_bad_config_fails_before_any_task(prefect_harness, tmp_path):
     from flows.full import full
 

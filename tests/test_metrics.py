@@ -518,3 +518,32 @@ def test_ravel_layer_adapter_handles_tensor_and_tuple_outputs():
         assert torch.allclose(seen["acts"], y - y.mean(-1, keepdim=True))  # centred view
         assert torch.allclose(out[:, 1], y[:, 1])  # untouched positions unchanged (mean added back)
         assert torch.allclose(out[:, 0], y[:, 0].mean(-1, keepdim=True).expand(-1, 3))
+
+
+def test_saebench_draws_from_random_are_private_to_the_eval():
+    """SAEBench draws from the process-wide ``random``; Prefect's threads draw from it too. Inside
+    ``sae_bench_context(seed)`` SAEBench's modules share one private generator, so a foreign draw in
+    between (below: ``random.random()``) no longer shifts absorption's vocabulary split and in-context
+    examples. Without the swap (the global generator seeded instead) the same foreign draw shifts them."""
+    import threading
+
+    from sae_bench.evals.absorption import probing, prompting
+    from sae_bench.sae_bench_utils import dataset_utils
+
+    from sae_core.metrics.base import sae_bench_context
+
+    expected = random.Random(42)
+    expected = [expected.sample(range(100), 5) for _ in range(3)]
+    with sae_bench_context(42):
+        foreign = threading.Thread(target=lambda: [random.random() for _ in range(10)])
+        foreign.start()
+        foreign.join()
+        draws = [probing.random.sample(range(100), 5), prompting.random.sample(range(100), 5),
+                 dataset_utils.random.sample(range(100), 5)]
+        assert probing.random is prompting.random is dataset_utils.random is not random
+    assert draws == expected
+    assert probing.random is random and prompting.random is random and dataset_utils.random is random
+
+    random.seed(42)
+    random.random()  # the foreign draw, against the shared global generator
+    assert random.sample(range(100), 5) != expected[0]

@@ -247,7 +247,7 @@ def run_absorption(
             seconds=timer.seconds,
         )
 
-    with sae_bench_context():
+    with sae_bench_context(config.random_seed):
         torch.set_grad_enabled(True)  # as SAEBench's run_eval
         random.seed(config.random_seed)
         torch.manual_seed(config.random_seed)

@@ -297,9 +297,38 @@ def jaxtyping_checks_disabled() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def sae_bench_context() -> Iterator[None]:
-    """What every adapter wraps SAEBench calls in: global state restored, jaxtyping checks off."""
-    with preserved_global_state(), jaxtyping_checks_disabled():
+def private_random(seed: int) -> Iterator[random.Random]:
+    """Give every loaded SAEBench module one private ``random.Random(seed)`` in place of the
+    process-wide ``random`` module, for the duration.
+
+    SAEBench seeds and draws from the global generator (absorption's vocabulary split and in-context
+    examples, RAVEL's pairs, the sparse-probing datasets). In a Prefect worker other threads draw
+    from it too (heartbeat and event-delivery jitter), so the same seeded eval could see different
+    draws: two cold runs of the gemma-3-270m preset trained absorption's first-letter probes on
+    different examples and passed 20, then 19 letters. With one private generator seeded as the eval
+    seeds the global one, the draws are the ones an undisturbed single-threaded run makes. Metric
+    tasks run one at a time (``tasks.common.compute_lock``), so swapping module attributes is safe.
+    """
+    import sys
+
+    rng = random.Random(seed)
+    patched = [module for name, module in list(sys.modules.items())
+               if name.split(".")[0] == "sae_bench" and getattr(module, "random", None) is random]
+    for module in patched:
+        module.random = rng
+    try:
+        yield rng
+    finally:
+        for module in patched:
+            module.random = random
+
+
+@contextlib.contextmanager
+def sae_bench_context(seed: int | None = None) -> Iterator[None]:
+    """What every adapter wraps SAEBench calls in: global state restored, jaxtyping checks off and,
+    given the eval's ``seed``, SAEBench's draws from ``random`` made private (:func:`private_random`)."""
+    with preserved_global_state(), jaxtyping_checks_disabled(), \
+            (private_random(seed) if seed is not None else contextlib.nullcontext()):
         yield
 
 

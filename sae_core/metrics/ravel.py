@@ -311,7 +311,7 @@ def run_ravel(
     if view == "mismatch":
         warnings.warn(f"RAVEL: the HookedTransformer's {hook_name} matches neither the HF decoder-layer output nor its "
                       "centred version; running on the raw HF output", stacklevel=2)
-    with sae_bench_context(), ravel_model_compat(hf_model, tokenizer, center=view == "centered"):
+    with sae_bench_context(config.random_seed), ravel_model_compat(hf_model, tokenizer, center=view == "centered"):
         sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype)
         sae.requires_grad_(False)
         folder = cache_dir(artifacts_dir, METRIC, model_fingerprint(hf_model), sae.cfg.hook_name,

@@ -151,7 +151,7 @@ def _run(sae: Any, hooked_model: Any, config: ScrTppSettings, artifacts_dir: str
         n_values=list(config.n_values),
         column1_vals_lookup={k: [tuple(p) for p in v] for k, v in config.column1_vals_lookup.items()},
     )
-    with sae_bench_context():
+    with sae_bench_context(config.random_seed):
         sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype, context_size=config.context_length)
         too_many = [n for n in config.n_values if n > sae.cfg.d_sae]
         if too_many:

@@ -122,7 +122,7 @@ def run_sparse_probing(
         k_values=list(config.k_values),
         lower_vram_usage=config.lower_vram_usage,
     )
-    with sae_bench_context():
+    with sae_bench_context(config.random_seed):
         sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype, context_size=config.context_length)
         folder = cache_dir(artifacts_dir, METRIC, model_fingerprint(hooked_model), sae.cfg.hook_name, config)
         results, per_class = sp_main.run_eval_single_sae(
