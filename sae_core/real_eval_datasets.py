@@ -34,7 +34,7 @@ class set 1 in SCR)                  US-census first names by gender (``names``;
                                      project/installation/packages/APT, 3 handbook networks/services/
                                      security/advanced administration (paragraphs); split by item hash.
 ``sae_core/absorption_words``        ``absorption_words/words.json``: ``absorption_words_per_letter`` words
-(pseudo-id, absorption)              per letter a-z drawn (seeded) from the 64 most frequent corpus words
+(pseudo-id, absorption)              per letter a-z drawn (seeded) from the 96 most frequent corpus words
                                      of that letter, bare and with a leading space (single-token forms
                                      only when ``tokenizer`` is given; SAEBench's run filters anyway).
 ==================================  ==========================================================================
@@ -681,7 +681,7 @@ def corpus_word_counts(dataset: str = "debian-text", split: str = "train") -> di
     return counts
 
 
-def absorption_word_list(seed: int, tokenizer=None, words_per_letter: int = 24, candidates_per_letter: int = 96,
+def absorption_word_list(seed: int, tokenizer=None, words_per_letter: int = 48, candidates_per_letter: int = 96,
                          counts: dict[str, int] | None = None) -> list[str]:
     """For each letter a-z, ``words_per_letter`` words drawn (seeded) from its
     ``candidates_per_letter`` most frequent corpus words of 2+ letters, each as `` word`` and
@@ -704,7 +704,7 @@ def absorption_word_list(seed: int, tokenizer=None, words_per_letter: int = 24, 
     return out
 
 
-def build_absorption_words(out_dir: Path, seed: int, tokenizer=None, words_per_letter: int = 24) -> Path:
+def build_absorption_words(out_dir: Path, seed: int, tokenizer=None, words_per_letter: int = 48) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "words.json", absorption_word_list(seed, tokenizer, words_per_letter))
     return out_dir
@@ -722,7 +722,7 @@ def build_real_eval_datasets(
     text_dataset: str = "debian-text",
     text_split: str = "validation",
     code_rows_per_language: int = 2000,
-    absorption_words_per_letter: int = 24,
+    absorption_words_per_letter: int = 48,
 ) -> dict[str, Path]:
     """Write every real-data stand-in under ``out_dir``; returns ``{hub id: folder}`` for
     ``dataset_overrides``. ``tokenizer`` (optional) only narrows the absorption word list to single
