@@ -9,13 +9,22 @@ import torch
 
 from sae_lens import SAE
 
-from sae_core.lm_eval import LOGITS_BUDGET_BYTES, logits_batch_size  # noqa: F401  (re-exported)
+from sae_core.lm_eval import logits_batch_size
 from sae_core.sae_io import check_sae_matches_hook, flat_sae_inputs, no_hook_z_reshaping, sae_hook_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
 __all__ = ["dense_patched_ce", "reconstruction_stats", "spliced_ce"]
+
+
+def _checked_batch_size(model: HookedTransformer, tokens: torch.Tensor, batch_size: int | None) -> int:
+    """``batch_size``, or (None) as many sequences as keep one logits tensor within the budget."""
+    if batch_size is None:
+        batch_size = logits_batch_size(model.cfg.d_vocab, tokens.shape[1])
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
 
 
 @torch.no_grad()
@@ -150,10 +159,7 @@ def spliced_ce(
         )
     if tokens.shape[1] < 2:
         raise ValueError(f"tokens need seq >= 2 to compute next-token loss, got shape {tuple(tokens.shape)}")
-    if batch_size is None:
-        batch_size = logits_batch_size(model.cfg.d_vocab, tokens.shape[1])
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = _checked_batch_size(model, tokens, batch_size)
     check_sae_matches_hook(sae, model, hook_name, allow_other_hook=True)
 
     device = getattr(model.cfg, "device", None) or "cpu"
@@ -211,8 +217,8 @@ def dense_patched_ce(model: HookedTransformer, dense_activations: torch.Tensor, 
     """
     if dense_activations.shape[:2] != tokens.shape:
         raise ValueError(f"dense_activations {tuple(dense_activations.shape)} do not cover tokens {tuple(tokens.shape)}")
+    batch_size = _checked_batch_size(model, tokens, batch_size)
     device = getattr(model.cfg, "device", None) or "cpu"
-    batch_size = batch_size or logits_batch_size(model.cfg.d_vocab, tokens.shape[1])
     total_clean = total_patched = 0.0
     n_tok = 0
     for start in range(0, tokens.shape[0], batch_size):

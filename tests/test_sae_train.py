@@ -339,7 +339,7 @@ def test_dense_patch_control_patches_the_other_models_activations(model, tokens)
 def test_logit_batches_fit_a_big_vocabulary_in_memory():
     """Gemma 3's 262,144-row vocabulary at 128 tokens: 8 sequences of float32 logits are 1.07 GB per
     tensor, and a cold run peaked at 12.9 GB; the helper takes 2. Small vocabularies keep 8."""
-    from sae_core.sae_quality import LOGITS_BUDGET_BYTES, logits_batch_size
+    from sae_core.lm_eval import LOGITS_BUDGET_BYTES, logits_batch_size
 
     assert logits_batch_size(262_144, 128) == 2 and 2 * 128 * 262_144 * 4 <= LOGITS_BUDGET_BYTES
     assert logits_batch_size(1024, 128) == 8 and logits_batch_size(50_257, 1024) == 1
