@@ -100,7 +100,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def check_references(config) -> None:
     """Model, hooks and SAE release names exist (local checks: folders, TransformerLens and sae-lens
     registries; for a hub model whose config TransformerLens does not table, its small config.json)."""
-    from sae_core.config import TOY_MODEL
+    from sae_core.toy.world import TOY_MODEL
 
     if config.model != TOY_MODEL:
         from sae_core.models import check_hooks_exist, check_model_reference

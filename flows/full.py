@@ -23,8 +23,8 @@ from sae_core.activation_spec import ActivationCacheSpec
 from sae_core.config import ExperimentConfig, build_config
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage
 from tasks.activations import cache_activations_task
-from tasks.compression import compress_llm
-from tasks.feature_audit import feature_fidelity, feature_overlap, match_compression
+from tasks.compression import compress_llm, match_compression
+from tasks.feature_audit import feature_fidelity, feature_overlap
 from tasks.controls import dense_patch_control
 from tasks.metrics import evaluate_metric
 from tasks.report import write_report

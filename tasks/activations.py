@@ -13,7 +13,7 @@ from tasks.progress import report_progress
 
 def activation_prefix(model: dict, spec: ActivationCacheSpec, processing: dict) -> str:
     identity = model.get("content_hash") or model.get("hub_id")
-    return f"activations/{config_hash(identity, spec, processing, code_fingerprint('activations', 'data'))}"
+    return f"activations/{config_hash(identity, spec, processing, code_fingerprint(__name__))}"
 
 
 @task(name="cache-activations", **ARTIFACT_TASK_OPTIONS)

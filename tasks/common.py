@@ -11,10 +11,13 @@ Results are small JSON manifests; tensors never pass through Prefect.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import ctypes
 import gc
 import hashlib
+import re
+import tempfile
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -23,10 +26,8 @@ from typing import Any
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 import sae_core
-from sae_core.storage import StorageError
-
-SAE_CORE_DIR = Path(sae_core.__file__).parent
-
+from sae_core.hashing import folder_hash
+from sae_core.storage import Storage, StorageError
 
 def is_transient(exc: BaseException | None) -> bool:
     """Storage and network trouble is worth retrying; deterministic errors are not."""
@@ -55,16 +56,103 @@ ARTIFACT_TASK_OPTIONS: dict[str, Any] = dict(
 )
 
 
+# ------------------------------------------------------------------ code fingerprints
+# Packages whose source can change a stored artifact. A task's fingerprint is the hash of every
+# module of these packages that its module reaches through imports (top-level and lazy ones inside
+# functions, plus "pkg.module:Name" strings such as registry entries), so an edit to any library
+# file a task actually uses invalidates that task's artifacts, and no hand-kept list can miss one.
+FINGERPRINTED_PACKAGES = ("sae_core", "tasks")
+_MODULE_TEXT = re.compile(r"^(?:sae_core|tasks)(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _package_dirs() -> dict[str, Path]:
+    import tasks
+
+    return {"sae_core": Path(sae_core.__file__).parent, "tasks": Path(tasks.__file__).parent}
+
+
+def _module_file(module: str, roots: dict[str, Path]) -> Path | None:
+    """The source file of a dotted module name in one of the fingerprinted packages (None if it is not one)."""
+    top, _, rest = module.partition(".")
+    if top not in roots:
+        return None
+    base = roots[top].joinpath(*rest.split(".")) if rest else roots[top]
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_names(path: Path) -> tuple[set[str], bool]:
+    """Every module name a file imports, anywhere in it, and every string that names one; and
+    whether it also imports a module by a name computed at run time."""
+    stat = path.stat()
+    return _parsed_imports(path, stat.st_mtime_ns, stat.st_size)
+
+
 @lru_cache(maxsize=None)
-def code_fingerprint(*modules: str) -> str:
-    """Hash of library source files, so a change in an algorithm invalidates its cached artifacts."""
+def _parsed_imports(path: Path, mtime_ns: int, size: int) -> tuple[frozenset[str], bool]:  # keyed on the file's version
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    computed = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__"):
+            computed |= bool(node.args) and isinstance(node.args[0], (ast.JoinedStr, ast.BinOp))
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)  # "from pkg import module"
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value.split(":")[0]
+            if _MODULE_TEXT.match(text):
+                names.add(text)
+    return frozenset(names), computed
+
+
+def module_closure(module: str, roots: dict[str, Path] | None = None) -> list[Path]:
+    """The source files ``module`` reaches through imports within the fingerprinted packages.
+
+    Modules named by string constants count as imported (registries such as
+    ``"sae_core.compression.wanda:WandaMethod"``); a file that imports a module whose name it
+    computes (``import_module(f"pkg.{name}")``) pulls in every module of its package.
+    """
+    roots = roots or _package_dirs()
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = _module_file(name, roots)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        names, computed = _imported_names(path)
+        todo.extend(names)
+        if computed:  # a module name built at run time: every module of the package may be the one
+            package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+            todo.extend(f"{package}.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__")
+        parent = name.rpartition(".")[0]
+        if parent:
+            todo.append(parent)  # importing pkg.mod runs pkg/__init__.py
+    return sorted(seen)
+
+
+@lru_cache(maxsize=None)
+def _file_digest(path: Path, mtime_ns: int, size: int) -> str:  # keyed on the file's version
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def code_fingerprint(module: str, roots: dict[str, Path] | None = None) -> str:
+    """Hash of the source of every library and task module that ``module`` (a task module's
+    ``__name__``) reaches through imports: a change in an algorithm it uses invalidates its artifacts.
+    Paths enter relative to their package, so the same tree gives the same hash wherever it lies."""
+    roots = roots or _package_dirs()
     digest = hashlib.sha256()
-    for module in modules:
-        path = SAE_CORE_DIR / (module.replace(".", "/") + ".py")
-        if not path.exists():
-            path = SAE_CORE_DIR / module.replace(".", "/") / "__init__.py"
-        digest.update(module.encode())
-        digest.update(path.read_bytes())
+    for path in module_closure(module, roots):
+        top = next(name for name, root in roots.items() if path.is_relative_to(root))
+        stat = path.stat()
+        digest.update(f"{top}/{path.relative_to(roots[top]).as_posix()}:".encode())
+        digest.update(_file_digest(path, stat.st_mtime_ns, stat.st_size).encode())
     return digest.hexdigest()[:12]
 
 
@@ -141,3 +229,40 @@ def load_model_ref(storage, ref: dict, device: str, dtype: str, only: bool = Fal
                 _models.pop(next(iter(_models)))
             _models[key] = load_language_model(source, device=device, dtype=getattr(torch, dtype))
         return _models[key]
+
+
+# ------------------------------------------------------------------ SAE checkpoints and activation batches
+# Used by every task that reads or writes an SAE (variants, metrics, the feature audit).
+READ_BATCH = 4096
+
+
+def store_sae(storage: Storage, sae, prefix: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    from sae_core.sae_io import save_sae
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "sae"
+        save_sae(sae, folder)
+        storage.upload_dir(folder, prefix, {**manifest, "kind": "sae", "content_hash": folder_hash(folder),
+                                            "architecture": sae.cfg.architecture(), "d_in": int(sae.cfg.d_in),
+                                            "d_sae": int(sae.cfg.d_sae)})
+    return storage.manifest(prefix)
+
+
+def load_stored_sae(storage: Storage, prefix: str, device: str = "cpu"):
+    from sae_core.sae_io import load_sae
+
+    return load_sae(str(storage.materialise_dir(prefix)), device=device)
+
+
+def sae_processing(sae) -> dict[str, bool]:
+    """The HookedTransformer weight processing this SAE was trained with (sae-lens records it)."""
+    from sae_core.models import PROCESSING_KEYS
+
+    kwargs = getattr(sae.cfg.metadata, "model_from_pretrained_kwargs", None) or {}
+    return {k: bool(v) for k, v in kwargs.items() if k in PROCESSING_KEYS}
+
+
+def activation_batches(storage: Storage, acts: dict, max_tokens: int | None = None, shuffle: bool = False, seed: int = 0):
+    from sae_core.activations import ActivationShards
+
+    return ActivationShards(storage, acts["prefix"], batch_size=READ_BATCH, shuffle=shuffle, seed=seed, max_tokens=max_tokens)

@@ -13,21 +13,18 @@ from sae_core.compression import parse_spec
 from sae_core.data import pruning_windows
 from sae_core.hashing import config_hash, folder_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, SAE_CORE_DIR, code_fingerprint, ml_stack
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, ml_stack
 from tasks.progress import report_progress
 
 PERPLEXITY_SEQUENCES = 32
 REPORT_NAME = "pruning_report.parquet"  # per-module rows of every method (historical name, kept for readers)
-# Every file of the package: a change to any method invalidates the compressed models.
-COMPRESSION_CODE = ("data", "compression", *sorted(f"compression.{p.stem}" for p in (SAE_CORE_DIR / "compression").glob("*.py")
-                                                  if p.stem != "__init__"))
 CALIBRATION_KEYS = ("calibration_dataset", "n_calibration_samples", "seq_len", "seed", "module_groups")
 
 
 def compressed_model_prefix(dense: dict, spec: str, calibration: dict) -> str:
     identity = dense.get("content_hash") or dense.get("hub_id")
     # "pruned_models/" for every method: the storage layout readers already know.
-    return f"pruned_models/{config_hash(identity, spec, calibration, code_fingerprint(*COMPRESSION_CODE))}"
+    return f"pruned_models/{config_hash(identity, spec, calibration, code_fingerprint(__name__))}"
 
 
 @task(name="compress-llm", **ARTIFACT_TASK_OPTIONS)
@@ -97,3 +94,32 @@ def _compress_and_store(dense, spec, calibration, storage, prefix, device, dtype
                            "held_out_tokens": int(held_out.numel())},
             "content_hash": content_hash,
         })
+
+
+# ------------------------------------------------------------------ matched-perplexity comparison
+def _held_out_perplexity(model: dict) -> float:
+    perplexity = model["perplexity"]
+    return float(perplexity.get("compressed", perplexity.get("pruned")))
+
+
+@task(name="match-compression", **ARTIFACT_TASK_OPTIONS)
+def match_compression(dense: dict, match: dict, reference: dict, calibration: dict, storage_url: str,
+                      device: str = "cpu", dtype: str = "float32") -> dict:
+    """Bisect ``match['method']``'s sparsity until its held-out perplexity matches the ``reference``
+    compressed model's (both measured on the same windows by the compression task); the chosen
+    model's manifest, plus the search (target, chosen strength, every step)."""
+    ml_stack()
+    from sae_core.feature_audit import match_strength
+
+    tried: dict[float, dict] = {}
+
+    def evaluate(sparsity: float) -> float:
+        # Each step is the compression task's own body: stored (and reused) under its usual key.
+        tried[sparsity] = compress_llm.fn(dense, f"{match['method']}:{sparsity:g}", calibration, storage_url, device, dtype)
+        return _held_out_perplexity(tried[sparsity])
+
+    target = _held_out_perplexity(reference)
+    found = match_strength(evaluate, target, match["lo"], match["hi"], match["steps"])
+    return {**tried[found.strength], "match": {"reference": (reference.get("compression") or reference.get("pruning") or {}),
+                                               "target_perplexity": target, "strength": found.strength,
+                                               "perplexity": found.value, "trace": [list(step) for step in found.trace]}}

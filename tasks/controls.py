@@ -20,7 +20,7 @@ def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, d
 
     storage = Storage(storage_url)
     hook = held_out["hook_name"]
-    key = f"controls/{config_hash('dense-patch', dense.get('content_hash') or dense.get('hub_id'), llm.get('content_hash') or llm.get('hub_id'), held_out['prefix'], quality, code_fingerprint('sae_quality', 'data', 'activations'))}.json"
+    key = f"controls/{config_hash('dense-patch', dense.get('content_hash') or dense.get('hub_id'), llm.get('content_hash') or llm.get('hub_id'), held_out['prefix'], quality, code_fingerprint(__name__))}.json"
     if not storage.exists(key):
         processing, spec = held_out.get("processing", {}), held_out["spec"]
         # One model in memory at a time: the dense model's activations first (small: ce_sequences

@@ -19,11 +19,9 @@ from prefect import task
 from sae_core.data import token_batch
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, load_stored_sae, ml_stack
 from tasks.metrics import tidy_rows
-from tasks.saes import load_stored_sae
 
-AUDIT_CODE = ("feature_audit", "activations", "data", "sae_io")
 FAMILY = "feature_fidelity"
 # (summary key, metric name, higher is better); None: neither direction is "better".
 HEADLINE = [
@@ -57,7 +55,7 @@ def feature_fidelity(original: dict, dense: dict, compressed: dict, audit: dict,
     ml_stack()
     storage = Storage(storage_url)
     key = config_hash(FAMILY, original["prefix"], _identity(dense), _identity(compressed), original.get("processing", {}), audit,
-                      dataset, code_fingerprint(*AUDIT_CODE))
+                      dataset, code_fingerprint(__name__))
     table_key, summary_key, rows_key = f"feature_audit/{key}.parquet", f"feature_audit/{key}.json", f"metrics/{FAMILY}/{key}.parquet"
     if not storage.exists(rows_key):
         _audit_and_store(storage, original, dense, compressed, audit, dataset, experiment, device, dtype, key,
@@ -101,36 +99,6 @@ def _audit_and_store(storage, original, dense, compressed, audit, dataset, exper
     storage.put_parquet(rows_key, tidy_rows(outcome, variant, audit, experiment, key))  # the row file commits the audit
 
 
-# ------------------------------------------------------------------ matched-perplexity comparison
-def _held_out_perplexity(model: dict) -> float:
-    perplexity = model["perplexity"]
-    return float(perplexity.get("compressed", perplexity.get("pruned")))
-
-
-@task(name="match-compression", **ARTIFACT_TASK_OPTIONS)
-def match_compression(dense: dict, match: dict, reference: dict, calibration: dict, storage_url: str,
-                      device: str = "cpu", dtype: str = "float32") -> dict:
-    """Bisect ``match['method']``'s sparsity until its held-out perplexity matches the ``reference``
-    compressed model's (both measured on the same windows by the compression task); the chosen
-    model's manifest, plus the search (target, chosen strength, every step)."""
-    ml_stack()
-    from sae_core.feature_audit import match_strength
-    from tasks.compression import compress_llm
-
-    tried: dict[float, dict] = {}
-
-    def evaluate(sparsity: float) -> float:
-        # Each step is the compression task's own body: stored (and reused) under its usual key.
-        tried[sparsity] = compress_llm.fn(dense, f"{match['method']}:{sparsity:g}", calibration, storage_url, device, dtype)
-        return _held_out_perplexity(tried[sparsity])
-
-    target = _held_out_perplexity(reference)
-    found = match_strength(evaluate, target, match["lo"], match["hi"], match["steps"])
-    return {**tried[found.strength], "match": {"reference": (reference.get("compression") or reference.get("pruning") or {}),
-                                               "target_perplexity": target, "strength": found.strength,
-                                               "perplexity": found.value, "trace": [list(step) for step in found.trace]}}
-
-
 @task(name="feature-overlap", **ARTIFACT_TASK_OPTIONS)
 def feature_overlap(reference_audit: dict, matched_audit: dict, experiment: str, storage_url: str) -> dict:
     """Do the two compressions damage the same features? (sae_core.feature_audit.compare_methods)
@@ -139,7 +107,7 @@ def feature_overlap(reference_audit: dict, matched_audit: dict, experiment: str,
     from sae_core.feature_audit import compare_methods
 
     storage = Storage(storage_url)
-    key = config_hash("feature-overlap", reference_audit["table_key"], matched_audit["table_key"], code_fingerprint(*AUDIT_CODE))
+    key = config_hash("feature-overlap", reference_audit["table_key"], matched_audit["table_key"], code_fingerprint(__name__))
     rows_key = f"metrics/feature_overlap/{key}.parquet"
     labels = method_label(reference_audit["compression"]), method_label(matched_audit["compression"])
     if not storage.exists(rows_key):

@@ -23,17 +23,11 @@ from sae_core.hashing import config_hash
 from sae_core.progress import Progress
 from sae_core.storage import Storage
 from tasks.progress import mirror_tqdm, report_progress
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
-from tasks.saes import load_stored_sae
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, load_stored_sae, ml_stack
 
 METRIC_COLUMNS = ["run_id", "experiment", "model", "pruning_method", "model_sparsity", "hook", "layer", "sae_variant",
                   "sae_scoring_rule", "sae_sparsity", "metric_family", "metric_name", "value", "higher_is_better",
                   "status", "reason", "eval_config_hash", "sae_bench_version", "sae_prefix", "model_prefix", "timestamp"]
-
-
-# Every module of the metric adapters: a change in any of them re-runs the metrics.
-METRIC_CODE = tuple(f"metrics.{p.stem}" if p.stem != "__init__" else "metrics"
-                    for p in sorted((Path(__file__).resolve().parents[1] / "sae_core" / "metrics").glob("*.py")))
 
 
 def metric_key(metric: str, variant: dict, settings: dict, profile: str) -> str:
@@ -42,7 +36,7 @@ def metric_key(metric: str, variant: dict, settings: dict, profile: str) -> str:
     from sae_core.metrics.base import sae_bench_version
 
     return config_hash(metric, variant["sae_prefix"], variant["llm"].get("prefix") or variant["llm"].get("hub_id"),
-                       variant.get("processing", {}), settings, profile, code_fingerprint(*METRIC_CODE), sae_bench_version())
+                       variant.get("processing", {}), settings, profile, code_fingerprint(__name__), sae_bench_version())
 
 
 def metric_cache_key(context, parameters: dict) -> str:

@@ -66,7 +66,7 @@ def _rendered_plots(storage: Storage, prefix: str, metrics: pd.DataFrame, varian
     before (a cached re-run), drawn and stored otherwise. Drawing is most of the report's time."""
     render_key = config_hash(sorted(str(r.get("rows_key") or r.get("table_key")) for r in metric_results),
                              variant_rows.to_json(orient="records", double_precision=15),
-                             code_fingerprint("report", "compression_report"))
+                             code_fingerprint(__name__))
     index_key = f"{prefix}/plots.json"
     if storage.exists(index_key):
         index = storage.get_json(index_key)

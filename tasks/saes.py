@@ -8,61 +8,26 @@ activations (MSE, explained variance, L0, dead latents, CE loss with the SAE spl
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect import task
 
 from sae_core.data import token_batch
-from sae_core.hashing import config_hash, folder_hash
+from sae_core.hashing import config_hash
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
+from tasks.common import (ARTIFACT_TASK_OPTIONS, activation_batches, code_fingerprint, compute_lock, load_model_ref, load_stored_sae,
+                          ml_stack, sae_processing, store_sae)
 from tasks.progress import report_progress
 
-SAE_CODE = ("sae_io", "sae_prune", "sae_train", "sae_quality")
-READ_BATCH = 4096
 
 
 # ------------------------------------------------------------------ helpers (no algorithms here)
-def _store_sae(storage: Storage, sae, prefix: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    from sae_core.sae_io import save_sae
-
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "sae"
-        save_sae(sae, folder)
-        storage.upload_dir(folder, prefix, {**manifest, "kind": "sae", "content_hash": folder_hash(folder),
-                                            "architecture": sae.cfg.architecture(), "d_in": int(sae.cfg.d_in),
-                                            "d_sae": int(sae.cfg.d_sae)})
-    return storage.manifest(prefix)
-
-
-def load_stored_sae(storage: Storage, prefix: str, device: str = "cpu"):
-    from sae_core.sae_io import load_sae
-
-    return load_sae(str(storage.materialise_dir(prefix)), device=device)
-
-
-def sae_processing(sae) -> dict[str, bool]:
-    """The HookedTransformer weight processing this SAE was trained with (sae-lens records it)."""
-    from sae_core.models import PROCESSING_KEYS
-
-    kwargs = getattr(sae.cfg.metadata, "model_from_pretrained_kwargs", None) or {}
-    return {k: bool(v) for k, v in kwargs.items() if k in PROCESSING_KEYS}
-
-
 def _training_options(settings: dict) -> dict[str, Any]:
     """``train_sae`` keywords of a train / retrain section beyond budget, lr and batch size."""
     trainer = {k: settings[k] for k in ("dead_feature_window",) if settings.get(k) is not None}  # None: sae-lens' default
     return {"trainer_overrides": trainer, "b_dec_init": settings.get("b_dec_init", "zeros")}
-
-
-def _batches(storage: Storage, acts: dict, max_tokens: int | None = None, shuffle: bool = False, seed: int = 0):
-    from sae_core.activations import ActivationShards
-
-    return ActivationShards(storage, acts["prefix"], batch_size=READ_BATCH, shuffle=shuffle, seed=seed, max_tokens=max_tokens)
 
 
 def _quality(storage: Storage, sae, llm: dict, held_out: dict, quality: dict, dataset: str, device: str, dtype: str) -> dict:
@@ -73,7 +38,7 @@ def _quality(storage: Storage, sae, llm: dict, held_out: dict, quality: dict, da
     spec = held_out["spec"]
     tokens = token_batch(model.tokenizer, dataset, quality["ce_sequences"], spec["seq_len"], skip_sequences=spec["skip_sequences"])
     with compute_lock():
-        stats = reconstruction_stats(sae, _batches(storage, held_out, max_tokens=quality["n_tokens"]))
+        stats = reconstruction_stats(sae, activation_batches(storage, held_out, max_tokens=quality["n_tokens"]))
         hooked = model.hooked(sae_processing(sae))
         # BOS/EOS positions keep their own activations: the SAE never saw them (cached activations exclude them)
         ce = spliced_ce(hooked, sae.to(device), tokens, hook_name=held_out["hook_name"], keep_token_ids=special_token_ids(model.tokenizer))
@@ -122,7 +87,7 @@ def original_sae(dense: dict, hook_name: str, source: dict | None, train: dict |
     identity = dense.get("content_hash") or dense.get("hub_id")
     # A trained SAE depends on the seed (initialisation, batch order); a loaded one does not.
     trained_with_seed = seed if source is None else None
-    prefix = f"saes/original/{config_hash(identity, hook_name, source, train, dense_acts and dense_acts['prefix'], trained_with_seed, code_fingerprint(*SAE_CODE))}"
+    prefix = f"saes/original/{config_hash(identity, hook_name, source, train, dense_acts and dense_acts['prefix'], trained_with_seed, code_fingerprint(__name__))}"
     if not storage.is_committed(prefix):
         started = time.perf_counter()
         if source is not None:
@@ -136,10 +101,10 @@ def original_sae(dense: dict, hook_name: str, source: dict | None, train: dict |
 
             blank = new_sae(train["architecture"], dense_acts["d_in"], train["d_sae"], hook_name, k=train.get("k"), seed=seed)
             with compute_lock(), report_progress():
-                sae, report = train_sae(blank, _batches(storage, dense_acts, shuffle=True, seed=seed), train["train_tokens"],
+                sae, report = train_sae(blank, activation_batches(storage, dense_acts, shuffle=True, seed=seed), train["train_tokens"],
                                         lr=train["lr"], batch_size=train["batch_size"], seed=seed,
                                         **_training_options(train))
-        _store_sae(storage, sae, prefix, {"variant": "original", "hook": hook_name, "source": source or {"trained_on": dense_acts["prefix"]},
+        store_sae(storage, sae, prefix, {"variant": "original", "hook": hook_name, "source": source or {"trained_on": dense_acts["prefix"]},
                                           "processing": sae_processing(sae), "tokens_used": int(report.get("tokens_used", 0)),
                                           "wall_time_s": round(time.perf_counter() - started, 3)})
     manifest = storage.manifest(prefix)
@@ -154,7 +119,7 @@ def transfer_sae(original: dict, llm: dict, held_out: dict, quality: dict, datas
     """Variant 1: the original SAE, unchanged, read on the pruned model."""
     ml_stack()
     storage = Storage(storage_url)
-    key = config_hash("transfer", original["prefix"], llm.get("prefix"), held_out["prefix"], quality, code_fingerprint(*SAE_CODE))
+    key = config_hash("transfer", original["prefix"], llm.get("prefix"), held_out["prefix"], quality, code_fingerprint(__name__))
     manifest = {**storage.manifest(original["prefix"]), "variant": "original", "tokens_used": 0, "wall_time_s": 0.0}
     return _variant_result(storage, key, manifest, original["prefix"], llm, held_out, lambda: _quality(
         storage, load_stored_sae(storage, original["prefix"], device), llm, held_out, quality, dataset, device, dtype))
@@ -168,17 +133,17 @@ def retrain_sae(original: dict, llm: dict, train_acts: dict, held_out: dict, ret
     from sae_core.sae_train import train_sae
 
     storage = Storage(storage_url)
-    key = config_hash("retrain", original["prefix"], train_acts["prefix"], retrain, seed, code_fingerprint(*SAE_CODE))
+    key = config_hash("retrain", original["prefix"], train_acts["prefix"], retrain, seed, code_fingerprint(__name__))
     prefix = f"saes/retrained/{key}"
     if not storage.is_committed(prefix):
         like = load_stored_sae(storage, original["prefix"], device)
         started = time.perf_counter()
         # Same architecture, width and k as the original: a sparsity-matched, fair baseline.
         with compute_lock(), report_progress():
-            sae, report = train_sae(like, _batches(storage, train_acts, shuffle=True, seed=seed), retrain["train_tokens"],
+            sae, report = train_sae(like, activation_batches(storage, train_acts, shuffle=True, seed=seed), retrain["train_tokens"],
                                     lr=retrain["lr"], batch_size=retrain["batch_size"], seed=seed,
                                     **_training_options(retrain))
-        _store_sae(storage, sae, prefix, {"variant": "retrained", "hook": original["hook"], "parent": original["prefix"],
+        store_sae(storage, sae, prefix, {"variant": "retrained", "hook": original["hook"], "parent": original["prefix"],
                                           "trained_on": train_acts["prefix"], "processing": original["processing"],
                                           "tokens_used": int(report["tokens_used"]), "wall_time_s": round(time.perf_counter() - started, 3)})
     quality_key = config_hash(key, llm.get("prefix"), held_out["prefix"], quality)
@@ -195,7 +160,7 @@ def prune_sae_task(original: dict, llm: dict, calibration_acts: dict, held_out: 
     from sae_core.sae_prune import accumulate_sae_norms, prune_sae
 
     storage = Storage(storage_url)
-    key = config_hash("prune", original["prefix"], calibration_acts["prefix"], rule, sparsity, calibration_tokens, code_fingerprint(*SAE_CODE))
+    key = config_hash("prune", original["prefix"], calibration_acts["prefix"], rule, sparsity, calibration_tokens, code_fingerprint(__name__))
     prefix = f"saes/pruned/{key}"
     if not storage.is_committed(prefix):
         sae = load_stored_sae(storage, original["prefix"], device)
@@ -203,9 +168,9 @@ def prune_sae_task(original: dict, llm: dict, calibration_acts: dict, held_out: 
         norms = None
         with compute_lock():
             if rule != "magnitude":  # magnitude needs no activations
-                norms = accumulate_sae_norms(sae, _batches(storage, calibration_acts, max_tokens=calibration_tokens))
+                norms = accumulate_sae_norms(sae, activation_batches(storage, calibration_acts, max_tokens=calibration_tokens))
             pruned, report = prune_sae(sae, rule, sparsity, norms)
-        _store_sae(storage, pruned, prefix, {
+        store_sae(storage, pruned, prefix, {
             "variant": "pruned", "hook": original["hook"], "parent": original["prefix"], "rule": rule, "sparsity": sparsity,
             "achieved_sparsity": float(report.get("achieved_sparsity", report.get("achieved_overall_sparsity", sparsity))),
             "prune_report": report, "calibration": calibration_acts["prefix"], "processing": original["processing"],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import task
 
-from sae_core.config import TOY_MODEL
+from sae_core.toy.world import TOY_MODEL
 from sae_core.hashing import config_hash, folder_hash
 from sae_core.model_sources import is_packaged_model
 from sae_core.storage import Storage
@@ -33,7 +33,7 @@ def _toy_model(toy_world: ToyWorldConfig | None, storage: Storage) -> dict:
 
     if toy_world is None:
         raise ValueError("the toy model needs a toy_world config")
-    key = config_hash(toy_world, code_fingerprint("toy.world", "toy.corpus", "toy.lexicon"))
+    key = config_hash(toy_world, code_fingerprint(__name__))
     prefix = f"toy_world/{key}/model"
     if not storage.is_committed(prefix):
         with tempfile.TemporaryDirectory() as tmp, report_progress():
@@ -50,7 +50,7 @@ def _packaged_model(model: str, storage: Storage) -> dict:
 
     identity = package_identity(model)  # fails here, naming what to install, if the package is missing
     # Keyed by what the weights are (package version + file sha) and by the conversion code.
-    prefix = f"models/{config_hash(identity, code_fingerprint('model_sources'))}"
+    prefix = f"models/{config_hash(identity, code_fingerprint(__name__))}"
     if not storage.is_committed(prefix):
         with tempfile.TemporaryDirectory() as tmp, report_progress():
             out, work = Path(tmp) / "model", Path(tmp) / "gguf"

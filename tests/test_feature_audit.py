@@ -254,11 +254,11 @@ def stored_world(toy_world, tmp_path_factory):
     """Storage holding the toy model as the dense model and a random TopK SAE as the original SAE."""
     from sae_core.sae_io import new_sae
     from sae_core.storage import Storage
-    from tasks.saes import _store_sae
+    from tasks.common import store_sae
 
     storage = Storage(f"file://{tmp_path_factory.mktemp('audit') / 'store'}")
     storage.upload_dir(toy_world.model_dir, "dense_model", {"kind": "model", "content_hash": "dense"})
-    _store_sae(storage, new_sae("topk", 64, 96, HOOK, k=8, seed=0), "saes/original/x", {"variant": "original", "hook": HOOK, "processing": {}})
+    store_sae(storage, new_sae("topk", 64, 96, HOOK, k=8, seed=0), "saes/original/x", {"variant": "original", "hook": HOOK, "processing": {}})
     return {"storage": storage, "dense": {"kind": "model", "prefix": "dense_model", "content_hash": "dense", "dense": True},
             "original": {"kind": "sae", "prefix": "saes/original/x", "hook": HOOK, "processing": {}}}
 
@@ -339,7 +339,8 @@ def test_matched_perplexity_tasks_tune_audit_and_compare(stored_world):
     """match-compression bisects magnitude sparsity to WANDA's perplexity; feature-overlap compares the audits."""
     from sae_core import compression_report as crep
     from tasks.compression import compress_llm
-    from tasks.feature_audit import feature_fidelity, feature_overlap, match_compression
+    from tasks.compression import match_compression
+    from tasks.feature_audit import feature_fidelity, feature_overlap
     from tasks.metrics import METRIC_COLUMNS
 
     storage, dense, original = stored_world["storage"], stored_world["dense"], stored_world["original"]

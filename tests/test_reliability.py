@@ -374,14 +374,14 @@ def lib_world(tmp_path, toy_model, toy_world):
     """file:// storage holding a committed activation cache, SAE and model folder."""
     from sae_core.activations import ActivationCacheSpec, cache_activations
     from sae_core.sae_io import new_sae
-    from tasks.saes import _store_sae
+    from tasks.common import store_sae
 
     root = tmp_path / "store"
     storage = Storage(f"file://{root}")
     spec = ActivationCacheSpec(hook_name=HOOK, dataset="toy-corpus:5", n_tokens=600, seq_len=32, batch_sequences=8, shard_sequences=8)
     cache_activations(toy_model.hooked(), toy_model.tokenizer, spec, storage, "acts/a", progress=False)
     sae = new_sae("topk", toy_model.hooked().cfg.d_model, 64, HOOK, k=4, seed=0)
-    _store_sae(storage, sae, "saes/original/s1", {"variant": "original", "processing": {}})
+    store_sae(storage, sae, "saes/original/s1", {"variant": "original", "processing": {}})
     storage.upload_dir(toy_world.model_dir, "models/m1", {"kind": "model", "content_hash": "m1"})
     return LibWorld(storage, root, toy_model, toy_world)
 
@@ -410,7 +410,7 @@ def _load_model(world: LibWorld):
 
 
 def _load_sae(world: LibWorld):
-    from tasks.saes import load_stored_sae
+    from tasks.common import load_stored_sae
 
     return load_stored_sae(world.storage, world.sae_prefix)
 

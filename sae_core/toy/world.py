@@ -26,6 +26,9 @@ BOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
 
+TOY_MODEL = "toy"  # the model name that means "build the toy world here"
+
+
 class ToyWorldConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
