@@ -10,7 +10,7 @@ import pandas as pd
 from prefect import task
 
 from sae_core.compression import parse_spec
-from sae_core.data import pruning_windows
+from sae_core.datasets import TEXT_CODE, pruning_windows
 from sae_core.hashing import config_hash, folder_hash
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, SAE_CORE_DIR, code_fingerprint, ml_stack
@@ -19,7 +19,7 @@ from tasks.progress import report_progress
 PERPLEXITY_SEQUENCES = 32
 REPORT_NAME = "pruning_report.parquet"  # per-module rows of every method (historical name, kept for readers)
 # Every file of the package: a change to any method invalidates the compressed models.
-COMPRESSION_CODE = ("data", "compression", *sorted(f"compression.{p.stem}" for p in (SAE_CORE_DIR / "compression").glob("*.py")
+COMPRESSION_CODE = (*TEXT_CODE, "compression", *sorted(f"compression.{p.stem}" for p in (SAE_CORE_DIR / "compression").glob("*.py")
                                                   if p.stem != "__init__"))
 CALIBRATION_KEYS = ("calibration_dataset", "n_calibration_samples", "seq_len", "seed", "module_groups")
 
@@ -37,7 +37,7 @@ def compress_llm(dense: dict, spec: str, calibration: dict, storage_url: str, de
 
     ``spec``: e.g. ``wanda:0.5``, ``sparsegpt:2:4``, ``rtn:4``. ``calibration``: the ``CALIBRATION_KEYS``
     of ``llm_pruning`` (``LLMPruningSettings.calibration()``); the held-out perplexity windows
-    (``sae_core.data.pruning_windows``) are the same for every method and seed.
+    (``sae_core.datasets.pruning_windows``) are the same for every method and seed.
     """
     ml_stack()
     spec = parse_spec(spec).text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from sae_core.data import token_batch
+from sae_core.datasets import TEXT_CODE, token_batch
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
@@ -20,7 +20,7 @@ def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, d
 
     storage = Storage(storage_url)
     hook = held_out["hook_name"]
-    key = f"controls/{config_hash('dense-patch', dense.get('content_hash') or dense.get('hub_id'), llm.get('content_hash') or llm.get('hub_id'), held_out['prefix'], quality, code_fingerprint('sae_quality', 'data', 'activations'))}.json"
+    key = f"controls/{config_hash('dense-patch', dense.get('content_hash') or dense.get('hub_id'), llm.get('content_hash') or llm.get('hub_id'), held_out['prefix'], quality, code_fingerprint('sae_quality', *TEXT_CODE, 'activations'))}.json"
     if not storage.exists(key):
         processing, spec = held_out.get("processing", {}), held_out["spec"]
         # One model in memory at a time: the dense model's activations first (small: ce_sequences

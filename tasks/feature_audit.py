@@ -16,14 +16,14 @@ from types import SimpleNamespace
 
 from prefect import task
 
-from sae_core.data import token_batch
+from sae_core.datasets import TEXT_CODE, token_batch
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
 from tasks.metrics import tidy_rows
 from tasks.saes import load_stored_sae
 
-AUDIT_CODE = ("feature_audit", "activations", "data", "sae_io")
+AUDIT_CODE = ("feature_audit", "activations", *TEXT_CODE, "sae_io")
 FAMILY = "feature_fidelity"
 # (summary key, metric name, higher is better); None: neither direction is "better".
 HEADLINE = [

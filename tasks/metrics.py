@@ -31,9 +31,11 @@ METRIC_COLUMNS = ["run_id", "experiment", "model", "pruning_method", "model_spar
                   "status", "reason", "eval_config_hash", "sae_bench_version", "sae_prefix", "model_prefix", "timestamp"]
 
 
-# Every module of the metric adapters: a change in any of them re-runs the metrics.
+# Every module of the metric adapters, and the dataset mirror that serves their stand-ins: a change in
+# any of them re-runs the metrics.
 METRIC_CODE = tuple(f"metrics.{p.stem}" if p.stem != "__init__" else "metrics"
-                    for p in sorted((Path(__file__).resolve().parents[1] / "sae_core" / "metrics").glob("*.py")))
+                    for p in sorted((Path(__file__).resolve().parents[1] / "sae_core" / "metrics").glob("*.py"))) + (
+    "datasets.mirror",)
 
 
 def metric_key(metric: str, variant: dict, settings: dict, profile: str) -> str:
