@@ -20,8 +20,8 @@ hub id                            who loads it, and how
 Absorption has no hub dataset: SAEBench's word list is the model's own vocabulary (every purely
 alphabetic token, ``sae_bench.evals.absorption.vocab.get_alpha_tokens``). A small model only knows
 the first letters of the words its corpus spelled out, so the same mapping accepts one pseudo-id,
-:data:`~sae_core.datasets.standins.common.ABSORPTION_WORDS` (``"sae_core/absorption_words"``): while it is mapped to a folder holding
-``words.json`` (a JSON list of strings), ``get_alpha_tokens`` -- as looked up by
+:data:`~sae_core.datasets.standins.common.ABSORPTION_WORDS` (``"sae_core/absorption_words"``): while
+it is mapped to a folder holding ``words.json`` (a JSON list of strings), ``get_alpha_tokens`` -- as looked up by
 ``sae_bench.evals.absorption.common`` and ``...absorption.feature_absorption`` -- returns those words
 instead, keeping only the ones that are purely alphabetic and a *single token* of the tokenizer
 it is called with (SAEBench's prompts assume single-token words: they index a fixed position from
