@@ -69,7 +69,7 @@ def _load(model_dir: str, threads: int, device: str = "cpu"):
 def worker_ours(a) -> None:
     torch, lm, hooked, load_s = _load(a.model_dir, a.threads, a.device)
     from sae_core.activations import ActivationCacheSpec, cache_activations, hook_activations
-    from sae_core.data import iter_texts, token_windows
+    from sae_core.datasets import iter_texts, token_windows
     from sae_core.storage import Storage
 
     meta = json.loads(Path(a.meta).read_text())
@@ -176,7 +176,7 @@ def prepare(a, work: Path) -> dict:
     import torch
 
     from sae_core.activations import special_token_ids
-    from sae_core.data import iter_texts, token_windows
+    from sae_core.datasets import iter_texts, token_windows
 
     if a.model:
         model_dir = str(Path(a.model).expanduser().resolve())

@@ -43,7 +43,7 @@ def main() -> None:
 
     from sae_core.activations import ActivationCacheSpec, cache_activations, special_token_ids
     from sae_core.config import build_config
-    from sae_core.data import token_batch
+    from sae_core.datasets import token_batch
     from sae_core.feature_audit import audit_feature_fidelity
     from sae_core.models import load_language_model
     from sae_core.sae_io import new_sae

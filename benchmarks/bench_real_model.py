@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     C.set_threads(args.threads)
     print(C.machine_info(args.threads))
     from sae_core.activations import ActivationCacheSpec, cache_activations, special_token_ids
-    from sae_core.data import token_batch
+    from sae_core.datasets import token_batch
     from sae_core.models import load_language_model
     from sae_core.storage import Storage
     from sae_core.wanda import PruneConfig, find_blocks, prune_model

@@ -124,7 +124,7 @@ def main(argv=None) -> None:
     import torch
 
     from sae_core.activations import hook_activations
-    from sae_core.data import iter_texts, token_windows
+    from sae_core.datasets import iter_texts, token_windows
     from sae_core.models import load_language_model
     from sae_core.toy.corpus import generate_corpus
     from sae_core.toy.world import train_tokenizer

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sae_core.data import check_dataset_name
+from sae_core.datasets import check_dataset_name
 
 MAX_TOKENS = 10_000_000_000  # anything above is a typo, not a request
 

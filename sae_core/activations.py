@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 
 from sae_core.activation_spec import MAX_TOKENS, ActivationCacheSpec  # noqa: F401  (re-exported)
-from sae_core.data import iter_texts, token_windows
+from sae_core.datasets import iter_texts, token_windows
 from sae_core.progress import Progress
 from sae_core.storage import Storage
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sae_core.compression import parse_spec
-from sae_core.data import check_dataset_name
+from sae_core.datasets import check_dataset_name
 from sae_core.model_sources import is_packaged_model, packaged_model
 from sae_core.toy.world import TOY_MODEL, ToyWorldConfig
 

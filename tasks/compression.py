@@ -10,7 +10,7 @@ import pandas as pd
 from prefect import task
 
 from sae_core.compression import parse_spec
-from sae_core.data import pruning_windows
+from sae_core.datasets import pruning_windows
 from sae_core.hashing import config_hash, folder_hash
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, ml_stack
@@ -34,7 +34,7 @@ def compress_llm(dense: dict, spec: str, calibration: dict, storage_url: str, de
 
     ``spec``: e.g. ``wanda:0.5``, ``sparsegpt:2:4``, ``rtn:4``. ``calibration``: the ``CALIBRATION_KEYS``
     of ``llm_pruning`` (``LLMPruningSettings.calibration()``); the held-out perplexity windows
-    (``sae_core.data.pruning_windows``) are the same for every method and seed.
+    (``sae_core.datasets.pruning_windows``) are the same for every method and seed.
     """
     ml_stack()
     spec = parse_spec(spec).text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from sae_core.data import token_batch
+from sae_core.datasets import token_batch
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack

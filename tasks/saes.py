@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 from prefect import task
 
-from sae_core.data import token_batch
+from sae_core.datasets import token_batch
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
 from tasks.common import (ARTIFACT_TASK_OPTIONS, activation_batches, code_fingerprint, compute_lock, load_model_ref, load_stored_sae,

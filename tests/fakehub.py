@@ -219,7 +219,7 @@ def write_gemma_scope(hf_home: Path, kind: str, layer: int, seed: int = 0) -> Pa
 # --------------------------------------------------------------------------- datasets
 def write_dataset_mirror(mirror: Path, seed: int = 0) -> Path:
     """Every hub dataset the presets and SAEBench read, as ``<mirror>/<owner>/<name>/`` folders."""
-    from sae_core.toy.eval_datasets import build_eval_datasets
+    from sae_core.datasets import build_eval_datasets
 
     built = build_eval_datasets(mirror.parent / "standins", seed=seed)
     for dataset_id, folder in built.items():

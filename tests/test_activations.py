@@ -22,7 +22,7 @@ def test_cache_matches_a_direct_forward_pass_and_reads_back(toy_model, storage_u
     rows = torch.cat(list(ActivationShards(storage, "acts/a", batch_size=500)))
     assert rows.shape == (3000, manifest["d_in"])
     # The first shard's rows equal the hook activations of its windows, special tokens removed.
-    from sae_core.data import iter_texts, token_windows
+    from sae_core.datasets import iter_texts, token_windows
     import itertools
 
     windows = torch.stack(list(itertools.islice(token_windows(toy_model.tokenizer, iter_texts("toy-corpus:7"), 32), 16)))

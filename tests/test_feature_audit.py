@@ -19,7 +19,7 @@ import torch
 from scipy import stats
 
 from sae_core import feature_audit as fa
-from sae_core.data import token_batch
+from sae_core.datasets import token_batch
 
 HOOK = "blocks.1.hook_resid_post"
 DATASET = "toy-corpus:1"

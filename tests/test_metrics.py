@@ -19,12 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from sae_core.datasets import ABSORPTION_WORDS, dataset_overrides
 from sae_core.metrics import (
-    ABSORPTION_WORDS,
     COLUMNS,
     METRIC_NAMES,
     MetricResult,
-    dataset_overrides,
     flatten_result,
     get_metric,
     results_frame,
@@ -151,7 +150,7 @@ def test_stand_ins_have_saebench_columns_and_labels(tmp_path):
     import pyarrow.parquet as pq
     from sae_bench.sae_bench_utils.dataset_info import chosen_classes_per_dataset, gender_dict, profession_dict
 
-    from sae_core.toy.eval_datasets import build_eval_datasets
+    from sae_core.datasets import build_eval_datasets
     from sae_core.toy.lexicon import PROFESSIONS
 
     paths = build_eval_datasets(tmp_path / "a", seed=0)

@@ -42,7 +42,7 @@ def gemma(stored_gemma):
 
 @pytest.fixture(scope="session")
 def text_tokens(gemma):
-    from sae_core.data import token_batch
+    from sae_core.datasets import token_batch
 
     return token_batch(gemma.tokenizer, "debian-text:handbook", 2, 128, split="validation")
 
@@ -135,7 +135,7 @@ def test_cached_activations_exclude_bos(gemma, tmp_path):
 
 def test_core_metric_runs_on_the_real_model(gemma):
     """SAEBench's core family, through its own code, on the real model at tiny settings (random TopK SAE)."""
-    from sae_core.data import iter_texts
+    from sae_core.datasets import iter_texts
     from sae_core.metrics.registry import run_metric
     from sae_core.sae_io import new_sae
 

@@ -12,7 +12,7 @@ import torch
 
 from sae_core import model_sources
 from sae_core.model_sources import ModelSourceError, check_gguf_file, convert_gguf_to_hf
-from sae_core.real_text import missing_packages
+from sae_core.datasets.debian_text import missing_packages
 
 # The preset's text comes from Debian packages (`make env-real`); without them these tests cannot
 # build its config, and the real-model checks (`make test-slow`) install them first.
@@ -85,7 +85,7 @@ class _ByteTokenizer:
 @pytest.mark.parametrize("dataset", ["toy-corpus:3", pytest.param("debian-text:handbook", marks=needs_debian_text)])
 def test_llm_pruning_seed_chooses_the_calibration_windows(dataset):
     """llm_pruning.seed used to enter the cache key only (the first windows were always taken)."""
-    from sae_core.data import pruning_windows
+    from sae_core.datasets import pruning_windows
 
     tok = _ByteTokenizer()
     cal0, held0 = pruning_windows(tok, dataset, 8, 4, 32, seed=0)

@@ -129,8 +129,7 @@ def test_dataset_mirror_serves_hub_ids_to_the_flow_and_to_saebench(tmp_path, mon
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sae_core.data import iter_texts
-    from sae_core.metrics.offline_datasets import MIRROR_ENV, dataset_overrides, local_folder
+    from sae_core.datasets import MIRROR_ENV, dataset_overrides, iter_texts, local_folder
 
     folder = tmp_path / "mirror" / "someone" / "corpus"
     folder.mkdir(parents=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sae_core.data import token_batch
+from sae_core.datasets import token_batch
 from sae_core.lm_eval import perplexity
 from sae_core.models import load_language_model
 from sae_core.wanda import PruneConfig, prune_model

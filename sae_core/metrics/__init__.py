@@ -3,7 +3,7 @@
 Public API::
 
     from sae_core.metrics import run_metric, get_metric, METRIC_NAMES, MetricResult
-    from sae_core.metrics import dataset_overrides, flatten_result, results_frame, sae_bench_version
+    from sae_core.metrics import flatten_result, results_frame, sae_bench_version
 
     result = run_metric("core", sae, hooked_model, hf_model, tokenizer,
                         config=None, artifacts_dir="...", device="cuda", preset="hub")
@@ -11,8 +11,8 @@ Public API::
 Metric families (``METRIC_NAMES``): core, absorption, scr, tpp, sparse_probing, ravel, autointerp.
 One module per family (``core``, ``absorption``, ``scr_tpp``, ``sparse_probing``, ``ravel``,
 ``autointerp``) holds ``run_<metric>`` and its ``<Metric>Settings``; ``registry`` maps names to
-them; ``offline_datasets`` is the single mechanism that serves SAEBench's hub datasets from local
-folders; ``flatten`` turns results into tidy rows.
+them; ``flatten`` turns results into tidy rows. SAEBench's hub datasets are served from local
+folders by the one mechanism of :mod:`sae_core.datasets.mirror` (``dataset_overrides``).
 
 SAEBench, SAE Lens and `datasets` are imported lazily, when a metric runs.
 """
@@ -26,7 +26,6 @@ from sae_core.metrics.base import MetricResult, MetricSettings, sae_bench_versio
 
 _LAZY = {
     "COLUMNS": "flatten", "flatten_result": "flatten", "flatten_results": "flatten", "results_frame": "flatten",
-    "ABSORPTION_WORDS": "offline_datasets", "dataset_overrides": "offline_datasets",
     "METRIC_NAMES": "registry", "METRICS": "registry", "MetricSpec": "registry", "get_metric": "registry",
     "run_metric": "registry",
 }
@@ -39,14 +38,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ABSORPTION_WORDS",
     "COLUMNS",
     "METRICS",
     "METRIC_NAMES",
     "MetricResult",
     "MetricSettings",
     "MetricSpec",
-    "dataset_overrides",
     "flatten_result",
     "flatten_results",
     "get_metric",

@@ -25,7 +25,7 @@ Differences from ``run_eval`` (all about where files go, none about numbers):
 
 Data: none to download -- SAEBench builds the word list from the model's vocabulary (all purely
 alphabetic tokens; offline, the toy stand-in list via ``ABSORPTION_WORDS``, see
-:mod:`sae_core.metrics.offline_datasets`).
+:mod:`sae_core.datasets.mirror`).
 
 Tokenizer requirements (checked up front; unmet -> ``status="skipped"`` with the reason, because
 SAEBench would otherwise crash or silently read wrong token positions):
@@ -102,7 +102,7 @@ HUB_DEFAULTS = AbsorptionSettings()
 
 def absorption_words(tokenizer: Any) -> list[str]:
     """The word list SAEBench will use: the vocabulary's alphabetic tokens, or the offline stand-in
-    when :data:`~sae_core.metrics.offline_datasets.ABSORPTION_WORDS` is mapped."""
+    when :data:`~sae_core.datasets.standins.common.ABSORPTION_WORDS` is mapped."""
     from sae_bench.evals.absorption import common
 
     return list(common.get_alpha_tokens(tokenizer))

@@ -14,7 +14,7 @@ call, a constructor that also passes ``base_url`` and (when a judge model is con
 the ``model`` argument of ``chat.completions.create``. Token windows are cached in
 ``artifacts_dir/autointerp/<hash of tokenizer + settings>/``. Data: ``dataset_name`` (default
 ``monology/pile-uncopyrighted``), served offline by
-:func:`~sae_core.metrics.offline_datasets.dataset_overrides`.
+:func:`~sae_core.datasets.mirror.dataset_overrides`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ its ``CoreEvalOutput`` JSON, which becomes ``MetricResult.raw``.
 
 Data: ``settings.dataset`` (default ``Skylion007/openwebtext``) is fetched with
 ``datasets.load_dataset`` inside SAE Lens; offline it is served by
-:func:`sae_core.metrics.offline_datasets.dataset_overrides`.
+:func:`sae_core.datasets.mirror.dataset_overrides`.
 """
 
 from __future__ import annotations

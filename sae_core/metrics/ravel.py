@@ -31,7 +31,7 @@ output, i.e. ``blocks.{L}.hook_resid_post`` -- RAVEL is meaningful for residual-
 
 Data: RAVEL's prompt/attribute json files (``adamkarvonen/ravel_prompts`` on the hub, fetched by
 ``snapshot_download`` into ``<artifact_dir>/base``), served offline by
-:func:`~sae_core.metrics.offline_datasets.dataset_overrides`. SAEBench then generates the model's
+:func:`~sae_core.datasets.mirror.dataset_overrides`. SAEBench then generates the model's
 completions, keeps only prompts the model answers correctly, and caches that model-specific
 prompt set in ``artifacts_dir/ravel/<hash of HF weights + settings + hook>/``.
 """

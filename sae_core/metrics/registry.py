@@ -67,7 +67,7 @@ class MetricSpec:
 
 # The "real" profile: SAEBench's own settings and thresholds with only the *sizes* cut, so that all
 # six families on four SAE variants of a ~270M model fit a 30-minute cold run on 2 CPU cores. The
-# datasets are the real-language stand-ins (sae_core.real_eval_datasets; amazon reviews have none, so
+# datasets are the real-language stand-ins (sae_core.datasets.standins; amazon reviews have none, so
 # SCR/TPP use bias-in-bios set 1 only). Probing texts are cut to 64 tokens (the templated bios are
 # shorter than that). Measured per family (docs/results-gemma-3-270m.md): SCR's cost is per class
 # pair (311 s for the first SAE with SAEBench's four pairs, 135 s for each further one), so SCR takes
@@ -89,7 +89,7 @@ REAL_OVERRIDES: dict[str, dict[str, Any]] = {
     "tpp": _REAL_SCR_TPP,
     "sparse_probing": dict(**_REAL_PROBING, dataset_names=[_BIOS[0], "codeparrot/github-code", "Helsinki-NLP/europarl"],
                            probe_train_set_size=200, probe_test_set_size=100),
-    # Language left out: the 50%-pruned Gemma 3 270M names 4 of 40 cities' languages (real_eval_datasets).
+    # Language left out: the 50%-pruned Gemma 3 270M names 4 of 40 cities' languages (sae_core.datasets.standins.ravel).
     "ravel": dict(entity_attribute_selection={"city": ["Country", "Continent"]}, top_n_entities=40,
                   num_pairs_per_attribute=40, num_epochs=1, llm_batch_size=8, n_generated_tokens=4),
     "autointerp": None,
@@ -138,23 +138,17 @@ def settings_for(metric: str, profile: str = "hub", overrides: dict[str, Any] | 
 
 def toy_dataset_paths(cache_root: str | Path, seed: int = 0) -> dict[str, Path]:
     """The toy-world stand-ins for every SAEBench dataset, built once under ``cache_root``."""
-    from sae_core.toy.eval_datasets import build_eval_datasets
+    from sae_core.datasets.standins.toy import build_eval_datasets
 
     return _built_dataset_paths(build_eval_datasets, "toy_eval_datasets", cache_root, seed)
 
 
 def real_dataset_paths(cache_root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """The real-language stand-ins (sae_core.real_eval_datasets) for every SAEBench dataset, built once."""
-    from sae_core import real_eval_datasets
+    """The real-language stand-ins (sae_core.datasets.standins.real) for every SAEBench dataset, built once."""
+    from sae_core.datasets.standins import real
 
-    return _built_dataset_paths(real_eval_datasets.build_real_eval_datasets, "real_eval_datasets", cache_root, seed,
-                                fingerprint=_source_fingerprint(real_eval_datasets))
-
-
-def _source_fingerprint(module) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:12]
+    return _built_dataset_paths(real.build_real_eval_datasets, "real_eval_datasets", cache_root, seed,
+                                fingerprint=real.source_fingerprint())
 
 
 def _built_dataset_paths(build, name: str, cache_root: str | Path, seed: int, fingerprint: str = "") -> dict[str, Path]:
@@ -201,14 +195,14 @@ def run_metric(
     overrides of ``profile``'s defaults), or None for ``profile``'s defaults.
     ``profile``: "hub" -- SAEBench's datasets from the hub; "toy" -- the toy-world stand-ins
     (built with ``seed`` under ``artifacts_dir``); "real" -- the real-language stand-ins of
-    :mod:`sae_core.real_eval_datasets` with CPU-sized settings; stand-ins are served through
-    :func:`~sae_core.metrics.offline_datasets.dataset_overrides`. ``dataset_paths`` (hub id ->
+    :mod:`sae_core.datasets.standins.real` with CPU-sized settings; stand-ins are served through
+    :func:`~sae_core.datasets.mirror.dataset_overrides`. ``dataset_paths`` (hub id ->
     local folder) adds or replaces stand-ins under either profile.
     ``artifacts_dir``: SAEBench caches (LLM activations, probes, RAVEL prompt sets), keyed by model
     weights so base and pruned models never share them. ``scratch_dir``: throw-away outputs
     (default: a temporary folder). ``device``: where the models already are.
     """
-    from sae_core.metrics.offline_datasets import dataset_overrides
+    from sae_core.datasets.mirror import dataset_overrides
 
     spec = get_metric(name)
     if profile not in PROFILES:

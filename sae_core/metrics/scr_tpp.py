@@ -8,7 +8,7 @@ model, via ``sae_bench.evals.scr_and_tpp.main.run_eval_single_sae`` (takes the S
 
 Data: ``LabHC/bias_in_bios`` (``..._class_set1``; SAEBench only defines SCR/TPP column-2 values
 for class_set1 and amazon reviews). Offline it is served by
-:func:`~sae_core.metrics.offline_datasets.dataset_overrides`.
+:func:`~sae_core.datasets.mirror.dataset_overrides`.
 """
 
 from __future__ import annotations

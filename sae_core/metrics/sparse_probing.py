@@ -7,7 +7,7 @@ The ``SparseProbingEvalOutput`` is assembled exactly as SAEBench's ``run_eval`` 
 :func:`sae_core.metrics.base.cache_dir`).
 
 Data: the bias-in-bios class sets come from ``LabHC/bias_in_bios`` (served offline by
-:func:`~sae_core.metrics.offline_datasets.dataset_overrides`); the other SAEBench datasets
+:func:`~sae_core.datasets.mirror.dataset_overrides`); the other SAEBench datasets
 (amazon reviews, github code, ag news, europarl) only exist on the hub.
 """
 

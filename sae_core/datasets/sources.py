@@ -1,28 +1,73 @@
-"""Text sources and token windows: the same code path for hub datasets and the toy corpus.
+"""Text sources behind one interface, and the token windows cut from them.
 
-A dataset is named by a string:
-- ``toy-corpus:<seed>`` — the toy world's grammar, generated on the fly (offline);
-- ``debian-text`` / ``debian-text:handbook`` / ``debian-text:bible`` — real English text from installed
+A dataset is named by a string; :data:`SOURCE_MODULES` lists the sources, asked in order, each a
+module holding one :class:`TextSource` as ``SOURCE``:
+
+- ``toy-corpus:<seed>`` -- the toy world's grammar, generated on the fly (offline;
+  :mod:`sae_core.datasets.toy_text`);
+- ``debian-text`` / ``debian-text:handbook`` / ``debian-text:bible`` -- real English text from installed
   Debian packages with disjoint splits ``train`` / ``validation`` / ``calibration`` / ``perplexity``
-  (:mod:`sae_core.real_text`);
-- anything else — a Hugging Face dataset id, streamed (``datasets.load_dataset(..., streaming=True)``),
-  or served from a local folder when one is mapped (the one mechanism,
-  ``sae_core.metrics.offline_datasets``: an active override or the ``SAE_TRANSFER_DATASET_MIRROR`` site mirror).
+  (:mod:`sae_core.datasets.debian_text`);
+- anything else -- a Hugging Face dataset id, streamed (``datasets.load_dataset(..., streaming=True)``),
+  or served from a local folder when one is mapped (:mod:`sae_core.datasets.hub`, through the one
+  mechanism ``sae_core.datasets.mirror``: an active override or the ``SAE_TRANSFER_DATASET_MIRROR`` site mirror).
+
+A new source is one module with a ``SOURCE`` and one entry in :data:`SOURCE_MODULES` (before the hub,
+which takes every name).
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
+from functools import lru_cache
 from typing import TYPE_CHECKING, Iterable, Iterator
-
-from sae_core import real_text
 
 if TYPE_CHECKING:  # torch loads on first use: config validation and cached runs never need it
     import torch
 
 TOY_PREFIX = "toy-corpus:"
-# Documents generated per chunk when streaming the (unbounded) toy corpus.
-_TOY_CHUNK = 2000
+
+#: Modules of the text sources, asked in order; the first whose ``SOURCE.matches(name)`` serves it.
+SOURCE_MODULES: tuple[str, ...] = (
+    "sae_core.datasets.toy_text",
+    "sae_core.datasets.debian_text",
+    "sae_core.datasets.hub",  # last: every other name is a hub id
+)
+
+
+class TextSource:
+    """One kind of text dataset.
+
+    ``finite``: a split is read whole (a finite stream) rather than an unbounded / hub stream.
+    ``pruning_splits``: ``(calibration split, held-out perplexity split)`` when the source has its
+    own disjoint splits for LLM compression; None draws both from ``train`` (see :func:`pruning_windows`).
+    """
+
+    finite: bool = False
+    pruning_splits: tuple[str, str] | None = None
+
+    def matches(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def check(self, name: str) -> None:
+        """ValueError for a name this source cannot serve (cheap: called at config-validation time)."""
+
+    def iter_texts(self, name: str, split: str = "train", text_column: str = "text") -> Iterator[str]:
+        raise NotImplementedError
+
+
+@lru_cache(maxsize=None)
+def _sources() -> tuple[TextSource, ...]:
+    return tuple(importlib.import_module(module).SOURCE for module in SOURCE_MODULES)
+
+
+def source_of(name: str) -> TextSource:
+    """The source serving dataset ``name``."""
+    for source in _sources():
+        if source.matches(name):
+            return source
+    raise ValueError(f"no text source serves dataset {name!r}")  # unreachable: the hub takes every name
 
 
 def is_toy_dataset(name: str) -> bool:
@@ -36,42 +81,13 @@ def toy_dataset_name(seed: int) -> str:
 def check_dataset_name(name: str) -> None:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"dataset must be a hub id or '{TOY_PREFIX}<seed>', got {name!r}")
-    if is_toy_dataset(name):
-        try:
-            int(name[len(TOY_PREFIX) :])
-        except ValueError:
-            raise ValueError(f"toy dataset {name!r} must end in an integer seed, e.g. '{TOY_PREFIX}1'") from None
-    elif real_text.is_real_text_dataset(name):
-        real_text.check_real_text_name(name)  # unknown variant / missing Debian package, before heavy work
+    source_of(name).check(name)
 
 
 def iter_texts(name: str, split: str = "train", text_column: str = "text") -> Iterator[str]:
     """Texts of a dataset, streamed; the toy corpus never ends (chunks with derived seeds)."""
     check_dataset_name(name)
-    if is_toy_dataset(name):
-        from sae_core.toy.corpus import generate_corpus
-
-        seed = int(name[len(TOY_PREFIX) :])
-        for chunk in itertools.count():
-            for doc in generate_corpus(_TOY_CHUNK, seed=seed * 100_003 + chunk):
-                yield doc.text
-        return
-    if real_text.is_real_text_dataset(name):
-        yield from real_text.iter_real_texts(name, split)
-        return
-    from sae_core.metrics.offline_datasets import load_local_dataset, local_folder
-
-    folder = local_folder(name)
-    if folder is not None:
-        rows = load_local_dataset(folder, split=split, streaming=True)
-    else:
-        from datasets import load_dataset
-
-        rows = load_dataset(name, split=split, streaming=True)
-    for row in rows:
-        text = row[text_column]
-        if text:
-            yield text
+    yield from source_of(name).iter_texts(name, split, text_column)
 
 
 def token_windows(tokenizer, texts: Iterable[str], seq_len: int, prepend_bos: bool = True) -> Iterator[torch.Tensor]:
@@ -118,7 +134,7 @@ def calibration_windows(tokenizer, dataset: str, n_sequences: int, seq_len: int,
     if n_sequences <= 0:
         raise ValueError(f"n_sequences must be positive, got {n_sequences}")
     windows = token_windows(tokenizer, iter_texts(dataset, split=split), seq_len)
-    if not real_text.is_real_text_dataset(dataset):
+    if not source_of(dataset).finite:
         windows = itertools.islice(windows, 4 * n_sequences)
     pool = list(windows)
     if len(pool) < n_sequences:
@@ -137,8 +153,10 @@ def pruning_windows(tokenizer, dataset: str, n_calibration: int, n_held_out: int
     right after them. Either way the held-out text does not depend on the seed and never overlaps
     the calibration pool.
     """
-    if real_text.is_real_text_dataset(dataset):
-        return (calibration_windows(tokenizer, dataset, n_calibration, seq_len, seed, split="calibration"),
-                token_batch(tokenizer, dataset, n_held_out, seq_len, split="perplexity"))
+    splits = source_of(dataset).pruning_splits
+    if splits is not None:
+        calibration, perplexity = splits
+        return (calibration_windows(tokenizer, dataset, n_calibration, seq_len, seed, split=calibration),
+                token_batch(tokenizer, dataset, n_held_out, seq_len, split=perplexity))
     return (calibration_windows(tokenizer, dataset, n_calibration, seq_len, seed, split="train"),
             token_batch(tokenizer, dataset, n_held_out, seq_len, skip_sequences=4 * n_calibration))

@@ -1,7 +1,8 @@
 """Real English text from installed Debian packages, as a dataset source with disjoint splits.
 
-Dataset names (checked by :func:`sae_core.data.check_dataset_name`, read by
-:func:`sae_core.data.iter_texts`, windowed by :func:`sae_core.data.token_windows` like every source):
+Dataset names (checked by :func:`sae_core.datasets.check_dataset_name`, read by
+:func:`sae_core.datasets.iter_texts`, windowed by :func:`sae_core.datasets.token_windows` like every
+source; :data:`SOURCE` is this module's entry in :data:`sae_core.datasets.sources.SOURCE_MODULES`):
 
 ``debian-text``           both books below, documents interleaved (a stable hash orders them)
 ``debian-text:handbook``  *The Debian Administrator's Handbook* (package ``debian-handbook``), English
@@ -20,7 +21,7 @@ split           share   use
 =============== ======= ==========================================================
 ``train``        80 %   SAE training activations
 ``validation``   10 %   held-out activations (SAE quality, core's eval text)
-``calibration``   5 %   WANDA calibration windows (:func:`sae_core.data.calibration_windows`)
+``calibration``   5 %   WANDA calibration windows (:func:`sae_core.datasets.calibration_windows`)
 ``perplexity``    5 %   perplexity windows of dense / pruned models
 =============== ======= ==========================================================
 
@@ -34,7 +35,7 @@ which ``check_dataset_name`` calls at config-validation time -- before any heavy
 
 The parallel translations of the handbook (26 languages, same pages, same paragraph count per page)
 are exposed by :func:`handbook_pages` for the language-identification stand-in of
-:mod:`sae_core.real_eval_datasets`.
+:mod:`sae_core.datasets.standins.europarl`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from sae_core.datasets.sources import TextSource
 
 PREFIX = "debian-text"
 SOURCES: dict[str, tuple[str, ...]] = {
@@ -258,3 +261,24 @@ def documents(name: str, split: str) -> list[Document]:
 def iter_real_texts(name: str, split: str = "train") -> Iterator[str]:
     for document in documents(name, split):
         yield document.text
+
+
+class DebianText(TextSource):
+    """The ``debian-text[:variant]`` source: finite splits, its own calibration / perplexity splits.
+
+    Calls this module's functions by their global names at call time, so tests can replace them."""
+
+    finite = True
+    pruning_splits = ("calibration", "perplexity")
+
+    def matches(self, name: str) -> bool:
+        return is_real_text_dataset(name)
+
+    def check(self, name: str) -> None:
+        check_real_text_name(name)  # unknown variant / missing Debian package, before heavy work
+
+    def iter_texts(self, name: str, split: str = "train", text_column: str = "text") -> Iterator[str]:
+        yield from iter_real_texts(name, split)
+
+
+SOURCE = DebianText()

@@ -1,4 +1,4 @@
-"""Offline stand-ins for SAEBench's hub datasets -- the one redirection mechanism.
+"""Serving hub datasets from local folders -- the one redirection (dataset-override) mechanism.
 
 SAEBench (and SAE Lens' ``ActivationsStore``, which SAEBench's core eval reads its tokens from)
 fetch their data from the Hugging Face hub *by id*:
@@ -20,8 +20,8 @@ hub id                            who loads it, and how
 Absorption has no hub dataset: SAEBench's word list is the model's own vocabulary (every purely
 alphabetic token, ``sae_bench.evals.absorption.vocab.get_alpha_tokens``). A small model only knows
 the first letters of the words its corpus spelled out, so the same mapping accepts one pseudo-id,
-:data:`ABSORPTION_WORDS` (``"sae_core/absorption_words"``): while it is mapped to a folder holding
-``words.json`` (a JSON list of strings), ``get_alpha_tokens`` -- as looked up by
+:data:`~sae_core.datasets.standins.common.ABSORPTION_WORDS` (``"sae_core/absorption_words"``): while
+it is mapped to a folder holding ``words.json`` (a JSON list of strings), ``get_alpha_tokens`` -- as looked up by
 ``sae_bench.evals.absorption.common`` and ``...absorption.feature_absorption`` -- returns those words
 instead, keeping only the ones that are purely alphabetic and a *single token* of the tokenizer
 it is called with (SAEBench's prompts assume single-token words: they index a fixed position from
@@ -40,7 +40,8 @@ A site mirror: the environment variable :data:`MIRROR_ENV` (``SAE_TRANSFER_DATAS
 folder laid out like the hub, ``<mirror>/<owner>/<name>/`` (same folder formats as below). While it is
 set, every id that has a folder there is served from it -- by the wrappers above (inside any
 ``dataset_overrides`` block; ``run_metric`` always opens one) and by the flow's own text streams
-(activations, WANDA calibration, CE: :func:`sae_core.data.iter_texts` asks :func:`local_folder`).
+(activations, WANDA calibration, CE: the hub source of :func:`sae_core.datasets.iter_texts`,
+:mod:`sae_core.datasets.hub`, asks :func:`local_folder`).
 Ids without a folder there go to the hub as usual; an explicit ``dataset_overrides`` mapping wins
 over the mirror. Use it for a site with mirrored datasets and no hub access, or for the offline
 rehearsals of the hub presets (``tests/fakehub.py``).
@@ -50,7 +51,7 @@ Local folder formats (``load_local_dataset``):
 * a ``datasets`` folder written by ``Dataset(Dict).save_to_disk`` (has ``dataset_dict.json`` or
   ``state.json``), or
 * a folder of ``<split>.parquet`` / ``<split>.jsonl`` files (one per split), as written by
-  :func:`sae_core.toy.eval_datasets.build_eval_datasets` (read into memory, nothing is written to
+  :func:`sae_core.datasets.standins.toy.build_eval_datasets` (read into memory, nothing is written to
   the HF datasets cache);
 * a hub *config* name (``load_dataset(id, name)``) is served from ``<folder>/<name>/`` when that
   sub-folder exists;
@@ -59,7 +60,8 @@ Local folder formats (``load_local_dataset``):
 
 A stand-in folder may hold fewer classes than SAEBench's class list for its id
 (``sae_bench.sae_bench_utils.dataset_info.chosen_classes_per_dataset``), e.g. a code stand-in without
-Java: it then declares the classes it holds in :data:`CLASSES_FILE` (a JSON list, a subset of
+Java: it then declares the classes it holds in
+:data:`~sae_core.datasets.standins.common.CLASSES_FILE` (a JSON list, a subset of
 SAEBench's), and while mapped that id's entry in ``chosen_classes_per_dataset`` is narrowed to them
 (restored on exit). Labels keep SAEBench's meaning; nothing is relabelled.
 
@@ -85,14 +87,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-BIAS_IN_BIOS = "LabHC/bias_in_bios"
-RAVEL_PROMPTS = "adamkarvonen/ravel_prompts"
-#: pseudo-id (no hub dataset): replaces absorption's vocabulary-derived word list, see module docstring.
-ABSORPTION_WORDS = "sae_core/absorption_words"
-OPENWEBTEXT = "Skylion007/openwebtext"
-PILE_UNCOPYRIGHTED = "monology/pile-uncopyrighted"
-#: file in a stand-in folder listing the subset of SAEBench's classes it holds (see module docstring).
-CLASSES_FILE = "saebench_classes.json"
+from sae_core.datasets.standins.common import ABSORPTION_WORDS, CLASSES_FILE
 
 #: (module, attribute) pairs whose ``load_dataset`` is redirected while overrides are active.
 LOAD_DATASET_TARGETS: tuple[tuple[str, str], ...] = (
@@ -255,7 +250,7 @@ def _make_load_dataset(original):
         return load_local_dataset(local, name=name, split=split, streaming=streaming)
 
     load_dataset.__wrapped__ = original  # type: ignore[attr-defined]
-    load_dataset.__doc__ = f"sae_core.metrics.offline_datasets redirect around {original!r}"
+    load_dataset.__doc__ = f"sae_core.datasets.mirror redirect around {original!r}"
     return load_dataset
 
 
