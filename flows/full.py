@@ -34,59 +34,62 @@ from tasks.world import base_model
 
 def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
     """The experiment's steps; run inside ``full`` so that every task shows on its run page."""
-    c, store, dev = config, storage_url, (config.device, config.dtype)
+    store, on_device = storage_url, (config.device, config.dtype)
+    quality = config.quality.model_dump()
     # Every heavy step is submitted: the task runner places it (a thread, or a Ray worker that
     # asks for a GPU), and hand-offs are manifests pointing into storage, never local files.
-    with accelerator_request(c.device):
-        dense = base_model.submit(c.model, c.toy_world, store)
+    with accelerator_request(config.device):
+        dense_llm = base_model.submit(config.model, config.toy_world, store)
 
         # 1. The SAEs trained on the dense model ("original"), one per hook.
         originals = {}
-        for hook in c.hook_names():
-            dense_acts = cache_activations_task.submit(dense, train_spec(c, hook), {}, store, *dev) if c.original_sae.train else None
-            originals[hook] = original_sae.submit(dense, hook, c.original_sae_source(hook), c.original_sae.train and c.original_sae.train.model_dump(),
-                                                  dense_acts, store, c.device, c.seed)
+        for hook in config.hook_names():
+            dense_acts = cache_activations_task.submit(dense_llm, train_spec(config, hook), {}, store, *on_device) if config.original_sae.train else None
+            originals[hook] = original_sae.submit(dense_llm, hook, config.original_sae_source(hook), config.original_sae.train and config.original_sae.train.model_dump(),
+                                                  dense_acts, store, config.device, config.seed)
 
         variants, metric_results, compressed_llms, audits, controls = [], [], [], [], []
-        for spec in c.compression:
+        for spec in config.compression:
             # 2. Compress the LLM (WANDA, SparseGPT, magnitude, RTN, ... e.g. "wanda:0.5"); every SAE is then judged on it.
-            llm = compress_llm.submit(dense, spec, c.llm_pruning.calibration(), store, *dev)
-            compressed_llms.append(llm)
+            compressed_llm = compress_llm.submit(dense_llm, spec, config.llm_pruning.calibration(), store, *on_device)
+            compressed_llms.append(compressed_llm)
             for hook, original in originals.items():
                 processing = original.result()["processing"]  # the weight processing this SAE family expects
-                acts = cache_activations_task.submit(llm, train_spec(c, hook), processing, store, *dev)
-                held_out = cache_activations_task.submit(llm, held_out_spec(c, hook), processing, store, *dev)
-                q = c.quality.model_dump()
+                train_acts = cache_activations_task.submit(compressed_llm, train_spec(config, hook), processing, store, *on_device)
+                held_out = cache_activations_task.submit(compressed_llm, held_out_spec(config, hook), processing, store, *on_device)
 
                 # 3. The three ways to get an SAE for the compressed model.
-                hook_variants = [transfer_sae.submit(original, llm, held_out, q, c.dataset, store, *dev)]
-                if c.retrained_sae.enabled:
-                    hook_variants.append(retrain_sae.submit(original, llm, acts, held_out, c.retrained_sae.model_dump(), q, c.dataset,
-                                                            store, *dev, c.seed))
-                for rule in c.pruned_sae.rules:
-                    for sae_sparsity in c.pruned_sae.sparsities:
-                        hook_variants.append(prune_sae_task.submit(original, llm, acts, held_out, rule, sae_sparsity,
-                                                                   c.pruned_sae.calibration_tokens, q, c.dataset, store, *dev))
+                hook_variants = [transfer_sae.submit(original, compressed_llm, held_out, quality, config.dataset, store, *on_device)]
+                if config.retrained_sae.enabled:
+                    hook_variants.append(retrain_sae.submit(original, compressed_llm, train_acts, held_out, config.retrained_sae.model_dump(), quality,
+                                                            config.dataset, store, *on_device, config.seed))
+                for rule in config.pruned_sae.rules:
+                    for sae_sparsity in config.pruned_sae.sparsities:
+                        hook_variants.append(prune_sae_task.submit(original, compressed_llm, train_acts, held_out, rule, sae_sparsity,
+                                                                   config.pruned_sae.calibration_tokens, quality, config.dataset, store, *on_device))
                 variants += hook_variants
-                if c.feature_audit.enabled:  # what compression did to each feature of the original SAE
-                    audits.append(feature_fidelity.submit(original, dense, llm, audit_settings(c, hook), c.dataset, c.name, store, *dev))
+                if config.feature_audit.enabled:  # what compression did to each feature of the original SAE
+                    audits.append(feature_fidelity.submit(original, dense_llm, compressed_llm, audit_settings(config, hook), config.dataset, config.name,
+                                                          store, *on_device))
                 # How to read CE-based transfer numbers: the compressed LM reading the dense LM's own activations.
-                controls.append(dense_patch_control.submit(dense, llm, held_out, q, c.dataset, store, *dev))
+                controls.append(dense_patch_control.submit(dense_llm, compressed_llm, held_out, quality, config.dataset, store, *on_device))
 
                 # 4. Every SAEBench metric, each its own cached task, on the compressed model.
                 for variant in hook_variants:
-                    for metric in c.metrics:
+                    for metric in config.metrics:
                         metric_results.append(evaluate_metric.with_options(name=f"metric-{metric}").submit(
-                            metric, variant, c.metric_settings(metric), c.metric_profile, c.name, store, *dev, c.seed))
+                            metric, variant, config.metric_settings(metric), config.metric_profile, config.name, store, *on_device, config.seed))
 
         # Matched perplexity: tune a method's sparsity until its perplexity matches a reference's, then compare damaged features.
-        by_spec = dict(zip(c.compression, compressed_llms))
-        for match in c.feature_audit.match if c.feature_audit.enabled else []:
-            reference = by_spec.get(match.reference) or compress_llm.submit(dense, match.reference, c.llm_pruning.calibration(), store, *dev)
-            tuned = match_compression.submit(dense, match.model_dump(), reference, c.llm_pruning.calibration(), store, *dev)
+        by_spec = dict(zip(config.compression, compressed_llms))
+        for match in config.feature_audit.match if config.feature_audit.enabled else []:
+            reference = by_spec.get(match.reference) or compress_llm.submit(dense_llm, match.reference, config.llm_pruning.calibration(), store,
+                                                                            *on_device)
+            tuned = match_compression.submit(dense_llm, match.model_dump(), reference, config.llm_pruning.calibration(), store, *on_device)
             for hook, original in originals.items():
-                pair = [feature_fidelity.submit(original, dense, m, audit_settings(c, hook), c.dataset, c.name, store, *dev) for m in (reference, tuned)]
-                audits += [*pair, feature_overlap.submit(*pair, c.name, store)]
+                pair = [feature_fidelity.submit(original, dense_llm, llm, audit_settings(config, hook), config.dataset, config.name, store, *on_device)
+                        for llm in (reference, tuned)]
+                audits += [*pair, feature_overlap.submit(*pair, config.name, store)]
 
     # 5. One table, plots and a markdown report, in storage and as Prefect artifacts.
     #    A failed variant or metric does not stop the others; the report shows what finished,
@@ -96,12 +99,12 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
     failed += failed_variants
     done_metrics, failed_metrics = finished(metric_results)
     done_audits, failed_audits = finished(audits)
-    done_audits = list({a["rows_key"]: a for a in done_audits}.values())  # a matched reference is audited twice
+    done_audits = list({audit["rows_key"]: audit for audit in done_audits}.values())  # a matched reference is audited twice
     failed_metrics += failed_audits
     done_controls, failed_controls = finished(controls)
     failed += failed_controls
-    report = write_report(c.name, c.model_dump(mode="json"), done_llms, done_variants, done_metrics + done_audits, store,
-                          controls=done_controls, base_model=dense.result())
+    report = write_report(config.name, config.model_dump(mode="json"), done_llms, done_variants, done_metrics + done_audits, store,
+                          controls=done_controls, base_model=dense_llm.result())
     if failed or failed_metrics:
         raise RuntimeError(f"{len(failed)} compression / SAE variant task(s) and {len(failed_metrics)} metric task(s) failed "
                            f"(report of the rest: {report['uri']}): " + "; ".join((failed + failed_metrics)[:5]))
@@ -120,24 +123,24 @@ def finished(futures: list) -> tuple[list[dict], list[str]]:
     return results, failures
 
 
-def train_spec(c: ExperimentConfig, hook: str) -> ActivationCacheSpec:
+def train_spec(config: ExperimentConfig, hook: str) -> ActivationCacheSpec:
     """Activations of ``hook`` for training / calibrating SAEs."""
-    return ActivationCacheSpec(hook_name=hook, dataset=c.dataset, **c.activations.model_dump())
+    return ActivationCacheSpec(hook_name=hook, dataset=config.dataset, **config.activations.model_dump())
 
 
-def held_out_spec(c: ExperimentConfig, hook: str) -> ActivationCacheSpec:
+def held_out_spec(config: ExperimentConfig, hook: str) -> ActivationCacheSpec:
     """Held-out activations: the windows right after the training ones."""
-    a = c.activations
-    after_training = math.ceil(a.n_tokens / (a.seq_len - 2)) + a.shard_sequences
-    return ActivationCacheSpec(hook_name=hook, dataset=c.dataset, n_tokens=c.quality.n_tokens, seq_len=a.seq_len,
-                               batch_sequences=a.batch_sequences, shard_sequences=a.shard_sequences, skip_sequences=after_training)
+    acts = config.activations
+    after_training = math.ceil(acts.n_tokens / (acts.seq_len - 2)) + acts.shard_sequences
+    return ActivationCacheSpec(hook_name=hook, dataset=config.dataset, n_tokens=config.quality.n_tokens, seq_len=acts.seq_len,
+                               batch_sequences=acts.batch_sequences, shard_sequences=acts.shard_sequences, skip_sequences=after_training)
 
 
-def audit_settings(c: ExperimentConfig, hook: str) -> dict:
+def audit_settings(config: ExperimentConfig, hook: str) -> dict:
     """The feature audit's windows: held out too, past every token the training windows used."""
-    a, seq_len = c.feature_audit, c.feature_audit.seq_len or c.activations.seq_len
-    used_tokens = held_out_spec(c, hook).skip_sequences * (c.activations.seq_len - 1)
-    return {"n_tokens": a.n_tokens, "seq_len": seq_len, "batch_sequences": a.batch_sequences, "subsets": a.subsets,
+    audit, seq_len = config.feature_audit, config.feature_audit.seq_len or config.activations.seq_len
+    used_tokens = held_out_spec(config, hook).skip_sequences * (config.activations.seq_len - 1)
+    return {"n_tokens": audit.n_tokens, "seq_len": seq_len, "batch_sequences": audit.batch_sequences, "subsets": audit.subsets,
             "skip_sequences": math.ceil(used_tokens / (seq_len - 1))}
 
 
