@@ -89,6 +89,10 @@ def test_specs_parse_round_trip_and_reject_bad_parts():
     assert parse_variant("finetune:0.1").fraction == 0.1 and parse_variant("finetune:1e-3").text == "finetune:0.001"
     odd = VariantSpec("finetune", fraction=0.1 + 0.2)
     assert parse_variant(odd.text) == odd  # exact round trip of a float that %g would round
+    from sae_core.sae_prune import RULES
+    from sae_core.variants.registry import PRUNE_RULES
+
+    assert PRUNE_RULES == RULES  # the light registry's copy of sae_prune's rules
     assert set(METHODS) == {"transfer", "retrain", "prune", "finetune", "recalibrate", "refit_decoder", "affine"}
     assert METHODS["affine"].needs_dense_activations and not METHODS["recalibrate"].needs_dense_activations
     assert METHODS["retrain"].trains and not METHODS["retrain"].keeps_identity and METHODS["finetune"].trains
