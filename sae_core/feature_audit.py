@@ -221,12 +221,18 @@ def _forward(hooked, batch: torch.Tensor, hook_name: str, with_loss: bool) -> tu
 
 def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_name: str, *, exclude_ids: Iterable[int] = (),
                            batch_sequences: int = 16, n_subsets: int = 3, with_perplexity: bool = True,
-                           on_batch: Callable[[int], None] | None = None) -> FeatureAudit:
+                           on_batch: Callable[[int], None] | None = None, compressed_sae=None,
+                           latent_permutation=None) -> FeatureAudit:
     """Run both models on ``tokens`` ``[windows, seq]``, encode with ``sae`` and compare every feature.
 
     Positions holding an ``exclude_ids`` token (BOS / EOS / PAD, as in activation caching) are
     dropped on both sides. With ``with_perplexity`` the forward passes run to the logits and the
     perplexity of both models on these very tokens is returned too.
+
+    ``compressed_sae`` (default: ``sae``) encodes the compressed model's side instead, e.g. an SAE
+    variant fixed for the compressed model; ``latent_permutation`` (``perm[j]`` = the compressed
+    side's latent compared with ``sae``'s latent j, e.g. from
+    ``sae_core.variants.identity.match_latents``) reorders its codes first.
     """
     import torch
 
@@ -242,12 +248,20 @@ def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_na
         raise ValueError(f"batch_sequences must be >= 1, got {batch_sequences}")
     check_same_architecture(dense, compressed, hook_name)  # before any heavy work
     check_sae_matches_hook(sae, dense, hook_name)
+    other = sae if compressed_sae is None else compressed_sae
+    if other is not sae:
+        check_sae_matches_hook(other, compressed, hook_name)
+    perm = None if latent_permutation is None else torch.as_tensor(np.asarray(latent_permutation), dtype=torch.long)
+    if perm is not None and (perm.ndim != 1 or len(perm) != int(sae.cfg.d_sae)):
+        raise ValueError(f"latent_permutation must have one entry per latent of sae ({sae.cfg.d_sae}), got {tuple(perm.shape)}")
+    if perm is None and int(other.cfg.d_sae) != int(sae.cfg.d_sae):
+        raise ValueError(f"compressed_sae has {other.cfg.d_sae} latents, sae {sae.cfg.d_sae}: pass a latent_permutation")
     excluded = torch.tensor(sorted(set(int(i) for i in exclude_ids)), dtype=torch.long)
     d_sae = int(sae.cfg.d_sae)
     subsets = [FeatureMoments(d_sae) for _ in range(n_subsets)]
     nll = {"dense": 0.0, "compressed": 0.0}
     n_predicted = n_excluded = 0
-    with no_hook_z_reshaping(sae):
+    with no_hook_z_reshaping(sae), no_hook_z_reshaping(other):
         for start in range(0, len(tokens), batch_sequences):
             batch = tokens[start:start + batch_sequences]
             acts_x, loss_x = _forward(dense, batch, hook_name, with_perplexity)
@@ -263,8 +277,10 @@ def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_na
                 rows = (keep & (window_subset == index)).to(acts_x.device)
                 if rows.any():
                     x = sae.encode(flat_sae_inputs(sae, acts_x[rows]).to(sae.device, sae.dtype))
-                    y = sae.encode(flat_sae_inputs(sae, acts_y[rows]).to(sae.device, sae.dtype))
-                    moments.update(x, y)
+                    y = other.encode(flat_sae_inputs(other, acts_y[rows]).to(other.device, other.dtype))
+                    if perm is not None:
+                        y = y[:, perm.to(y.device)]
+                    moments.update(x, y.to(x.device))
             if on_batch is not None:
                 on_batch(len(batch))
     total = subsets[0]

@@ -54,7 +54,9 @@ from sae_lens.training.sae_trainer import SAETrainer
 from sae_core.progress import Progress
 from sae_core.sae_io import ARCHITECTURES, decoder_norm_deviation, flat_sae_inputs, new_sae, no_hook_z_reshaping
 
-__all__ = ["train_sae", "training_to_inference_sae", "rebatch_activations"]
+__all__ = ["INITS", "train_sae", "training_to_inference_sae", "rebatch_activations", "warm_start_training_sae"]
+
+INITS = ("new", "keep")  # train_sae(init=...): sae-lens' fresh initialisation, or like's own weights
 
 
 def rebatch_activations(
@@ -140,6 +142,41 @@ def training_to_inference_sae(training_sae: TrainingSAE[Any]) -> SAE[Any]:
     return sae
 
 
+_WARM_START_NORMS = ("none", "layer_norm", "constant_norm_rescale")
+
+
+@torch.no_grad()
+def warm_start_training_sae(training_sae: TrainingSAE[Any], like: SAE[Any]) -> TrainingSAE[Any]:
+    """Copy ``like``'s weights into ``training_sae`` (in place, float32) so training starts from them.
+
+    The training SAE then computes ``like``'s function: the same parameters (``W_enc``,
+    ``b_enc``, ``W_dec``, ``b_dec``, JumpReLU ``threshold``) in the same formulas. TopK trains
+    with ``rescale_acts_by_decoder_norm=True``, which equals ``like``'s selection only when
+    ``like``'s decoder rows have unit norm (or ``like`` carries the flag): anything else is
+    refused, as are normalisations the trainer would re-estimate (``expected_average_only_in``,
+    ``covariance_whitening``: the kept weights were not fit to rescaled inputs).
+    """
+    arch = like.cfg.architecture()
+    if training_sae.cfg.architecture() != arch or (training_sae.cfg.d_in, training_sae.cfg.d_sae) != (like.cfg.d_in, like.cfg.d_sae):
+        raise ValueError(f"cannot warm-start a {training_sae.cfg.architecture()} SAE of d_in={training_sae.cfg.d_in}, "
+                         f"d_sae={training_sae.cfg.d_sae} from a {arch} SAE of d_in={like.cfg.d_in}, d_sae={like.cfg.d_sae}")
+    norm = like.cfg.normalize_activations
+    if norm not in _WARM_START_NORMS:
+        raise ValueError(f"warm start (init='keep') needs normalize_activations in {_WARM_START_NORMS}, got {norm!r}: "
+                         "the trainer would re-estimate it and feed the kept weights inputs they were not fit to")
+    if (arch == "topk" and getattr(training_sae.cfg, "rescale_acts_by_decoder_norm", False)
+            and not getattr(like.cfg, "rescale_acts_by_decoder_norm", False) and decoder_norm_deviation(like) > 1e-3):
+        raise ValueError("warm start of a topk SAE without rescale_acts_by_decoder_norm needs unit-norm decoder rows "
+                         f"(max deviation {decoder_norm_deviation(like):.3g}): training selects on pre-activation x row norm")
+    own = training_sae.state_dict()
+    theirs = like.state_dict()
+    if set(own) != set(theirs):
+        raise ValueError(f"cannot warm-start: parameters differ ({sorted(own)} vs {sorted(theirs)})")
+    for name, value in theirs.items():
+        own[name].copy_(value.detach().to(own[name].device, own[name].dtype))
+    return training_sae
+
+
 def _validate_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -182,6 +219,7 @@ def train_sae(
     final_window_steps: int = 10,
     sae_overrides: dict[str, Any] | None = None,
     trainer_overrides: dict[str, Any] | None = None,
+    init: str = "new",
 ) -> tuple[SAE[Any], dict[str, Any]]:
     """Train a new SAE shaped like ``like`` on ``activation_batches``; return ``(sae, report)``.
 
@@ -219,6 +257,11 @@ def train_sae(
     see the module docstring).  TopK SAEs always train with
     ``rescale_acts_by_decoder_norm=True``; overriding it to False is refused.  For held-out
     numbers use :func:`sae_core.sae_quality.reconstruction_stats`.
+
+    ``init="keep"`` warm-starts: training begins from ``like``'s own weights (see
+    :func:`warm_start_training_sae`) instead of sae-lens' initialisation, so step 0 computes
+    ``like``'s function; ``b_dec_init`` must then stay "zeros" (it is not applied: the kept
+    ``b_dec`` is used). ``report["init"]`` records the choice.
     """
     if not isinstance(like, SAE):
         raise ValueError(f"like must be a sae-lens SAE, got {type(like).__name__}")
@@ -231,6 +274,10 @@ def train_sae(
         raise ValueError(f"total_tokens={total_tokens} is smaller than one batch (batch_size={batch_size})")
     if b_dec_init not in ("zeros", "mean"):
         raise ValueError(f"b_dec_init must be 'zeros' or 'mean', got {b_dec_init!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "keep" and b_dec_init != "zeros":
+        raise ValueError(f"init='keep' starts from like's own b_dec; b_dec_init={b_dec_init!r} would overwrite it")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive float, got {lr!r}")
     if activation_batches is None or isinstance(activation_batches, torch.Tensor):
@@ -286,6 +333,8 @@ def train_sae(
         training_sae = new_sae(
             like=like, training=True, dtype="float32", device=device, **sae_kwargs
         )
+        if init == "keep":
+            warm_start_training_sae(training_sae, like)
         provider: Iterator[torch.Tensor] = rebatch_activations(
             activation_batches,
             d_in,
@@ -370,6 +419,7 @@ def train_sae(
     tokens_read = stats.get("tokens_read", 0)
     report: dict[str, Any] = {
         "architecture": arch,
+        "init": init,
         "d_in": int(d_in),
         "d_sae": int(like.cfg.d_sae),
         "k": getattr(sae.cfg, "k", None),

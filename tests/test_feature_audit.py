@@ -131,6 +131,31 @@ def test_strict_null_dense_vs_dense_is_exactly_one(audit_world):
     assert audit.summary["n_excluded_positions"] >= len(w["tokens"])  # at least each window's BOS
 
 
+def test_a_second_sae_with_permuted_latents_is_compared_latent_for_latent(audit_world):
+    """compressed_sae + latent_permutation: a permuted copy, matched back, is the strict null again."""
+    from sae_core.sae_io import clone_sae
+
+    w = audit_world
+    sae = w["sae"]
+    perm = torch.randperm(sae.cfg.d_sae, generator=torch.Generator().manual_seed(1))
+    shuffled = clone_sae(sae)
+    with torch.no_grad():
+        inverse = torch.argsort(perm)  # shuffled latent i = original latent perm[i] -> original j sits at inverse[j]
+        shuffled.W_enc.data = sae.W_enc.data[:, perm].clone()
+        shuffled.b_enc.data = sae.b_enc.data[perm].clone()
+        shuffled.W_dec.data = sae.W_dec.data[perm].clone()
+    audit = fa.audit_feature_fidelity(w["hooked"], w["hooked"], sae, w["tokens"], HOOK, exclude_ids=w["exclude"],
+                                      with_perplexity=False, compressed_sae=shuffled, latent_permutation=inverse)
+    active = audit.table[audit.table["active"]]
+    assert len(active) == 13 and (active["r"] == 1.0).all()
+    unmatched = fa.audit_feature_fidelity(w["hooked"], w["hooked"], sae, w["tokens"], HOOK, exclude_ids=w["exclude"],
+                                          with_perplexity=False, compressed_sae=shuffled)
+    assert unmatched.summary["survived_frac"] < 1.0
+    with pytest.raises(ValueError, match="latent_permutation"):
+        fa.audit_feature_fidelity(w["hooked"], w["hooked"], sae, w["tokens"], HOOK, compressed_sae=shuffled,
+                                  latent_permutation=inverse[:3])
+
+
 def test_removing_one_direction_damages_exactly_its_readers(audit_world):
     w = audit_world
     compressed = copy.deepcopy(w["hooked"])
