@@ -44,7 +44,8 @@ the report and ``cfg.metadata.sae_transfer_pruning``: ``decoder_rows``,
 ``topk_selection``, ``switched_off_latents``, ``decoder_norm_max_deviation``.
 
 Rules (``n`` = number of weights zeroed per comparison group,
-``floor(sparsity * group_size)``, lowest scores first, ties broken by index):
+``int(sparsity * group_size)``, lowest scores first, ties broken by index; the
+selection is :func:`sae_core.compression.masks.prune_mask` with ``rounding="floor"``):
 
 ``wanda`` (canonical WANDA, input-side; Sun et al. 2023 applied to the SAE's
 two linear maps)
@@ -84,6 +85,7 @@ import torch
 
 from sae_lens import SAE
 
+from sae_core.compression.masks import prune_mask
 from sae_core.sae_io import ARCHITECTURES, clone_sae, decoder_norm_deviation, flat_sae_inputs, no_hook_z_reshaping
 
 __all__ = ["RULES", "SAENorms", "accumulate_sae_norms", "prune_sae", "prune_masks"]
@@ -241,29 +243,18 @@ def _validate(rule: str, sparsity: float, norms: SAENorms | None, sae: SAE[Any])
             raise ValueError(f"norms have n_tokens={norms.n_tokens}; accumulate over some activations first")
 
 
-def _mask_lowest(scores: torch.Tensor, sparsity: float, dim: int | None) -> torch.Tensor:
-    """Bool mask (True = prune) of the floor(sparsity*group) lowest scores per group.
+#: ``dim`` compared within (a rule's group) -> ``prune_mask``'s ``per``
+_PER = {None: "matrix", 0: "column", 1: "row"}
 
-    ``dim`` is the axis compared within (``None``: whole matrix).  A stable
-    sort makes ties resolve by index, so exactly that many weights are zeroed.
+
+def _mask_lowest(scores: torch.Tensor, sparsity: float, dim: int | None) -> torch.Tensor:
+    """Bool mask (True = prune) of the ``int(sparsity * group)`` lowest scores per group.
+
+    ``dim`` is the axis compared within (``None``: whole matrix); ties resolve by index (lower
+    first), so exactly that many weights are zeroed. The selection is
+    :func:`sae_core.compression.masks.prune_mask`'s, with the SAE-pruning rounding (``"floor"``).
     """
-    if dim is None:
-        flat = scores.reshape(-1)
-        n = int(sparsity * flat.numel())
-        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
-        if n:
-            idx = torch.sort(flat, stable=True).indices[:n]
-            mask[idx] = True
-        return mask.view_as(scores)
-    n = int(sparsity * scores.shape[dim])
-    # Sorted along a contiguous last axis: a stable sort along a strided axis (dim 0 of W_enc) is
-    # ~5x slower on CPU (measured on a Gemma Scope-sized [2304, 16384] matrix's slice).
-    moved = scores.movedim(dim, -1).contiguous()
-    mask = torch.zeros_like(moved, dtype=torch.bool)
-    if n:
-        idx = torch.sort(moved, dim=-1, stable=True).indices[..., :n]
-        mask.scatter_(-1, idx, True)
-    return mask.movedim(-1, dim)
+    return prune_mask(scores, sparsity, per=_PER[dim], rounding="floor")
 
 
 @torch.no_grad()
