@@ -87,11 +87,9 @@ from sae_lens import SAE
 
 from sae_core.compression.masks import prune_mask
 from sae_core.sae_io import ARCHITECTURES, clone_sae, decoder_norm_deviation, flat_sae_inputs, no_hook_z_reshaping
+from sae_core.sae_prune_rules import GROUPS, NORM_RULES, RULES
 
 __all__ = ["RULES", "SAENorms", "accumulate_sae_norms", "prune_sae", "prune_masks"]
-
-RULES: tuple[str, ...] = ("wanda", "paper", "magnitude")
-_NORM_RULES = ("wanda", "paper")
 
 
 @dataclass
@@ -227,7 +225,7 @@ def _validate(rule: str, sparsity: float, norms: SAENorms | None, sae: SAE[Any])
         raise ValueError(f"sparsity must be a float in [0, 1), got {sparsity!r}")
     if not (0.0 <= float(sparsity) < 1.0) or math.isnan(float(sparsity)):
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    if rule in _NORM_RULES:
+    if rule in NORM_RULES:
         if norms is None:
             raise ValueError(
                 f"rule {rule!r} needs calibration norms: pass norms=accumulate_sae_norms(sae, batches)"
@@ -282,13 +280,6 @@ def prune_masks(
     return _mask_lowest(enc_scores, sparsity, 1), _mask_lowest(dec_scores, sparsity, 1)
 
 
-_GROUPS = {
-    "wanda": ("per latent (column of W_enc, over d_in)", "per output dim (column of W_dec, over d_sae)"),
-    "paper": ("per input dim (row of W_enc, over d_sae)", "per latent (row of W_dec, over d_in)"),
-    "magnitude": ("whole matrix", "whole matrix"),
-}
-
-
 @torch.no_grad()
 def prune_sae(
     sae: SAE[Any], rule: str, sparsity: float, norms: SAENorms | None = None
@@ -332,9 +323,9 @@ def prune_sae(
         "achieved_decoder_sparsity": float(dec_zero.float().mean().item()),
         "n_encoder_pruned": int(enc_mask.sum().item()),
         "n_decoder_pruned": int(dec_mask.sum().item()),
-        "encoder_group": _GROUPS[rule][0],
-        "decoder_group": _GROUPS[rule][1],
-        "calibration_tokens": int(norms.n_tokens) if (norms is not None and rule in _NORM_RULES) else 0,
+        "encoder_group": GROUPS[rule][0],
+        "decoder_group": GROUPS[rule][1],
+        "calibration_tokens": int(norms.n_tokens) if (norms is not None and rule in NORM_RULES) else 0,
         "architecture": sae.cfg.architecture(),
         "d_in": int(sae.cfg.d_in),
         "d_sae": int(sae.cfg.d_sae),
