@@ -16,13 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sae_core.compression import parse_spec
 from sae_core.data import check_dataset_name
+from sae_core.metrics.registry import METRIC_NAMES as KNOWN_METRICS  # light: no torch / SAEBench
 from sae_core.model_sources import is_packaged_model, packaged_model
 from sae_core.sae_prune_rules import RULES as SAE_PRUNING_RULES  # pruned_sae.rules
 from sae_core.toy.world import ToyWorldConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
 TOY_MODEL = "toy"
-KNOWN_METRICS = ("core", "absorption", "scr", "tpp", "sparse_probing", "ravel", "autointerp")
 LLM_PRUNING_METHODS = ("wanda", "sparsegpt", "magnitude", "magnitude_row", "magnitude_matrix")  # llm_pruning.method
 
 
