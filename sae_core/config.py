@@ -16,12 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sae_core.compression import parse_spec
 from sae_core.datasets import check_dataset_name
+from sae_core.metrics.registry import METRIC_NAMES as KNOWN_METRICS  # light: no torch / SAEBench
 from sae_core.model_sources import is_packaged_model, packaged_model
+from sae_core.sae_prune_rules import RULES as SAE_PRUNING_RULES  # pruned_sae.rules
 from sae_core.toy.world import TOY_MODEL, ToyWorldConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
-KNOWN_METRICS = ("core", "absorption", "scr", "tpp", "sparse_probing", "ravel", "autointerp")
-SAE_PRUNING_RULES = ("wanda", "paper", "magnitude")
 LLM_PRUNING_METHODS = ("wanda", "sparsegpt", "magnitude", "magnitude_row", "magnitude_matrix")  # llm_pruning.method
 
 

@@ -44,7 +44,8 @@ the report and ``cfg.metadata.sae_transfer_pruning``: ``decoder_rows``,
 ``topk_selection``, ``switched_off_latents``, ``decoder_norm_max_deviation``.
 
 Rules (``n`` = number of weights zeroed per comparison group,
-``floor(sparsity * group_size)``, lowest scores first, ties broken by index):
+``int(sparsity * group_size)``, lowest scores first, ties broken by index; the
+selection is :func:`sae_core.compression.masks.prune_mask` with ``rounding="floor"``):
 
 ``wanda`` (canonical WANDA, input-side; Sun et al. 2023 applied to the SAE's
 two linear maps)
@@ -84,12 +85,11 @@ import torch
 
 from sae_lens import SAE
 
+from sae_core.compression.masks import prune_mask
 from sae_core.sae_io import ARCHITECTURES, clone_sae, decoder_norm_deviation, flat_sae_inputs, no_hook_z_reshaping
+from sae_core.sae_prune_rules import GROUPS, NORM_RULES, RULES
 
 __all__ = ["RULES", "SAENorms", "accumulate_sae_norms", "prune_sae", "prune_masks"]
-
-RULES: tuple[str, ...] = ("wanda", "paper", "magnitude")
-_NORM_RULES = ("wanda", "paper")
 
 
 @dataclass
@@ -225,7 +225,7 @@ def _validate(rule: str, sparsity: float, norms: SAENorms | None, sae: SAE[Any])
         raise ValueError(f"sparsity must be a float in [0, 1), got {sparsity!r}")
     if not (0.0 <= float(sparsity) < 1.0) or math.isnan(float(sparsity)):
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    if rule in _NORM_RULES:
+    if rule in NORM_RULES:
         if norms is None:
             raise ValueError(
                 f"rule {rule!r} needs calibration norms: pass norms=accumulate_sae_norms(sae, batches)"
@@ -241,29 +241,18 @@ def _validate(rule: str, sparsity: float, norms: SAENorms | None, sae: SAE[Any])
             raise ValueError(f"norms have n_tokens={norms.n_tokens}; accumulate over some activations first")
 
 
-def _mask_lowest(scores: torch.Tensor, sparsity: float, dim: int | None) -> torch.Tensor:
-    """Bool mask (True = prune) of the floor(sparsity*group) lowest scores per group.
+#: ``dim`` compared within (a rule's group) -> ``prune_mask``'s ``per``
+_PER = {None: "matrix", 0: "column", 1: "row"}
 
-    ``dim`` is the axis compared within (``None``: whole matrix).  A stable
-    sort makes ties resolve by index, so exactly that many weights are zeroed.
+
+def _mask_lowest(scores: torch.Tensor, sparsity: float, dim: int | None) -> torch.Tensor:
+    """Bool mask (True = prune) of the ``int(sparsity * group)`` lowest scores per group.
+
+    ``dim`` is the axis compared within (``None``: whole matrix); ties resolve by index (lower
+    first), so exactly that many weights are zeroed. The selection is
+    :func:`sae_core.compression.masks.prune_mask`'s, with the SAE-pruning rounding (``"floor"``).
     """
-    if dim is None:
-        flat = scores.reshape(-1)
-        n = int(sparsity * flat.numel())
-        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
-        if n:
-            idx = torch.sort(flat, stable=True).indices[:n]
-            mask[idx] = True
-        return mask.view_as(scores)
-    n = int(sparsity * scores.shape[dim])
-    # Sorted along a contiguous last axis: a stable sort along a strided axis (dim 0 of W_enc) is
-    # ~5x slower on CPU (measured on a Gemma Scope-sized [2304, 16384] matrix's slice).
-    moved = scores.movedim(dim, -1).contiguous()
-    mask = torch.zeros_like(moved, dtype=torch.bool)
-    if n:
-        idx = torch.sort(moved, dim=-1, stable=True).indices[..., :n]
-        mask.scatter_(-1, idx, True)
-    return mask.movedim(-1, dim)
+    return prune_mask(scores, sparsity, per=_PER[dim], rounding="floor")
 
 
 @torch.no_grad()
@@ -289,13 +278,6 @@ def prune_masks(
     enc_scores = w_enc * n["preact"][None, :]
     dec_scores = w_dec * n["recon"][None, :]
     return _mask_lowest(enc_scores, sparsity, 1), _mask_lowest(dec_scores, sparsity, 1)
-
-
-_GROUPS = {
-    "wanda": ("per latent (column of W_enc, over d_in)", "per output dim (column of W_dec, over d_sae)"),
-    "paper": ("per input dim (row of W_enc, over d_sae)", "per latent (row of W_dec, over d_in)"),
-    "magnitude": ("whole matrix", "whole matrix"),
-}
 
 
 @torch.no_grad()
@@ -341,9 +323,9 @@ def prune_sae(
         "achieved_decoder_sparsity": float(dec_zero.float().mean().item()),
         "n_encoder_pruned": int(enc_mask.sum().item()),
         "n_decoder_pruned": int(dec_mask.sum().item()),
-        "encoder_group": _GROUPS[rule][0],
-        "decoder_group": _GROUPS[rule][1],
-        "calibration_tokens": int(norms.n_tokens) if (norms is not None and rule in _NORM_RULES) else 0,
+        "encoder_group": GROUPS[rule][0],
+        "decoder_group": GROUPS[rule][1],
+        "calibration_tokens": int(norms.n_tokens) if (norms is not None and rule in NORM_RULES) else 0,
         "architecture": sae.cfg.architecture(),
         "d_in": int(sae.cfg.d_in),
         "d_sae": int(sae.cfg.d_sae),

@@ -216,11 +216,23 @@ def test_bad_config_fails_before_any_task(prefect_harness, tmp_path):
     assert not (tmp_path / "toy_world").exists()
 
 
+def test_config_names_are_the_libraries_own_and_light():
+    """config's metric names and SAE pruning rules are the registry's and sae_prune's, and reading
+    them (importing sae_core.config) loads neither torch nor SAEBench."""
+    code = ("import sys, sae_core.config as c; assert 'torch' not in sys.modules and 'sae_bench' not in sys.modules; "
+            "from sae_core.metrics.registry import METRIC_NAMES; from sae_core.sae_prune import RULES; "
+            "assert c.KNOWN_METRICS == METRIC_NAMES == ('core', 'absorption', 'scr', 'tpp', 'sparse_probing', 'ravel', "
+            "'autointerp'), c.KNOWN_METRICS; assert c.SAE_PRUNING_RULES == RULES == ('wanda', 'paper', 'magnitude')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--preset", "nope"], "unknown preset 'nope'"),
     (["--sae-sparsities", "1.0"], "SAE sparsity must be in [0, 1), got 1.0"),
     (["--model-sparsities", "-0.1"], "LLM sparsity must be in [0, 1), got -0.1"),
     (["--metrics", "core,bogus"], "unknown metric 'bogus'"),
+    (["--sae-rules", "wanda,bogus"], "unknown SAE pruning rule 'bogus'"),
     (["--layers", "7"], "layers [7] do not exist"),
     (["--storage", "gs://bucket/x"], "unsupported storage URL scheme 'gs'"),
     (["--set", "llm_pruning.structure='5:4'"], "N:M structure needs 0 < N < M"),

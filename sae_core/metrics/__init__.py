@@ -6,13 +6,15 @@ Public API::
     from sae_core.metrics import flatten_result, results_frame, sae_bench_version
 
     result = run_metric("core", sae, hooked_model, hf_model, tokenizer,
-                        config=None, artifacts_dir="...", device="cuda", preset="hub")
+                        settings=None, profile="hub", artifacts_dir="...", device="cuda")
 
 Metric families (``METRIC_NAMES``): core, absorption, scr, tpp, sparse_probing, ravel, autointerp.
-One module per family (``core``, ``absorption``, ``scr_tpp``, ``sparse_probing``, ``ravel``,
-``autointerp``) holds ``run_<metric>`` and its ``<Metric>Settings``; ``registry`` maps names to
-them; ``flatten`` turns results into tidy rows. SAEBench's hub datasets are served from local
-folders by the one mechanism of :mod:`sae_core.datasets.mirror` (``dataset_overrides``).
+Every family is a :class:`~sae_core.metrics.base.MetricFamily` (name, settings class, toy / real /
+hub defaults, ``run`` with one shared signature). One module per family (``core``, ``absorption``,
+``scr_tpp`` (SCR and TPP), ``sparse_probing``, ``ravel``, ``autointerp``) holds its family class and
+its ``<Metric>Settings``; ``registry`` lists the family objects by name; ``flatten`` turns results
+into tidy rows. SAEBench's hub datasets are served from local folders by the one mechanism of
+:mod:`sae_core.datasets.mirror` (``dataset_overrides``).
 
 SAEBench, SAE Lens and `datasets` are imported lazily, when a metric runs.
 """
@@ -22,11 +24,11 @@ from typing import Any
 
 # Light names load now; the adapters (and with them torch) on first use, so that reading a metric's
 # settings or computing a cache key stays cheap.
-from sae_core.metrics.base import MetricResult, MetricSettings, sae_bench_version
+from sae_core.metrics.base import MetricFamily, MetricResult, MetricSettings, sae_bench_version
 
 _LAZY = {
     "COLUMNS": "flatten", "flatten_result": "flatten", "flatten_results": "flatten", "results_frame": "flatten",
-    "METRIC_NAMES": "registry", "METRICS": "registry", "MetricSpec": "registry", "get_metric": "registry",
+    "FAMILIES": "registry", "METRIC_NAMES": "registry", "METRICS": "registry", "get_metric": "registry",
     "run_metric": "registry",
 }
 
@@ -39,11 +41,12 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "COLUMNS",
+    "FAMILIES",
     "METRICS",
     "METRIC_NAMES",
+    "MetricFamily",
     "MetricResult",
     "MetricSettings",
-    "MetricSpec",
     "flatten_result",
     "flatten_results",
     "get_metric",

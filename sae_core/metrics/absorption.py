@@ -48,10 +48,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae_core.metrics.base import (
+    MetricFamily,
     MetricResult,
     MetricSettings,
     Timer,
-    cache_dir,
     eval_output_provenance,
     headline,
     hooked_model_name,
@@ -65,7 +65,6 @@ from sae_core.metrics.base import (
 if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
     import torch
 
-METRIC = "absorption"
 
 
 class AbsorptionSettings(MetricSettings):
@@ -185,183 +184,179 @@ def _forward_stops_after(hooked_model: Any, layer: int):
             del hooked_model.run_with_cache
 
 
-def run_absorption(
-    sae: Any,
-    hooked_model: Any,
-    hf_model: Any,
-    tokenizer: Any,
-    config: AbsorptionSettings | None = None,
-    artifacts_dir: str | Path = "artifacts",
-    device: str = "cpu",
-    scratch_dir: str | Path | None = None,
-) -> MetricResult:
-    import torch
+class Absorption(MetricFamily):
+    name = "absorption"
+    settings_cls = AbsorptionSettings
+    toy_defaults = TOY_DEFAULTS
+    hub_defaults = HUB_DEFAULTS
 
-    from sae_bench.evals.absorption import main as absorption_main
-    from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
-    from sae_bench.evals.absorption.eval_output import (
-        EVAL_TYPE_ID_ABSORPTION,
-        AbsorptionEvalOutput,
-        AbsorptionMeanMetrics,
-        AbsorptionMetricCategories,
-        AbsorptionResultDetail,
-    )
-    from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
-    from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
+    def run(self, sae: Any, hooked_model: Any, hf_model: Any, tokenizer: Any, settings: AbsorptionSettings | None = None,
+            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
+        import torch
 
-    config = config or HUB_DEFAULTS
-    timer = Timer()
-    model_name = hooked_model_name(hooked_model)
-    llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
-    eval_config = AbsorptionEvalConfig(
-        model_name=model_name,
-        random_seed=config.random_seed,
-        f1_jump_threshold=config.f1_jump_threshold,
-        max_k_value=config.max_k_value,
-        prompt_template=config.prompt_template,
-        prompt_token_pos=config.prompt_token_pos,
-        llm_batch_size=config.llm_batch_size,
-        llm_dtype=llm_dtype,
-        k_sparse_probe_l1_decay=config.k_sparse_probe_l1_decay,
-        k_sparse_probe_batch_size=config.k_sparse_probe_batch_size,
-        k_sparse_probe_num_epochs=config.k_sparse_probe_num_epochs,
-        min_GT_probe_f1=config.min_GT_probe_f1,
-        min_feats_for_eval=config.min_feats_for_eval,
-        eval_k_sparse_probe_batch_size=config.eval_k_sparse_probe_batch_size,
-        precalc_k_sparse_probe_sae_acts=config.precalc_k_sparse_probe_sae_acts,
-    )
-    layout_problems = prompt_layout_problems(hooked_model.tokenizer, config.prompt_template, config.prompt_token_pos)
-    if layout_problems:
-        return MetricResult.skipped(METRIC, "SAEBench's first-letter prompts don't fit this tokenizer: " + "; ".join(layout_problems),
-                                    seconds=timer.seconds)
-    words = absorption_words(hooked_model.tokenizer)
-    too_long = icl_prompt_too_long(hooked_model, words, config.prompt_template)
-    if too_long:
-        return MetricResult.skipped(METRIC, too_long, seconds=timer.seconds)
-    missing = letters_missing_from_train_split(words, config.random_seed)
-    if missing:
-        return MetricResult.skipped(
-            METRIC,
-            f"SAEBench's first-letter probes need a training word for every letter a-z, but the word list "
-            f"({len(words)} single-token alphabetic words) has none for {missing} in its seeded 80% train split",
-            seconds=timer.seconds,
+        from sae_bench.evals.absorption import main as absorption_main
+        from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+        from sae_bench.evals.absorption.eval_output import (
+            EVAL_TYPE_ID_ABSORPTION,
+            AbsorptionEvalOutput,
+            AbsorptionMeanMetrics,
+            AbsorptionMetricCategories,
+            AbsorptionResultDetail,
         )
+        from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
+        from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
 
-    with sae_bench_context(config.random_seed):
-        torch.set_grad_enabled(True)  # as SAEBench's run_eval
-        random.seed(config.random_seed)
-        torch.manual_seed(config.random_seed)
-        sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype)
-        layer = sae.cfg.hook_layer
-        llm_folder = cache_dir(
-            artifacts_dir, METRIC, model_fingerprint(hooked_model), layer,
-            config.prompt_template, config.prompt_token_pos, config.random_seed, llm_dtype, words,
+        config = settings or self.hub_defaults
+        timer = Timer()
+        model_name = hooked_model_name(hooked_model)
+        llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
+        eval_config = AbsorptionEvalConfig(
+            model_name=model_name,
+            random_seed=config.random_seed,
+            f1_jump_threshold=config.f1_jump_threshold,
+            max_k_value=config.max_k_value,
+            prompt_template=config.prompt_template,
+            prompt_token_pos=config.prompt_token_pos,
+            llm_batch_size=config.llm_batch_size,
+            llm_dtype=llm_dtype,
+            k_sparse_probe_l1_decay=config.k_sparse_probe_l1_decay,
+            k_sparse_probe_batch_size=config.k_sparse_probe_batch_size,
+            k_sparse_probe_num_epochs=config.k_sparse_probe_num_epochs,
+            min_GT_probe_f1=config.min_GT_probe_f1,
+            min_feats_for_eval=config.min_feats_for_eval,
+            eval_k_sparse_probe_batch_size=config.eval_k_sparse_probe_batch_size,
+            precalc_k_sparse_probe_sae_acts=config.precalc_k_sparse_probe_sae_acts,
         )
-        probes_dir = llm_folder / "probes"
-        sae_name = "custom_sae"
-        with tempfile.TemporaryDirectory(dir=scratch_dir or llm_folder, prefix="absorption-run-") as run_dir, \
-                _forward_stops_after(hooked_model, layer):
-            k_sparse_dir = Path(run_dir) / "k_sparse_probing"
-            try:
-                k_sparse = run_k_sparse_probing_experiment(
+        layout_problems = prompt_layout_problems(hooked_model.tokenizer, config.prompt_template, config.prompt_token_pos)
+        if layout_problems:
+            return self.skipped("SAEBench's first-letter prompts don't fit this tokenizer: " + "; ".join(layout_problems),
+                                timer=timer)
+        words = absorption_words(hooked_model.tokenizer)
+        too_long = icl_prompt_too_long(hooked_model, words, config.prompt_template)
+        if too_long:
+            return self.skipped(too_long, timer=timer)
+        missing = letters_missing_from_train_split(words, config.random_seed)
+        if missing:
+            return self.skipped(
+                f"SAEBench's first-letter probes need a training word for every letter a-z, but the word list "
+                f"({len(words)} single-token alphabetic words) has none for {missing} in its seeded 80% train split",
+                timer=timer,
+            )
+
+        with sae_bench_context(config.random_seed):
+            torch.set_grad_enabled(True)  # as SAEBench's run_eval
+            random.seed(config.random_seed)
+            torch.manual_seed(config.random_seed)
+            sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype)
+            layer = sae.cfg.hook_layer
+            llm_folder = self.cache_dir(
+                artifacts_dir, model_fingerprint(hooked_model), layer,
+                config.prompt_template, config.prompt_token_pos, config.random_seed, llm_dtype, words,
+            )
+            probes_dir = llm_folder / "probes"
+            sae_name = "custom_sae"
+            with tempfile.TemporaryDirectory(dir=scratch_dir or llm_folder, prefix="absorption-run-") as run_dir, \
+                    _forward_stops_after(hooked_model, layer):
+                k_sparse_dir = Path(run_dir) / "k_sparse_probing"
+                try:
+                    k_sparse = run_k_sparse_probing_experiment(
+                        model=hooked_model,
+                        sae=sae,
+                        layer=layer,
+                        sae_name=sae_name,
+                        force=True,
+                        max_k_value=config.max_k_value,
+                        f1_jump_threshold=config.f1_jump_threshold,
+                        prompt_template=config.prompt_template,
+                        prompt_token_pos=config.prompt_token_pos,
+                        device=device,
+                        experiment_dir=k_sparse_dir,
+                        probes_dir=probes_dir,
+                        k_sparse_probe_l1_decay=config.k_sparse_probe_l1_decay,
+                        k_sparse_probe_batch_size=config.k_sparse_probe_batch_size,
+                        k_sparse_probe_num_epochs=config.k_sparse_probe_num_epochs,
+                        eval_batch_size=config.eval_k_sparse_probe_batch_size,
+                        precalc_k_sparse_probe_sae_acts=config.precalc_k_sparse_probe_sae_acts,
+                        verbose=False,
+                    )
+                except KeyError as error:
+                    raise RuntimeError(
+                        f"SAEBench's k-sparse probing found no training word for letter index {error}: the vocabulary's "
+                        "random train split (seeded by random_seed) lacks a letter. Use a tokenizer with more "
+                        "alphabetic tokens per letter or another random_seed."
+                    ) from error
+                good_letters = k_sparse["f1_probe"] > config.min_GT_probe_f1
+                if int(good_letters.sum()) < config.min_feats_for_eval:
+                    reason = (
+                        f"only {int(good_letters.sum())} first-letter features have ground-truth probe F1 > "
+                        f"{config.min_GT_probe_f1} (need {config.min_feats_for_eval}); SAEBench's run_eval does not "
+                        "evaluate absorption then"
+                    )
+                    raw = {"eval_config": to_jsonable(asdict(eval_config)),
+                           "k_sparse_probing": to_jsonable(k_sparse[["letter", "f1_probe", "auc_probe"]].to_dict("records"))}
+                    return self.skipped(reason, raw=raw, timer=timer)
+                raw_df = run_feature_absortion_experiment(
                     model=hooked_model,
                     sae=sae,
                     layer=layer,
                     sae_name=sae_name,
                     force=True,
                     max_k_value=config.max_k_value,
-                    f1_jump_threshold=config.f1_jump_threshold,
+                    feature_split_f1_jump_threshold=config.f1_jump_threshold,
                     prompt_template=config.prompt_template,
                     prompt_token_pos=config.prompt_token_pos,
+                    batch_size=config.llm_batch_size,
                     device=device,
-                    experiment_dir=k_sparse_dir,
+                    experiment_dir=Path(run_dir) / "feature_absorption",
+                    sparse_probing_experiment_dir=k_sparse_dir,
                     probes_dir=probes_dir,
-                    k_sparse_probe_l1_decay=config.k_sparse_probe_l1_decay,
-                    k_sparse_probe_batch_size=config.k_sparse_probe_batch_size,
-                    k_sparse_probe_num_epochs=config.k_sparse_probe_num_epochs,
-                    eval_batch_size=config.eval_k_sparse_probe_batch_size,
-                    precalc_k_sparse_probe_sae_acts=config.precalc_k_sparse_probe_sae_acts,
-                    verbose=False,
                 )
-            except KeyError as error:
-                raise RuntimeError(
-                    f"SAEBench's k-sparse probing found no training word for letter index {error}: the vocabulary's "
-                    "random train split (seeded by random_seed) lacks a letter. Use a tokenizer with more "
-                    "alphabetic tokens per letter or another random_seed."
-                ) from error
-            good_letters = k_sparse["f1_probe"] > config.min_GT_probe_f1
-            if int(good_letters.sum()) < config.min_feats_for_eval:
-                reason = (
-                    f"only {int(good_letters.sum())} first-letter features have ground-truth probe F1 > "
-                    f"{config.min_GT_probe_f1} (need {config.min_feats_for_eval}); SAEBench's run_eval does not "
-                    "evaluate absorption then"
-                )
-                raw = {"eval_config": to_jsonable(asdict(eval_config)),
-                       "k_sparse_probing": to_jsonable(k_sparse[["letter", "f1_probe", "auc_probe"]].to_dict("records"))}
-                return MetricResult.skipped(METRIC, reason, raw=raw, seconds=timer.seconds)
-            raw_df = run_feature_absortion_experiment(
-                model=hooked_model,
-                sae=sae,
-                layer=layer,
-                sae_name=sae_name,
-                force=True,
-                max_k_value=config.max_k_value,
-                feature_split_f1_jump_threshold=config.f1_jump_threshold,
-                prompt_template=config.prompt_template,
-                prompt_token_pos=config.prompt_token_pos,
-                batch_size=config.llm_batch_size,
-                device=device,
-                experiment_dir=Path(run_dir) / "feature_absorption",
-                sparse_probing_experiment_dir=k_sparse_dir,
-                probes_dir=probes_dir,
-            )
-        agg_df = absorption_main._aggregate_results_df(raw_df)
+            agg_df = absorption_main._aggregate_results_df(raw_df)
 
-        # The aggregation of SAEBench's run_eval (evals/absorption/main.py), unchanged.
-        fractions, full_rates, n_split, details = [], [], [], []
-        for _, row in agg_df.iterrows():
-            letter = row["letter"]
-            if k_sparse[k_sparse["letter"] == letter]["f1_probe"].item() > config.min_GT_probe_f1:
-                fractions.append(row["mean_absorption_fraction"])
-                full_rates.append(row["full_absorption_rate"])
-                n_split.append(row["num_split_feats"])
-                details.append(
-                    AbsorptionResultDetail(
-                        first_letter=letter,
-                        mean_absorption_fraction=row["mean_absorption_fraction"],
-                        full_absorption_rate=row["full_absorption_rate"],
-                        num_full_absorption=row["num_full_absorption"],
-                        num_probe_true_positives=row["num_probe_true_positives"],
-                        num_split_features=row["num_split_feats"],
+            # The aggregation of SAEBench's run_eval (evals/absorption/main.py), unchanged.
+            fractions, full_rates, n_split, details = [], [], [], []
+            for _, row in agg_df.iterrows():
+                letter = row["letter"]
+                if k_sparse[k_sparse["letter"] == letter]["f1_probe"].item() > config.min_GT_probe_f1:
+                    fractions.append(row["mean_absorption_fraction"])
+                    full_rates.append(row["full_absorption_rate"])
+                    n_split.append(row["num_split_feats"])
+                    details.append(
+                        AbsorptionResultDetail(
+                            first_letter=letter,
+                            mean_absorption_fraction=row["mean_absorption_fraction"],
+                            full_absorption_rate=row["full_absorption_rate"],
+                            num_full_absorption=row["num_full_absorption"],
+                            num_probe_true_positives=row["num_probe_true_positives"],
+                            num_split_features=row["num_split_feats"],
+                        )
                     )
+            if len(fractions) < 2:
+                return self.skipped(
+                    f"absorption was measured for {len(fractions)} letter(s); SAEBench's summary needs >= 2 (standard deviation)",
+                    raw={"eval_config": to_jsonable(asdict(eval_config))},
+                    timer=timer,
                 )
-        if len(fractions) < 2:
-            return MetricResult.skipped(
-                METRIC,
-                f"absorption was measured for {len(fractions)} letter(s); SAEBench's summary needs >= 2 (standard deviation)",
-                raw={"eval_config": to_jsonable(asdict(eval_config))},
-                seconds=timer.seconds,
+            means = AbsorptionMeanMetrics(
+                mean_absorption_fraction_score=statistics.mean(fractions),
+                mean_full_absorption_score=statistics.mean(full_rates),
+                mean_num_split_features=statistics.mean(n_split),
+                std_dev_absorption_fraction_score=statistics.stdev(fractions),
+                std_dev_full_absorption_score=statistics.stdev(full_rates),
+                std_dev_num_split_features=statistics.stdev(n_split),
             )
-        means = AbsorptionMeanMetrics(
-            mean_absorption_fraction_score=statistics.mean(fractions),
-            mean_full_absorption_score=statistics.mean(full_rates),
-            mean_num_split_features=statistics.mean(n_split),
-            std_dev_absorption_fraction_score=statistics.stdev(fractions),
-            std_dev_full_absorption_score=statistics.stdev(full_rates),
-            std_dev_num_split_features=statistics.stdev(n_split),
-        )
-        eval_output = AbsorptionEvalOutput(
-            eval_type_id=EVAL_TYPE_ID_ABSORPTION,
-            eval_config=eval_config,
-            eval_result_metrics=AbsorptionMetricCategories(mean=means),
-            eval_result_details=details,
-            **eval_output_provenance(sae),
-        )
-    raw = to_jsonable(asdict(eval_output))
-    rows = [
-        headline("mean_absorption_fraction_score", means.mean_absorption_fraction_score, False),
-        headline("mean_full_absorption_score", means.mean_full_absorption_score, False),
-        headline("mean_num_split_features", means.mean_num_split_features, None),
-        headline("n_letters_evaluated", len(fractions), None),
-    ]
-    return MetricResult(metric=METRIC, status="ok", raw=raw, headline=rows, seconds=timer.seconds)
+            eval_output = AbsorptionEvalOutput(
+                eval_type_id=EVAL_TYPE_ID_ABSORPTION,
+                eval_config=eval_config,
+                eval_result_metrics=AbsorptionMetricCategories(mean=means),
+                eval_result_details=details,
+                **eval_output_provenance(sae),
+            )
+        raw = to_jsonable(asdict(eval_output))
+        rows = [
+            headline("mean_absorption_fraction_score", means.mean_absorption_fraction_score, False),
+            headline("mean_full_absorption_score", means.mean_full_absorption_score, False),
+            headline("mean_num_split_features", means.mean_num_split_features, None),
+            headline("n_letters_evaluated", len(fractions), None),
+        ]
+        return self.result(raw, rows, timer=timer)

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae_core.metrics.base import (
+    MetricFamily,
     MetricResult,
     MetricSettings,
     Timer,
-    cache_dir,
     eval_output_provenance,
     headline,
     hooked_model_name,
@@ -46,7 +46,6 @@ from sae_core.metrics.sparse_probing import default_llm_batch_size
 if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
     import torch
 
-METRIC = "autointerp"
 ENV_API_KEY = "SAE_TRANSFER_AUTOINTERP_API_KEY"
 ENV_BASE_URL = "SAE_TRANSFER_AUTOINTERP_BASE_URL"
 ENV_MODEL = "SAE_TRANSFER_AUTOINTERP_MODEL"
@@ -142,86 +141,83 @@ def judge_client(base_url: str | None, model: str | None) -> Iterator[None]:
         ai_main.OpenAI = original
 
 
-def run_autointerp(
-    sae: Any,
-    hooked_model: Any,
-    hf_model: Any,
-    tokenizer: Any,
-    config: AutoInterpSettings | None = None,
-    artifacts_dir: str | Path = "artifacts",
-    device: str = "cpu",
-    scratch_dir: str | Path | None = None,
-) -> MetricResult:
-    import torch
+class AutoInterp(MetricFamily):
+    name = "autointerp"
+    settings_cls = AutoInterpSettings
+    toy_defaults = TOY_DEFAULTS
+    hub_defaults = HUB_DEFAULTS
 
-    config = config or HUB_DEFAULTS
-    timer = Timer()
-    judge = judge_config()
-    if not judge["api_key"]:
-        return MetricResult.skipped(
-            METRIC,
-            f"autointerp needs an LLM judge: set {ENV_API_KEY} (and optionally {ENV_BASE_URL}, {ENV_MODEL}) "
-            "to an OpenAI-compatible chat-completions endpoint",
-            seconds=timer.seconds,
+    def run(self, sae: Any, hooked_model: Any, hf_model: Any, tokenizer: Any, settings: AutoInterpSettings | None = None,
+            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
+        import torch
+
+        config = settings or self.hub_defaults
+        timer = Timer()
+        judge = judge_config()
+        if not judge["api_key"]:
+            return self.skipped(
+                f"autointerp needs an LLM judge: set {ENV_API_KEY} (and optionally {ENV_BASE_URL}, {ENV_MODEL}) "
+                "to an OpenAI-compatible chat-completions endpoint",
+                timer=timer,
+            )
+
+        import sae_bench.evals.autointerp.main as ai_main
+        from sae_bench.evals.autointerp.eval_config import AutoInterpEvalConfig
+        from sae_bench.evals.autointerp.eval_output import (
+            AutoInterpEvalOutput,
+            AutoInterpMetricCategories,
+            AutoInterpMetrics,
         )
 
-    import sae_bench.evals.autointerp.main as ai_main
-    from sae_bench.evals.autointerp.eval_config import AutoInterpEvalConfig
-    from sae_bench.evals.autointerp.eval_output import (
-        AutoInterpEvalOutput,
-        AutoInterpMetricCategories,
-        AutoInterpMetrics,
-    )
-
-    model_name = hooked_model_name(hooked_model)
-    llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
-    eval_config = AutoInterpEvalConfig(
-        model_name=model_name,
-        n_latents=config.n_latents,
-        dead_latent_threshold=config.dead_latent_threshold,
-        random_seed=config.random_seed,
-        dataset_name=config.dataset_name,
-        llm_context_size=config.llm_context_size,
-        llm_batch_size=config.llm_batch_size or default_llm_batch_size(model_name),
-        llm_dtype=llm_dtype,
-        buffer=config.buffer,
-        no_overlap=config.no_overlap,
-        act_threshold_frac=config.act_threshold_frac,
-        total_tokens=config.total_tokens,
-        scoring=config.scoring,
-        max_tokens_in_explanation=config.max_tokens_in_explanation,
-        use_demos_in_explanation=config.use_demos_in_explanation,
-        n_top_ex_for_generation=config.n_top_ex_for_generation,
-        n_iw_sampled_ex_for_generation=config.n_iw_sampled_ex_for_generation,
-        n_top_ex_for_scoring=config.n_top_ex_for_scoring,
-        n_random_ex_for_scoring=config.n_random_ex_for_scoring,
-        n_iw_sampled_ex_for_scoring=config.n_iw_sampled_ex_for_scoring,
-    )
-    vocab = sorted(hooked_model.tokenizer.get_vocab().items())
-    tokenizer_key = hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
-    folder = cache_dir(artifacts_dir, METRIC, tokenizer_key, config.dataset_name, config.llm_context_size, config.total_tokens)
-    with sae_bench_context(), judge_client(judge["base_url"], judge["model"]), torch.no_grad():
-        sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype)
-        per_latent = ai_main.run_eval_single_sae(eval_config, sae, hooked_model, device, str(folder), judge["api_key"])
-    if not per_latent:
-        return MetricResult.skipped(METRIC, "SAEBench's autointerp found no alive latent with activating examples",
-                                    raw={"eval_config": to_jsonable(asdict(eval_config))}, seconds=timer.seconds)
-    scores = torch.tensor([r["score"] for r in per_latent.values()], dtype=torch.float64)
-    score = scores.mean().item()
-    std = scores.std().item() if len(scores) > 1 else float("nan")
-    eval_output = AutoInterpEvalOutput(
-        eval_config=eval_config,
-        eval_result_metrics=AutoInterpMetricCategories(
-            autointerp=AutoInterpMetrics(autointerp_score=score, autointerp_std_dev=std)
-        ),
-        eval_result_details=[],
-        eval_result_unstructured=per_latent,
-        **eval_output_provenance(sae),
-    )
-    raw = to_jsonable(asdict(eval_output))
-    rows = [
-        headline("autointerp_score", score, True),
-        headline("autointerp_std_dev", std, None),
-        headline("n_latents_scored", len(per_latent), None),
-    ]
-    return MetricResult(metric=METRIC, status="ok", raw=raw, headline=rows, seconds=timer.seconds)
+        model_name = hooked_model_name(hooked_model)
+        llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
+        eval_config = AutoInterpEvalConfig(
+            model_name=model_name,
+            n_latents=config.n_latents,
+            dead_latent_threshold=config.dead_latent_threshold,
+            random_seed=config.random_seed,
+            dataset_name=config.dataset_name,
+            llm_context_size=config.llm_context_size,
+            llm_batch_size=config.llm_batch_size or default_llm_batch_size(model_name),
+            llm_dtype=llm_dtype,
+            buffer=config.buffer,
+            no_overlap=config.no_overlap,
+            act_threshold_frac=config.act_threshold_frac,
+            total_tokens=config.total_tokens,
+            scoring=config.scoring,
+            max_tokens_in_explanation=config.max_tokens_in_explanation,
+            use_demos_in_explanation=config.use_demos_in_explanation,
+            n_top_ex_for_generation=config.n_top_ex_for_generation,
+            n_iw_sampled_ex_for_generation=config.n_iw_sampled_ex_for_generation,
+            n_top_ex_for_scoring=config.n_top_ex_for_scoring,
+            n_random_ex_for_scoring=config.n_random_ex_for_scoring,
+            n_iw_sampled_ex_for_scoring=config.n_iw_sampled_ex_for_scoring,
+        )
+        vocab = sorted(hooked_model.tokenizer.get_vocab().items())
+        tokenizer_key = hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
+        folder = self.cache_dir(artifacts_dir, tokenizer_key, config.dataset_name, config.llm_context_size, config.total_tokens)
+        with sae_bench_context(), judge_client(judge["base_url"], judge["model"]), torch.no_grad():
+            sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype)
+            per_latent = ai_main.run_eval_single_sae(eval_config, sae, hooked_model, device, str(folder), judge["api_key"])
+        if not per_latent:
+            return self.skipped("SAEBench's autointerp found no alive latent with activating examples",
+                                raw={"eval_config": to_jsonable(asdict(eval_config))}, timer=timer)
+        scores = torch.tensor([r["score"] for r in per_latent.values()], dtype=torch.float64)
+        score = scores.mean().item()
+        std = scores.std().item() if len(scores) > 1 else float("nan")
+        eval_output = AutoInterpEvalOutput(
+            eval_config=eval_config,
+            eval_result_metrics=AutoInterpMetricCategories(
+                autointerp=AutoInterpMetrics(autointerp_score=score, autointerp_std_dev=std)
+            ),
+            eval_result_details=[],
+            eval_result_unstructured=per_latent,
+            **eval_output_provenance(sae),
+        )
+        raw = to_jsonable(asdict(eval_output))
+        rows = [
+            headline("autointerp_score", score, True),
+            headline("autointerp_std_dev", std, None),
+            headline("n_latents_scored", len(per_latent), None),
+        ]
+        return self.result(raw, rows, timer=timer)

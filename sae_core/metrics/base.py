@@ -4,7 +4,11 @@ adapter uses to hand an SAE object and a model object to SAEBench's own evaluati
 Nothing here computes a metric; all metric code is SAEBench's (``sae_bench`` package). What lives
 here is plumbing:
 
-* :class:`MetricResult` -- what every ``run_<metric>`` returns: SAEBench's own JSON-able output
+* :class:`MetricFamily` -- the one shape of a metric family: its ``name``, settings class, toy and
+  hub defaults (plus the "real" profile's size overrides, given at registration), and ``run`` with
+  the one signature every family shares. A family module states only what differs; the registry
+  (:mod:`sae_core.metrics.registry`) is a list of family objects.
+* :class:`MetricResult` -- what every ``MetricFamily.run`` returns: SAEBench's own JSON-able output
   (``raw``), a short list of headline numbers, and ``status``/``reason`` ("ok" or "skipped").
 * :func:`prepare_sae` -- a private copy of the caller's SAE, standardised the way SAEBench's own
   ``run_eval`` does for custom SAE objects (``general_utils.load_and_format_sae``), moved to the
@@ -27,6 +31,7 @@ here is plumbing:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import copy
 import hashlib
@@ -35,12 +40,11 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from sae_core.lazy_torch import no_grad
@@ -49,6 +53,9 @@ if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
     import torch
 
 Status = Literal["ok", "skipped"]
+#: "toy": tiny CPU settings for the offline toy world; "real": SAEBench's settings with CPU-sized
+#: sizes on the real-language stand-ins; "hub": SAEBench's own defaults on its hub datasets.
+PROFILES: tuple[str, ...] = ("toy", "real", "hub")
 
 
 class MetricSettings(BaseModel):
@@ -98,6 +105,93 @@ class MetricResult(BaseModel):
         return {row["metric_name"]: row["value"] for row in self.headline}
 
 
+class MetricFamily(abc.ABC):
+    """One SAEBench metric family. A subclass states only what differs from the other families:
+
+    ``name`` (the metric's name in configs, storage keys and reports), ``settings_cls`` with its
+    ``toy_defaults`` and ``hub_defaults``, ``model_kind`` (which model object SAEBench's code runs on:
+    "hooked" -- the ``HookedTransformer``, or "hf" -- the ``transformers`` model), and :meth:`run`,
+    the adapter around SAEBench's own evaluation, which also picks the headline numbers and their
+    ``higher_is_better``. The "real" profile is ``hub_defaults`` with ``real_overrides`` (sizes
+    only), given when the family is registered.
+    """
+
+    name: ClassVar[str]
+    settings_cls: ClassVar[type[MetricSettings]]
+    toy_defaults: ClassVar[MetricSettings]
+    hub_defaults: ClassVar[MetricSettings]
+    model_kind: ClassVar[str] = "hooked"
+
+    def __init__(self, real_overrides: Mapping[str, Any] | None = None) -> None:
+        self.real_overrides: dict[str, Any] | None = dict(real_overrides) if real_overrides else None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    def defaults(self, profile: str) -> MetricSettings:
+        """The settings of ``profile`` ("toy" | "real" | "hub")."""
+        if profile == "toy":
+            return self.toy_defaults
+        if profile == "hub":
+            return self.hub_defaults
+        if profile == "real":
+            return self.settings_cls(**{**self.hub_defaults.model_dump(), **(self.real_overrides or {})})
+        raise ValueError(f"unknown profile {profile!r}; use one of {PROFILES}")
+
+    def settings(self, profile: str = "hub", **overrides: Any) -> MetricSettings:
+        """Profile defaults with ``overrides`` applied (validated)."""
+        base = self.defaults(profile).model_dump()
+        base.update(overrides)
+        return self.settings_cls(**base)
+
+    def resolve_settings(self, settings: MetricSettings | dict[str, Any] | None, profile: str = "hub") -> MetricSettings:
+        """``None`` -> ``profile``'s defaults; a dict -> full settings or overrides of them; a settings object as is."""
+        if settings is None:
+            return self.defaults(profile)
+        if isinstance(settings, dict):
+            return self.settings(profile, **settings)
+        if isinstance(settings, self.settings_cls):
+            return settings
+        raise TypeError(f"settings for {self.name!r} must be {self.settings_cls.__name__}, a dict or None, "
+                        f"got {type(settings).__name__}")
+
+    @abc.abstractmethod
+    def run(
+        self,
+        sae: Any,
+        hooked_model: Any,
+        hf_model: Any,
+        tokenizer: Any,
+        settings: MetricSettings | None = None,
+        artifacts_dir: str | Path = "artifacts",
+        device: str = "cpu",
+        scratch_dir: str | Path | None = None,
+    ) -> MetricResult:
+        """Run SAEBench's evaluation of this family on ``sae`` and the given model objects.
+
+        ``sae``: any ``sae_lens.SAE`` whose ``cfg.metadata.hook_name`` is a TransformerLens hook of
+        ``hooked_model``; it is copied, never modified. ``hooked_model``: ``HookedTransformer``;
+        ``hf_model``: ``transformers.PreTrainedModel`` with the same weights; ``tokenizer``: the HF
+        tokenizer (families read what ``model_kind`` says; models must already be on ``device``).
+        ``settings``: this family's settings object (``None``: ``hub_defaults``). ``artifacts_dir``:
+        where SAEBench may cache LLM-side artefacts; ``scratch_dir``: throw-away outputs. Datasets are
+        whatever :func:`~sae_core.datasets.mirror.dataset_overrides` serves at the time
+        (:func:`~sae_core.metrics.registry.run_metric` sets them up per profile).
+        """
+
+    def result(self, raw: dict[str, Any], rows: list[dict[str, Any]], *, timer: Timer) -> MetricResult:
+        """The family's "ok" result: SAEBench's ``raw`` output and the headline ``rows``, timed by ``timer``."""
+        return MetricResult(metric=self.name, status="ok", raw=raw, headline=rows, seconds=timer.seconds)
+
+    def skipped(self, reason: str, raw: dict[str, Any] | None = None, *, timer: Timer) -> MetricResult:
+        """The family's "skipped" result, with the reason (never silently)."""
+        return MetricResult.skipped(self.name, reason, raw=raw, seconds=timer.seconds)
+
+    def cache_dir(self, artifacts_dir: str | Path, *key_parts: Any) -> Path:
+        """:func:`cache_dir` of this family: ``artifacts_dir/<name>/<hash(key_parts)>``, created."""
+        return cache_dir(artifacts_dir, self.name, *key_parts)
+
+
 def headline(metric_name: str, value: Any, higher_is_better: bool | None) -> dict[str, Any]:
     return {"metric_name": metric_name, "value": _to_float(value), "higher_is_better": higher_is_better}
 
@@ -120,6 +214,7 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def _json_default(value: Any) -> Any:
+    import numpy as np
     import torch
 
     if isinstance(value, np.generic):
@@ -253,6 +348,7 @@ def _key(part: Any) -> Any:
 @contextlib.contextmanager
 def preserved_global_state() -> Iterator[None]:
     """Restore torch grad mode and the python / numpy / torch RNG states after SAEBench ran."""
+    import numpy as np
     import torch
 
     grad_enabled = torch.is_grad_enabled()

@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae_core.metrics.base import (
+    MetricFamily,
     MetricResult,
     MetricSettings,
     Timer,
     headline,
     hooked_model_name,
-    sae_bench_context,
     prepare_sae,
     resolve_llm_dtype,
+    sae_bench_context,
     sae_bench_version,
     sae_lens_version,
 )
@@ -36,7 +37,6 @@ from sae_core.metrics.base import (
 if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
     import torch
 
-METRIC = "core"
 
 
 class CoreSettings(MetricSettings):
@@ -73,97 +73,95 @@ TOY_DEFAULTS = CoreSettings(
 HUB_DEFAULTS = CoreSettings()
 
 
-def run_core(
-    sae: Any,
-    hooked_model: Any,
-    hf_model: Any,
-    tokenizer: Any,
-    config: CoreSettings | None = None,
-    artifacts_dir: str | Path = "artifacts",
-    device: str = "cpu",
-    scratch_dir: str | Path | None = None,
-) -> MetricResult:
-    """Core metrics of ``sae`` spliced into ``hooked_model`` (``hf_model``/``tokenizer`` unused)."""
-    import torch
-    from sae_lens.training.activations_store import ActivationsStore
+class Core(MetricFamily):
+    name = "core"
+    settings_cls = CoreSettings
+    toy_defaults = TOY_DEFAULTS
+    hub_defaults = HUB_DEFAULTS
 
-    import sae_bench.evals.core.main as core_main
-    from sae_bench.evals.core.eval_config import CoreEvalConfig
-    from sae_bench.sae_bench_utils import get_eval_uuid
+    def run(self, sae: Any, hooked_model: Any, hf_model: Any, tokenizer: Any, settings: CoreSettings | None = None,
+            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
+        """Core metrics of ``sae`` spliced into ``hooked_model`` (``hf_model``/``tokenizer`` unused)."""
+        import torch
+        from sae_lens.training.activations_store import ActivationsStore
 
-    config = config or HUB_DEFAULTS
-    timer = Timer()
-    llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
-    model_name = hooked_model_name(hooked_model)
-    out_dir = Path(scratch_dir) if scratch_dir is not None else Path(artifacts_dir) / METRIC
-    out_dir.mkdir(parents=True, exist_ok=True)
+        import sae_bench.evals.core.main as core_main
+        from sae_bench.evals.core.eval_config import CoreEvalConfig
+        from sae_bench.sae_bench_utils import get_eval_uuid
 
-    with sae_bench_context(), torch.no_grad():
-        sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype, context_size=config.context_size)
-        eval_config = CoreEvalConfig(
-            model_name=model_name,
-            llm_dtype=llm_dtype,
-            batch_size_prompts=config.batch_size_prompts,
-            n_eval_reconstruction_batches=config.n_eval_reconstruction_batches,
-            n_eval_sparsity_variance_batches=config.n_eval_sparsity_variance_batches,
-            dataset=config.dataset,
-            context_size=config.context_size,
-            compute_kl=config.compute_kl,
-            compute_ce_loss=config.compute_ce_loss,
-            compute_l2_norms=config.compute_l2_norms,
-            compute_sparsity_metrics=config.compute_sparsity_metrics,
-            compute_variance_metrics=config.compute_variance_metrics,
-            compute_featurewise_density_statistics=config.compute_featurewise_density_statistics,
-            compute_featurewise_weight_based_metrics=config.compute_featurewise_weight_based_metrics,
-            exclude_special_tokens_from_reconstruction=config.exclude_special_tokens_from_reconstruction,
-        )
-        activation_store = ActivationsStore.from_sae(
-            hooked_model,
-            sae,
-            context_size=config.context_size,
-            dataset=config.dataset,
-            dataset_trust_remote_code=True,
-            streaming=config.streaming,
-            device=device,
-        )
-        activation_store.shuffle_input_dataset(seed=config.shuffle_seed)
+        config = settings or self.hub_defaults
+        timer = Timer()
+        llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
+        model_name = hooked_model_name(hooked_model)
+        out_dir = Path(scratch_dir) if scratch_dir is not None else Path(artifacts_dir) / self.name
+        out_dir.mkdir(parents=True, exist_ok=True)
 
-        model_tokenizer = hooked_model.tokenizer
-        scalar_metrics, feature_metrics = core_main.run_evals(
-            sae=sae,
-            activation_store=activation_store,
-            model=hooked_model,
-            eval_config=eval_config,
-            ignore_tokens={model_tokenizer.pad_token_id, model_tokenizer.eos_token_id, model_tokenizer.bos_token_id},
-            verbose=False,
-        )
-        eval_metrics: dict[str, Any] = {
-            "unique_id": "custom_sae",
-            "sae_set": "custom",
-            "sae_id": "custom_sae",
-            "eval_cfg": eval_config,
-            "metrics": scalar_metrics,
-        }
-        want_misc = config.compute_featurewise_density_statistics and config.compute_featurewise_weight_based_metrics
-        if want_misc:
-            eval_metrics["metrics"]["misc_metrics"] = core_main.calculate_misc_metrics(feature_metrics)
-        if want_misc and config.keep_feature_details:
-            eval_metrics["feature_metrics"] = feature_metrics
-        # SAEBench writes NaN as -1 in its JSON; the headline keeps the real value.
-        headline_rows = _headline(eval_metrics["metrics"])
-        if not want_misc:  # SAEBench's output schema requires the block: NaN (written -1) = not computed
-            import dataclasses
+        with sae_bench_context(), torch.no_grad():
+            sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype, context_size=config.context_size)
+            eval_config = CoreEvalConfig(
+                model_name=model_name,
+                llm_dtype=llm_dtype,
+                batch_size_prompts=config.batch_size_prompts,
+                n_eval_reconstruction_batches=config.n_eval_reconstruction_batches,
+                n_eval_sparsity_variance_batches=config.n_eval_sparsity_variance_batches,
+                dataset=config.dataset,
+                context_size=config.context_size,
+                compute_kl=config.compute_kl,
+                compute_ce_loss=config.compute_ce_loss,
+                compute_l2_norms=config.compute_l2_norms,
+                compute_sparsity_metrics=config.compute_sparsity_metrics,
+                compute_variance_metrics=config.compute_variance_metrics,
+                compute_featurewise_density_statistics=config.compute_featurewise_density_statistics,
+                compute_featurewise_weight_based_metrics=config.compute_featurewise_weight_based_metrics,
+                exclude_special_tokens_from_reconstruction=config.exclude_special_tokens_from_reconstruction,
+            )
+            activation_store = ActivationsStore.from_sae(
+                hooked_model,
+                sae,
+                context_size=config.context_size,
+                dataset=config.dataset,
+                dataset_trust_remote_code=True,
+                streaming=config.streaming,
+                device=device,
+            )
+            activation_store.shuffle_input_dataset(seed=config.shuffle_seed)
 
-            from sae_bench.evals.core.eval_output import MiscMetrics  # a pydantic *dataclass*: no model_fields
+            model_tokenizer = hooked_model.tokenizer
+            scalar_metrics, feature_metrics = core_main.run_evals(
+                sae=sae,
+                activation_store=activation_store,
+                model=hooked_model,
+                eval_config=eval_config,
+                ignore_tokens={model_tokenizer.pad_token_id, model_tokenizer.eos_token_id, model_tokenizer.bos_token_id},
+                verbose=False,
+            )
+            eval_metrics: dict[str, Any] = {
+                "unique_id": "custom_sae",
+                "sae_set": "custom",
+                "sae_id": "custom_sae",
+                "eval_cfg": eval_config,
+                "metrics": scalar_metrics,
+            }
+            want_misc = config.compute_featurewise_density_statistics and config.compute_featurewise_weight_based_metrics
+            if want_misc:
+                eval_metrics["metrics"]["misc_metrics"] = core_main.calculate_misc_metrics(feature_metrics)
+            if want_misc and config.keep_feature_details:
+                eval_metrics["feature_metrics"] = feature_metrics
+            # SAEBench writes NaN as -1 in its JSON; the headline keeps the real value.
+            headline_rows = _headline(eval_metrics["metrics"])
+            if not want_misc:  # SAEBench's output schema requires the block: NaN (written -1) = not computed
+                import dataclasses
 
-            eval_metrics["metrics"]["misc_metrics"] = {f.name: math.nan for f in dataclasses.fields(MiscMetrics)}
-        cleaned = core_main.replace_nans_with_negative_one(eval_metrics)
-        json_path = out_dir / "custom_sae_eval_results.json"
-        core_main.save_single_eval_result(
-            cleaned, get_eval_uuid(), sae_lens_version(), f"sae-bench=={sae_bench_version()}", str(json_path), sae
-        )
-    raw = json.loads(json_path.read_text())
-    return MetricResult(metric=METRIC, status="ok", raw=raw, headline=headline_rows, seconds=timer.seconds)
+                from sae_bench.evals.core.eval_output import MiscMetrics  # a pydantic *dataclass*: no model_fields
+
+                eval_metrics["metrics"]["misc_metrics"] = {f.name: math.nan for f in dataclasses.fields(MiscMetrics)}
+            cleaned = core_main.replace_nans_with_negative_one(eval_metrics)
+            json_path = out_dir / "custom_sae_eval_results.json"
+            core_main.save_single_eval_result(
+                cleaned, get_eval_uuid(), sae_lens_version(), f"sae-bench=={sae_bench_version()}", str(json_path), sae
+            )
+        raw = json.loads(json_path.read_text())
+        return self.result(raw, headline_rows, timer=timer)
 
 
 _HEADLINE = (

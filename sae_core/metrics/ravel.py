@@ -47,10 +47,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae_core.metrics.base import (
+    MetricFamily,
     MetricResult,
     MetricSettings,
     Timer,
-    cache_dir,
     eval_output_provenance,
     headline,
     hooked_model_name,
@@ -66,7 +66,6 @@ from sae_core.metrics.sparse_probing import default_llm_batch_size
 if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
     import torch
 
-METRIC = "ravel"
 
 
 class RavelSettings(MetricSettings):
@@ -279,97 +278,94 @@ def check_filtered_datasets(eval_config: Any, hf_model: Any, tokenizer: Any, fol
     return problems
 
 
-def run_ravel(
-    sae: Any,
-    hooked_model: Any,
-    hf_model: Any,
-    tokenizer: Any,
-    config: RavelSettings | None = None,
-    artifacts_dir: str | Path = "artifacts",
-    device: str = "cpu",
-    scratch_dir: str | Path | None = None,
-) -> MetricResult:
-    """RAVEL on ``hf_model`` (``hooked_model`` only supplies the model's name label; may be None)."""
-    import sae_bench.evals.ravel.main as ravel_main
-    from sae_bench.evals.ravel.eval_config import RAVELEvalConfig
-    from sae_bench.evals.ravel.eval_output import RAVELEvalOutput, RAVELMetricCategories, RAVELMetricResults
+class Ravel(MetricFamily):
+    name = "ravel"
+    settings_cls = RavelSettings
+    toy_defaults = TOY_DEFAULTS
+    hub_defaults = HUB_DEFAULTS
+    model_kind = "hf"  # SAEBench's RAVEL runs on the transformers model
 
-    config = config or HUB_DEFAULTS
-    timer = Timer()
-    if hooked_model is not None:
-        model_name = hooked_model_name(hooked_model)
-    else:
-        model_name = str(getattr(hf_model.config, "_name_or_path", "") or "model").rstrip("/").split("/")[-1]
-    llm_dtype = resolve_llm_dtype(config.llm_dtype, hf_model)
-    batch_size = config.llm_batch_size or max(1, default_llm_batch_size(model_name) // 4)
-    hook_name = str(sae.cfg.metadata.hook_name)
-    if not hook_name.startswith("blocks.") or not hook_name.endswith("hook_resid_post"):
-        return MetricResult.skipped(
-            METRIC, f"SAEBench's RAVEL reads and patches decoder-layer outputs (blocks.L.hook_resid_post); "
-                    f"this SAE reads {hook_name!r}", seconds=timer.seconds)
-    view = "raw" if hooked_model is None else residual_view(hooked_model, hf_model, hook_name, tokenizer, device)
-    if view == "mismatch":
-        warnings.warn(f"RAVEL: the HookedTransformer's {hook_name} matches neither the HF decoder-layer output nor its "
-                      "centred version; running on the raw HF output", stacklevel=2)
-    with sae_bench_context(config.random_seed), ravel_model_compat(hf_model, tokenizer, center=view == "centered"):
-        sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype)
-        sae.requires_grad_(False)
-        folder = cache_dir(artifacts_dir, METRIC, model_fingerprint(hf_model), sae.cfg.hook_name,
-                           config.model_dump(exclude={"learning_rate", "num_epochs", "train_mdas"}))
-        eval_config = RAVELEvalConfig(
-            entity_attribute_selection={k: list(v) for k, v in config.entity_attribute_selection.items()},
-            top_n_entities=config.top_n_entities,
-            top_n_templates=config.top_n_templates,
-            full_dataset_downsample=config.full_dataset_downsample,
-            num_pairs_per_attribute=config.num_pairs_per_attribute,
-            train_test_split=config.train_test_split,
-            force_dataset_recompute=config.force_dataset_recompute,
-            model_name=model_name,
-            llm_dtype=llm_dtype,
-            llm_batch_size=batch_size,
-            learning_rate=config.learning_rate,
-            num_epochs=config.num_epochs,
-            train_mdas=config.train_mdas,
-            n_generated_tokens=config.n_generated_tokens,
-            random_seed=config.random_seed,
-            artifact_dir=str(folder),
-        )
-        problems = check_filtered_datasets(eval_config, hf_model, tokenizer, folder)
-        if problems:
-            return MetricResult.skipped(
-                METRIC,
-                "SAEBench's RAVEL cannot run on this model: " + "; ".join(problems)
-                + " (RAVEL keeps only prompts the model completes correctly; it needs >= 2 distinct attribute values "
-                "and at least one validation batch per attribute)",
-                raw={"eval_config": to_jsonable(asdict(eval_config))},
-                seconds=timer.seconds,
+    def run(self, sae: Any, hooked_model: Any, hf_model: Any, tokenizer: Any, settings: RavelSettings | None = None,
+            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
+        """RAVEL on ``hf_model`` (``hooked_model`` only supplies the model's name label; may be None)."""
+        import sae_bench.evals.ravel.main as ravel_main
+        from sae_bench.evals.ravel.eval_config import RAVELEvalConfig
+        from sae_bench.evals.ravel.eval_output import RAVELEvalOutput, RAVELMetricCategories, RAVELMetricResults
+
+        config = settings or self.hub_defaults
+        timer = Timer()
+        if hooked_model is not None:
+            model_name = hooked_model_name(hooked_model)
+        else:
+            model_name = str(getattr(hf_model.config, "_name_or_path", "") or "model").rstrip("/").split("/")[-1]
+        llm_dtype = resolve_llm_dtype(config.llm_dtype, hf_model)
+        batch_size = config.llm_batch_size or max(1, default_llm_batch_size(model_name) // 4)
+        hook_name = str(sae.cfg.metadata.hook_name)
+        if not hook_name.startswith("blocks.") or not hook_name.endswith("hook_resid_post"):
+            return self.skipped(f"SAEBench's RAVEL reads and patches decoder-layer outputs (blocks.L.hook_resid_post); "
+                                f"this SAE reads {hook_name!r}", timer=timer)
+        view = "raw" if hooked_model is None else residual_view(hooked_model, hf_model, hook_name, tokenizer, device)
+        if view == "mismatch":
+            warnings.warn(f"RAVEL: the HookedTransformer's {hook_name} matches neither the HF decoder-layer output nor its "
+                          "centred version; running on the raw HF output", stacklevel=2)
+        with sae_bench_context(config.random_seed), ravel_model_compat(hf_model, tokenizer, center=view == "centered"):
+            sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype)
+            sae.requires_grad_(False)
+            folder = self.cache_dir(artifacts_dir, model_fingerprint(hf_model), sae.cfg.hook_name,
+                                    config.model_dump(exclude={"learning_rate", "num_epochs", "train_mdas"}))
+            eval_config = RAVELEvalConfig(
+                entity_attribute_selection={k: list(v) for k, v in config.entity_attribute_selection.items()},
+                top_n_entities=config.top_n_entities,
+                top_n_templates=config.top_n_templates,
+                full_dataset_downsample=config.full_dataset_downsample,
+                num_pairs_per_attribute=config.num_pairs_per_attribute,
+                train_test_split=config.train_test_split,
+                force_dataset_recompute=config.force_dataset_recompute,
+                model_name=model_name,
+                llm_dtype=llm_dtype,
+                llm_batch_size=batch_size,
+                learning_rate=config.learning_rate,
+                num_epochs=config.num_epochs,
+                train_mdas=config.train_mdas,
+                n_generated_tokens=config.n_generated_tokens,
+                random_seed=config.random_seed,
+                artifact_dir=str(folder),
             )
-        results, per_class = ravel_main.run_eval_single_sae(eval_config, sae, hf_model, device, str(folder))
-        eval_output = RAVELEvalOutput(
-            eval_config=eval_config,
-            eval_result_metrics=RAVELMetricCategories(
-                ravel=RAVELMetricResults(
-                    disentanglement_score=results["disentangle_score"],
-                    cause_score=results["cause_score"],
-                    isolation_score=results["isolation_score"],
+            problems = check_filtered_datasets(eval_config, hf_model, tokenizer, folder)
+            if problems:
+                return self.skipped(
+                    "SAEBench's RAVEL cannot run on this model: " + "; ".join(problems)
+                    + " (RAVEL keeps only prompts the model completes correctly; it needs >= 2 distinct attribute values "
+                    "and at least one validation batch per attribute)",
+                    raw={"eval_config": to_jsonable(asdict(eval_config))},
+                    timer=timer,
                 )
-            ),
-            eval_result_details=[],
-            eval_result_unstructured=per_class,
-            **eval_output_provenance(sae),
-        )
-    raw = to_jsonable(asdict(eval_output))
-    raw["sae_transfer_residual_view"] = view
-    rows = [
-        headline("disentanglement_score", results["disentangle_score"], True),
-        headline("cause_score", results["cause_score"], True),
-        headline("isolation_score", results["isolation_score"], True),
-    ]
-    bad = [r["metric_name"] for r in rows if math.isnan(r["value"])]
-    if bad:
-        return MetricResult(
-            metric=METRIC, status="skipped", raw=raw, headline=[], seconds=timer.seconds,
-            reason=f"SAEBench's RAVEL produced NaN for {bad}: the model answered too few prompts correctly to fill "
-                   "a validation batch (raise num_pairs_per_attribute / lower llm_batch_size, or the model lacks the facts)",
-        )
-    return MetricResult(metric=METRIC, status="ok", raw=raw, headline=rows, seconds=timer.seconds)
+            results, per_class = ravel_main.run_eval_single_sae(eval_config, sae, hf_model, device, str(folder))
+            eval_output = RAVELEvalOutput(
+                eval_config=eval_config,
+                eval_result_metrics=RAVELMetricCategories(
+                    ravel=RAVELMetricResults(
+                        disentanglement_score=results["disentangle_score"],
+                        cause_score=results["cause_score"],
+                        isolation_score=results["isolation_score"],
+                    )
+                ),
+                eval_result_details=[],
+                eval_result_unstructured=per_class,
+                **eval_output_provenance(sae),
+            )
+        raw = to_jsonable(asdict(eval_output))
+        raw["sae_transfer_residual_view"] = view
+        rows = [
+            headline("disentanglement_score", results["disentangle_score"], True),
+            headline("cause_score", results["cause_score"], True),
+            headline("isolation_score", results["isolation_score"], True),
+        ]
+        bad = [r["metric_name"] for r in rows if math.isnan(r["value"])]
+        if bad:
+            return self.skipped(
+                f"SAEBench's RAVEL produced NaN for {bad}: the model answered too few prompts correctly to fill "
+                "a validation batch (raise num_pairs_per_attribute / lower llm_batch_size, or the model lacks the facts)",
+                raw=raw, timer=timer,
+            )
+        return self.result(raw, rows, timer=timer)

@@ -1,22 +1,27 @@
-"""Metric name -> (adapter, settings class, toy defaults, hub defaults).
+"""The metric families, as data: name -> :class:`~sae_core.metrics.base.MetricFamily` object.
 
-Every adapter has the signature::
+Every family has the one signature of :meth:`MetricFamily.run <sae_core.metrics.base.MetricFamily.run>`::
 
-    run_<metric>(sae, hooked_model, hf_model, tokenizer, config: <Metric>Settings | None,
-                 artifacts_dir: str | Path, device: str) -> MetricResult
+    family.run(sae, hooked_model, hf_model, tokenizer, settings: <Metric>Settings | None,
+               artifacts_dir: str | Path, device: str, scratch_dir: str | Path | None) -> MetricResult
 
 ``sae``: any ``sae_lens.SAE`` (standard/ReLU, TopK, JumpReLU, ...) whose ``cfg.metadata.hook_name``
 is a TransformerLens hook of ``hooked_model``; it is copied, never modified.
 ``hooked_model``: ``HookedTransformer`` (core, absorption, scr, tpp, sparse_probing, autointerp);
-``hf_model``: ``transformers.PreTrainedModel`` with the same weights (ravel); ``tokenizer``: the HF
-tokenizer (ravel; the others use ``hooked_model.tokenizer``). Models must already be on ``device``.
-``artifacts_dir``: where SAEBench may write caches / outputs (see each module).
+``hf_model``: ``transformers.PreTrainedModel`` with the same weights (ravel, ``model_kind="hf"``);
+``tokenizer``: the HF tokenizer (ravel; the others use ``hooked_model.tokenizer``). Models must
+already be on ``device``. ``artifacts_dir``: where SAEBench may write caches / outputs (see each module).
+:func:`run_metric` is the entry point: it resolves the settings of a profile and serves the
+profile's datasets around ``family.run``.
 
 Profiles: ``toy_defaults`` are tiny CPU settings for the offline toy world (use together with
 ``dataset_overrides(build_eval_datasets(...))``); "real" is ``hub_defaults`` with CPU-sized sizes
 (``REAL_OVERRIDES``; SAEBench's thresholds unchanged) on the real-language stand-ins; ``hub_defaults`` are SAEBench's own defaults on
 its hub datasets (core: the paper's context 128, 16 prompts per batch, 200 reconstruction and 2000
 sparsity/variance batches, special tokens excluded).
+
+Importing this module is light (no torch, no SAEBench: families import those when they run), so
+:mod:`sae_core.config` takes its metric names from :data:`METRIC_NAMES`.
 """
 
 from __future__ import annotations
@@ -26,43 +31,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sae_core.metrics import absorption, autointerp, core, ravel, scr_tpp, sparse_probing
-from sae_core.metrics.base import MetricResult, MetricSettings, sae_bench_version
-
-Adapter = Callable[..., MetricResult]
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    name: str
-    adapter: Adapter
-    settings_cls: type[MetricSettings]
-    toy_defaults: MetricSettings
-    hub_defaults: MetricSettings
-    #: which model object the SAEBench code runs on
-    model_kind: str = "hooked"
-    #: CPU-sized settings for a real (small) pretrained model on the real-language stand-ins
-    real_overrides: dict[str, Any] | None = None
-
-    def defaults(self, preset: str) -> MetricSettings:
-        if preset == "toy":
-            return self.toy_defaults
-        if preset == "hub":
-            return self.hub_defaults
-        if preset == "real":
-            return self.settings_cls(**{**self.hub_defaults.model_dump(), **(self.real_overrides or {})})
-        raise ValueError(f"unknown profile {preset!r}; use one of {PROFILES}")
-
-    def settings(self, preset: str = "hub", **overrides: Any) -> MetricSettings:
-        """Preset defaults with ``overrides`` applied (validated)."""
-        base = self.defaults(preset).model_dump()
-        base.update(overrides)
-        return self.settings_cls(**base)
+from sae_core.metrics.base import PROFILES, MetricFamily, MetricResult, MetricSettings, sae_bench_version
 
 
 # The "real" profile: SAEBench's own settings and thresholds with only the *sizes* cut, so that all
@@ -95,35 +68,21 @@ REAL_OVERRIDES: dict[str, dict[str, Any]] = {
     "autointerp": None,
 }
 
-METRICS: dict[str, MetricSpec] = {
-    spec.name: spec
-    for spec in (
-        MetricSpec("core", core.run_core, core.CoreSettings, core.TOY_DEFAULTS, core.HUB_DEFAULTS,
-                   real_overrides=REAL_OVERRIDES["core"]),
-        MetricSpec("absorption", absorption.run_absorption, absorption.AbsorptionSettings,
-                   absorption.TOY_DEFAULTS, absorption.HUB_DEFAULTS, real_overrides=REAL_OVERRIDES["absorption"]),
-        MetricSpec("scr", scr_tpp.run_scr, scr_tpp.ScrSettings, scr_tpp.SCR_TOY_DEFAULTS, scr_tpp.SCR_HUB_DEFAULTS,
-                   real_overrides=REAL_OVERRIDES["scr"]),
-        MetricSpec("tpp", scr_tpp.run_tpp, scr_tpp.TppSettings, scr_tpp.TPP_TOY_DEFAULTS, scr_tpp.TPP_HUB_DEFAULTS,
-                   real_overrides=REAL_OVERRIDES["tpp"]),
-        MetricSpec("sparse_probing", sparse_probing.run_sparse_probing, sparse_probing.SparseProbingSettings,
-                   sparse_probing.TOY_DEFAULTS, sparse_probing.HUB_DEFAULTS, real_overrides=REAL_OVERRIDES["sparse_probing"]),
-        MetricSpec("ravel", ravel.run_ravel, ravel.RavelSettings, ravel.TOY_DEFAULTS, ravel.HUB_DEFAULTS, model_kind="hf",
-                   real_overrides=REAL_OVERRIDES["ravel"]),
-        MetricSpec("autointerp", autointerp.run_autointerp, autointerp.AutoInterpSettings,
-                   autointerp.TOY_DEFAULTS, autointerp.HUB_DEFAULTS),
-    )
-}
-
+#: The families, in the order configs, presets and reports list them; "real" sizes from REAL_OVERRIDES.
+FAMILIES: tuple[MetricFamily, ...] = tuple(
+    family(real_overrides=REAL_OVERRIDES.get(family.name))
+    for family in (core.Core, absorption.Absorption, scr_tpp.Scr, scr_tpp.Tpp, sparse_probing.SparseProbing, ravel.Ravel,
+                   autointerp.AutoInterp)
+)
+METRICS: dict[str, MetricFamily] = {family.name: family for family in FAMILIES}
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
-PROFILES: tuple[str, ...] = ("toy", "real", "hub")
 
-__all__ = ["METRICS", "METRIC_NAMES", "PROFILES", "MetricSpec", "get_metric", "run_metric", "sae_bench_version",
-           "settings_for", "toy_dataset_paths"]
+__all__ = ["FAMILIES", "METRICS", "METRIC_NAMES", "PROFILES", "REAL_OVERRIDES", "MetricFamily", "get_metric",
+           "real_dataset_paths", "run_metric", "sae_bench_version", "settings_for", "toy_dataset_paths"]
 
 
-def get_metric(name: str) -> MetricSpec:
-    """The spec of metric ``name``; ``ValueError`` listing the known names otherwise."""
+def get_metric(name: str) -> MetricFamily:
+    """The family of metric ``name``; ``ValueError`` listing the known names otherwise."""
     try:
         return METRICS[name]
     except (KeyError, TypeError):
@@ -204,17 +163,10 @@ def run_metric(
     """
     from sae_core.datasets.mirror import dataset_overrides
 
-    spec = get_metric(name)
+    family = get_metric(name)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {PROFILES}")
-    if settings is None:
-        config = spec.defaults(profile)
-    elif isinstance(settings, dict):
-        config = spec.settings(profile, **settings)
-    elif isinstance(settings, spec.settings_cls):
-        config = settings
-    else:
-        raise TypeError(f"settings for {name!r} must be {spec.settings_cls.__name__}, a dict or None, got {type(settings).__name__}")
+    config = family.resolve_settings(settings, profile)
     overrides: dict[str, Any] = {}
     if profile == "toy":
         overrides.update(toy_dataset_paths(Path(artifacts_dir), seed))
@@ -225,4 +177,4 @@ def run_metric(
         if scratch_dir is None:
             scratch_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"sae-bench-{name}-"))
         stack.enter_context(dataset_overrides(overrides))
-        return spec.adapter(sae, hooked_model, hf_model, tokenizer, config, artifacts_dir, device, scratch_dir=scratch_dir)
+        return family.run(sae, hooked_model, hf_model, tokenizer, config, artifacts_dir, device, scratch_dir=scratch_dir)

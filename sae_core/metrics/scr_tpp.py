@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sae_core.metrics.base import (
+    MetricFamily,
     MetricResult,
     MetricSettings,
     Timer,
-    cache_dir,
     eval_output_provenance,
     headline,
     hooked_model_name,
@@ -97,102 +97,117 @@ SCR_HUB_DEFAULTS = ScrSettings()
 TPP_HUB_DEFAULTS = TppSettings()
 
 
-def run_scr(sae, hooked_model, hf_model, tokenizer, config: ScrSettings | None = None,
+class ScrTpp(MetricFamily):
+    """SCR and TPP: one SAEBench eval (``run_eval_single_sae``); ``perform_scr`` selects the metric."""
+
+    perform_scr: ClassVar[bool]
+
+    def run(self, sae: Any, hooked_model: Any, hf_model: Any, tokenizer: Any, settings: ScrTppSettings | None = None,
             artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
+        import sae_bench.evals.scr_and_tpp.main as st_main
+        from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
+        from sae_bench.evals.scr_and_tpp.eval_output import (
+            EVAL_TYPE_ID_SCR,
+            EVAL_TYPE_ID_TPP,
+            ScrEvalOutput,
+            ScrMetricCategories,
+            ScrMetrics,
+            ScrResultDetail,
+            TppEvalOutput,
+            TppMetricCategories,
+            TppMetrics,
+            TppResultDetail,
+        )
+
+        config = settings or self.hub_defaults
+        metric, perform_scr = self.name, self.perform_scr
+        timer = Timer()
+        require_tokenizer_specials(hooked_model.tokenizer)
+        model_name = hooked_model_name(hooked_model)
+        llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
+        eval_config = ScrAndTppEvalConfig(
+            random_seed=config.random_seed,
+            dataset_names=list(config.dataset_names),
+            perform_scr=perform_scr,
+            early_stopping_patience=config.early_stopping_patience,
+            train_set_size=config.train_set_size,
+            test_set_size=config.test_set_size,
+            context_length=config.context_length,
+            probe_train_batch_size=config.probe_train_batch_size,
+            probe_test_batch_size=config.probe_test_batch_size,
+            probe_epochs=config.probe_epochs,
+            probe_lr=config.probe_lr,
+            probe_l1_penalty=config.probe_l1_penalty,
+            sae_batch_size=config.sae_batch_size,
+            llm_batch_size=config.llm_batch_size or default_llm_batch_size(model_name),
+            llm_dtype=llm_dtype,
+            lower_vram_usage=config.lower_vram_usage,
+            model_name=model_name,
+            n_values=list(config.n_values),
+            column1_vals_lookup={k: [tuple(p) for p in v] for k, v in config.column1_vals_lookup.items()},
+        )
+        with sae_bench_context(config.random_seed):
+            sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype, context_size=config.context_length)
+            too_many = [n for n in config.n_values if n > sae.cfg.d_sae]
+            if too_many:
+                raise ValueError(f"{metric}: n_values {too_many} exceed the SAE width d_sae={sae.cfg.d_sae}")
+            folder = self.cache_dir(artifacts_dir, model_fingerprint(hooked_model), sae.cfg.hook_name, config)
+            results, per_dataset_class = st_main.run_eval_single_sae(
+                eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
+            )
+            common = dict(
+                eval_config=eval_config,
+                **eval_output_provenance(sae),
+            )
+            scalars = {k: v for k, v in results.items() if not isinstance(v, dict)}
+            details = {k: v for k, v in results.items() if isinstance(v, dict)}
+            if perform_scr:
+                eval_output = ScrEvalOutput(
+                    eval_type_id=EVAL_TYPE_ID_SCR,
+                    eval_result_metrics=ScrMetricCategories(scr_metrics=ScrMetrics(**_known(ScrMetrics, scalars))),
+                    eval_result_details=[ScrResultDetail(dataset_name=name, **_known(ScrResultDetail, r)) for name, r in details.items()],
+                    **common,
+                )
+            else:
+                eval_output = TppEvalOutput(
+                    eval_type_id=EVAL_TYPE_ID_TPP,
+                    eval_result_metrics=TppMetricCategories(tpp_metrics=TppMetrics(**_known(TppMetrics, scalars))),
+                    eval_result_details=[TppResultDetail(dataset_name=name, **_known(TppResultDetail, r)) for name, r in details.items()],
+                    eval_result_unstructured=per_dataset_class,
+                    **common,
+                )
+        raw = to_jsonable(asdict(eval_output))
+        # SAEBench's output schema only has fields for its default thresholds; keep every computed number.
+        raw["sae_transfer_all_thresholds"] = to_jsonable(scalars)
+        rows = []
+        for n in config.n_values:
+            if perform_scr:
+                rows.append(headline(f"scr_metric_threshold_{n}", scalars.get(f"scr_metric_threshold_{n}"), True))
+            else:
+                rows.append(headline(f"tpp_threshold_{n}_total_metric", scalars.get(f"tpp_threshold_{n}_total_metric"), True))
+                rows.append(headline(f"tpp_threshold_{n}_intended_diff_only", scalars.get(f"tpp_threshold_{n}_intended_diff_only"), True))
+                rows.append(headline(f"tpp_threshold_{n}_unintended_diff_only", scalars.get(f"tpp_threshold_{n}_unintended_diff_only"), False))
+        return self.result(raw, rows, timer=timer)
+
+
+class Scr(ScrTpp):
     """Spurious correlation removal (``perform_scr=True``)."""
-    return _run(sae, hooked_model, config or SCR_HUB_DEFAULTS, artifacts_dir, device, perform_scr=True)
+
+    name = "scr"
+    perform_scr = True
+    settings_cls = ScrSettings
+    toy_defaults = SCR_TOY_DEFAULTS
+    hub_defaults = SCR_HUB_DEFAULTS
 
 
-def run_tpp(sae, hooked_model, hf_model, tokenizer, config: TppSettings | None = None,
-            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
+class Tpp(ScrTpp):
     """Targeted probe perturbation (``perform_scr=False``)."""
-    return _run(sae, hooked_model, config or TPP_HUB_DEFAULTS, artifacts_dir, device, perform_scr=False)
 
-
-def _run(sae: Any, hooked_model: Any, config: ScrTppSettings, artifacts_dir: str | Path, device: str, *, perform_scr: bool) -> MetricResult:
-    import sae_bench.evals.scr_and_tpp.main as st_main
-    from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
-    from sae_bench.evals.scr_and_tpp.eval_output import (
-        EVAL_TYPE_ID_SCR,
-        EVAL_TYPE_ID_TPP,
-        ScrEvalOutput,
-        ScrMetricCategories,
-        ScrMetrics,
-        ScrResultDetail,
-        TppEvalOutput,
-        TppMetricCategories,
-        TppMetrics,
-        TppResultDetail,
-    )
-
-    metric = "scr" if perform_scr else "tpp"
-    timer = Timer()
-    require_tokenizer_specials(hooked_model.tokenizer)
-    model_name = hooked_model_name(hooked_model)
-    llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
-    eval_config = ScrAndTppEvalConfig(
-        random_seed=config.random_seed,
-        dataset_names=list(config.dataset_names),
-        perform_scr=perform_scr,
-        early_stopping_patience=config.early_stopping_patience,
-        train_set_size=config.train_set_size,
-        test_set_size=config.test_set_size,
-        context_length=config.context_length,
-        probe_train_batch_size=config.probe_train_batch_size,
-        probe_test_batch_size=config.probe_test_batch_size,
-        probe_epochs=config.probe_epochs,
-        probe_lr=config.probe_lr,
-        probe_l1_penalty=config.probe_l1_penalty,
-        sae_batch_size=config.sae_batch_size,
-        llm_batch_size=config.llm_batch_size or default_llm_batch_size(model_name),
-        llm_dtype=llm_dtype,
-        lower_vram_usage=config.lower_vram_usage,
-        model_name=model_name,
-        n_values=list(config.n_values),
-        column1_vals_lookup={k: [tuple(p) for p in v] for k, v in config.column1_vals_lookup.items()},
-    )
-    with sae_bench_context(config.random_seed):
-        sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype, context_size=config.context_length)
-        too_many = [n for n in config.n_values if n > sae.cfg.d_sae]
-        if too_many:
-            raise ValueError(f"{metric}: n_values {too_many} exceed the SAE width d_sae={sae.cfg.d_sae}")
-        folder = cache_dir(artifacts_dir, metric, model_fingerprint(hooked_model), sae.cfg.hook_name, config)
-        results, per_dataset_class = st_main.run_eval_single_sae(
-            eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
-        )
-        common = dict(
-            eval_config=eval_config,
-            **eval_output_provenance(sae),
-        )
-        scalars = {k: v for k, v in results.items() if not isinstance(v, dict)}
-        details = {k: v for k, v in results.items() if isinstance(v, dict)}
-        if perform_scr:
-            eval_output = ScrEvalOutput(
-                eval_type_id=EVAL_TYPE_ID_SCR,
-                eval_result_metrics=ScrMetricCategories(scr_metrics=ScrMetrics(**_known(ScrMetrics, scalars))),
-                eval_result_details=[ScrResultDetail(dataset_name=name, **_known(ScrResultDetail, r)) for name, r in details.items()],
-                **common,
-            )
-        else:
-            eval_output = TppEvalOutput(
-                eval_type_id=EVAL_TYPE_ID_TPP,
-                eval_result_metrics=TppMetricCategories(tpp_metrics=TppMetrics(**_known(TppMetrics, scalars))),
-                eval_result_details=[TppResultDetail(dataset_name=name, **_known(TppResultDetail, r)) for name, r in details.items()],
-                eval_result_unstructured=per_dataset_class,
-                **common,
-            )
-    raw = to_jsonable(asdict(eval_output))
-    # SAEBench's output schema only has fields for its default thresholds; keep every computed number.
-    raw["sae_transfer_all_thresholds"] = to_jsonable(scalars)
-    rows = []
-    for n in config.n_values:
-        if perform_scr:
-            rows.append(headline(f"scr_metric_threshold_{n}", scalars.get(f"scr_metric_threshold_{n}"), True))
-        else:
-            rows.append(headline(f"tpp_threshold_{n}_total_metric", scalars.get(f"tpp_threshold_{n}_total_metric"), True))
-            rows.append(headline(f"tpp_threshold_{n}_intended_diff_only", scalars.get(f"tpp_threshold_{n}_intended_diff_only"), True))
-            rows.append(headline(f"tpp_threshold_{n}_unintended_diff_only", scalars.get(f"tpp_threshold_{n}_unintended_diff_only"), False))
-    return MetricResult(metric=metric, status="ok", raw=raw, headline=rows, seconds=timer.seconds)
+    name = "tpp"
+    perform_scr = False
+    settings_cls = TppSettings
+    toy_defaults = TPP_TOY_DEFAULTS
+    hub_defaults = TPP_HUB_DEFAULTS
 
 
 def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:

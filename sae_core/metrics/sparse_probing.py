@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from sae_core.metrics.base import (
+    MetricFamily,
     MetricResult,
     MetricSettings,
     Timer,
-    cache_dir,
     eval_output_provenance,
     headline,
     hooked_model_name,
@@ -33,7 +33,6 @@ from sae_core.metrics.base import (
     to_jsonable,
 )
 
-METRIC = "sparse_probing"
 
 SAEBENCH_DATASETS = [
     "LabHC/bias_in_bios_class_set1",
@@ -84,72 +83,70 @@ def default_llm_batch_size(model_name: str, fallback: int = 32) -> int:
     return activation_collection.LLM_NAME_TO_BATCH_SIZE.get(model_name, fallback)
 
 
-def run_sparse_probing(
-    sae: Any,
-    hooked_model: Any,
-    hf_model: Any,
-    tokenizer: Any,
-    config: SparseProbingSettings | None = None,
-    artifacts_dir: str | Path = "artifacts",
-    device: str = "cpu",
-    scratch_dir: str | Path | None = None,
-) -> MetricResult:
-    import sae_bench.evals.sparse_probing.main as sp_main
-    from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
-    from sae_bench.evals.sparse_probing.eval_output import (
-        SparseProbingEvalOutput,
-        SparseProbingLlmMetrics,
-        SparseProbingMetricCategories,
-        SparseProbingResultDetail,
-        SparseProbingSaeMetrics,
-    )
+class SparseProbing(MetricFamily):
+    name = "sparse_probing"
+    settings_cls = SparseProbingSettings
+    toy_defaults = TOY_DEFAULTS
+    hub_defaults = HUB_DEFAULTS
 
-    config = config or HUB_DEFAULTS
-    timer = Timer()
-    require_tokenizer_specials(hooked_model.tokenizer)
-    model_name = hooked_model_name(hooked_model)
-    llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
-    eval_config = SparseProbingEvalConfig(
-        random_seed=config.random_seed,
-        dataset_names=list(config.dataset_names),
-        probe_train_set_size=config.probe_train_set_size,
-        probe_test_set_size=config.probe_test_set_size,
-        context_length=config.context_length,
-        sae_batch_size=config.sae_batch_size,
-        llm_batch_size=config.llm_batch_size or default_llm_batch_size(model_name),
-        llm_dtype=llm_dtype,
-        model_name=model_name,
-        k_values=list(config.k_values),
-        lower_vram_usage=config.lower_vram_usage,
-    )
-    with sae_bench_context(config.random_seed):
-        sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype, context_size=config.context_length)
-        folder = cache_dir(artifacts_dir, METRIC, model_fingerprint(hooked_model), sae.cfg.hook_name, config)
-        results, per_class = sp_main.run_eval_single_sae(
-            eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
+    def run(self, sae: Any, hooked_model: Any, hf_model: Any, tokenizer: Any, settings: SparseProbingSettings | None = None,
+            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
+        import sae_bench.evals.sparse_probing.main as sp_main
+        from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+        from sae_bench.evals.sparse_probing.eval_output import (
+            SparseProbingEvalOutput,
+            SparseProbingLlmMetrics,
+            SparseProbingMetricCategories,
+            SparseProbingResultDetail,
+            SparseProbingSaeMetrics,
         )
-        eval_output = SparseProbingEvalOutput(
-            eval_config=eval_config,
-            eval_result_metrics=SparseProbingMetricCategories(
-                llm=SparseProbingLlmMetrics(
-                    **{k: v for k, v in results.items() if k.startswith("llm_") and not isinstance(v, dict)}
-                ),
-                sae=SparseProbingSaeMetrics(
-                    **{k: v for k, v in results.items() if k.startswith("sae_") and not isinstance(v, dict)}
-                ),
-            ),
-            eval_result_details=[
-                SparseProbingResultDetail(dataset_name=name, **result)
-                for name, result in results.items()
-                if isinstance(result, dict)
-            ],
-            eval_result_unstructured=per_class,
-            **eval_output_provenance(sae),
+
+        config = settings or self.hub_defaults
+        timer = Timer()
+        require_tokenizer_specials(hooked_model.tokenizer)
+        model_name = hooked_model_name(hooked_model)
+        llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
+        eval_config = SparseProbingEvalConfig(
+            random_seed=config.random_seed,
+            dataset_names=list(config.dataset_names),
+            probe_train_set_size=config.probe_train_set_size,
+            probe_test_set_size=config.probe_test_set_size,
+            context_length=config.context_length,
+            sae_batch_size=config.sae_batch_size,
+            llm_batch_size=config.llm_batch_size or default_llm_batch_size(model_name),
+            llm_dtype=llm_dtype,
+            model_name=model_name,
+            k_values=list(config.k_values),
+            lower_vram_usage=config.lower_vram_usage,
         )
-    raw = to_jsonable(asdict(eval_output))
-    rows = [
-        headline(name, value, True)
-        for name, value in results.items()
-        if not isinstance(value, dict) and (name.startswith("sae_") or name.startswith("llm_"))
-    ]
-    return MetricResult(metric=METRIC, status="ok", raw=raw, headline=rows, seconds=timer.seconds)
+        with sae_bench_context(config.random_seed):
+            sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype, context_size=config.context_length)
+            folder = self.cache_dir(artifacts_dir, model_fingerprint(hooked_model), sae.cfg.hook_name, config)
+            results, per_class = sp_main.run_eval_single_sae(
+                eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
+            )
+            eval_output = SparseProbingEvalOutput(
+                eval_config=eval_config,
+                eval_result_metrics=SparseProbingMetricCategories(
+                    llm=SparseProbingLlmMetrics(
+                        **{k: v for k, v in results.items() if k.startswith("llm_") and not isinstance(v, dict)}
+                    ),
+                    sae=SparseProbingSaeMetrics(
+                        **{k: v for k, v in results.items() if k.startswith("sae_") and not isinstance(v, dict)}
+                    ),
+                ),
+                eval_result_details=[
+                    SparseProbingResultDetail(dataset_name=name, **result)
+                    for name, result in results.items()
+                    if isinstance(result, dict)
+                ],
+                eval_result_unstructured=per_class,
+                **eval_output_provenance(sae),
+            )
+        raw = to_jsonable(asdict(eval_output))
+        rows = [
+            headline(name, value, True)
+            for name, value in results.items()
+            if not isinstance(value, dict) and (name.startswith("sae_") or name.startswith("llm_"))
+        ]
+        return self.result(raw, rows, timer=timer)
