@@ -9,38 +9,38 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from sae_core.compression import parse_spec
+from sae_core.compression import CompressionSpec
 from sae_core.data import pruning_windows
 from sae_core.hashing import config_hash, folder_hash
+from sae_core.model_ref import model_identity
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, SAE_CORE_DIR, code_fingerprint, ml_stack
 from tasks.progress import report_progress
 
 PERPLEXITY_SEQUENCES = 32
-REPORT_NAME = "pruning_report.parquet"  # per-module rows of every method (historical name, kept for readers)
+REPORT_NAME = "compression_report.parquet"  # per-module rows of every method
 # Every file of the package: a change to any method invalidates the compressed models.
 COMPRESSION_CODE = ("data", "compression", *sorted(f"compression.{p.stem}" for p in (SAE_CORE_DIR / "compression").glob("*.py")
                                                   if p.stem != "__init__"))
-CALIBRATION_KEYS = ("calibration_dataset", "n_calibration_samples", "seq_len", "seed", "module_groups")
+CALIBRATION_KEYS = ("dataset", "n_samples", "seq_len", "seed", "module_groups")  # sae_core.config.CalibrationSettings
 
 
-def compressed_model_prefix(dense: dict, spec: str, calibration: dict) -> str:
-    identity = dense.get("content_hash") or dense.get("hub_id")
-    # "pruned_models/" for every method: the storage layout readers already know.
-    return f"pruned_models/{config_hash(identity, spec, calibration, code_fingerprint(*COMPRESSION_CODE))}"
+def compressed_model_prefix(dense: dict, spec: CompressionSpec, calibration: dict) -> str:
+    return f"compressed_models/{config_hash(model_identity(dense), spec.text, calibration, code_fingerprint(*COMPRESSION_CODE))}"
 
 
 @task(name="compress-llm", **ARTIFACT_TASK_OPTIONS)
-def compress_llm(dense: dict, spec: str, calibration: dict, storage_url: str, device: str = "cpu",
+def compress_llm(dense: dict, spec: CompressionSpec, calibration: dict, storage_url: str, device: str = "cpu",
                  dtype: str = "float32") -> dict:
     """Compress the dense model once per (model, spec, calibration settings, code); return its manifest.
 
-    ``spec``: e.g. ``wanda:0.5``, ``sparsegpt:2:4``, ``rtn:4``. ``calibration``: the ``CALIBRATION_KEYS``
-    of ``llm_pruning`` (``LLMPruningSettings.calibration()``); the held-out perplexity windows
-    (``sae_core.data.pruning_windows``) are the same for every method and seed.
+    ``spec``: parsed once by the config (e.g. ``wanda:0.5``, ``sparsegpt:2:4``, ``rtn:4``); a pydantic
+    model, so Prefect hashes it through its JSON form (see ``sae_core/compression/spec.py``).
+    ``calibration``: ``ExperimentConfig.calibration.model_dump()`` (``CALIBRATION_KEYS``); the held-out
+    perplexity windows (``sae_core.data.pruning_windows``) are the same for every method and seed.
     """
     ml_stack()
-    spec = parse_spec(spec).text
+    spec = CompressionSpec.model_validate(spec)  # an instance passes as it is
     calibration = {key: calibration[key] for key in CALIBRATION_KEYS}
     storage = Storage(storage_url)
     prefix = compressed_model_prefix(dense, spec, calibration)
@@ -50,7 +50,7 @@ def compress_llm(dense: dict, spec: str, calibration: dict, storage_url: str, de
     manifest = storage.manifest(prefix)
     return {"kind": "model", "prefix": prefix, "uri": storage.uri(prefix), "content_hash": manifest["content_hash"],
             "dense": False, "base_model": manifest["base_model_name"], "compression": manifest["compression"],
-            "pruning": manifest["pruning"], "perplexity": manifest["perplexity"]}
+            "perplexity": manifest["perplexity"]}
 
 
 def _compress_and_store(dense, spec, calibration, storage, prefix, device, dtype) -> None:
@@ -60,22 +60,22 @@ def _compress_and_store(dense, spec, calibration, storage, prefix, device, dtype
     from sae_core.lm_eval import perplexity
     from sae_core.models import load_language_model
 
-    parsed = parse_spec(spec)
     # A private copy: compression is in place and the cached dense model must stay dense.
     source = str(storage.materialise_dir(dense["prefix"])) if dense.get("prefix") else dense["hub_id"]
     model = load_language_model(source, device=device, dtype=getattr(torch, dtype))
-    n_calibration = calibration["n_calibration_samples"]
+    n_calibration = calibration["n_samples"]
     seq_len = calibration["seq_len"] or min(1024, getattr(model.hf_model.config, "n_positions", 1024))
-    # Calibration windows drawn with llm_pruning.seed; the perplexity windows never depend on it.
-    calibration_ids, held_out = pruning_windows(model.tokenizer, calibration["calibration_dataset"], n_calibration,
+    # Calibration windows drawn with calibration.seed; the perplexity windows never depend on it.
+    calibration_ids, held_out = pruning_windows(model.tokenizer, calibration["dataset"], n_calibration,
                                                 PERPLEXITY_SEQUENCES, seq_len, calibration["seed"])
     dense_ppl = perplexity(model.hf_model, held_out)
     started = time.perf_counter()
-    report = compress_model(model.hf_model, parsed, calibration_ids, module_groups=calibration["module_groups"])
+    report = compress_model(model.hf_model, spec, calibration_ids, module_groups=calibration["module_groups"])
     wall_time = round(time.perf_counter() - started, 3)
     compressed_ppl = perplexity(model.hf_model, held_out)
-    summary = {**report.summary(), "sparsity": parsed.sparsity, "calibration_dataset": calibration["calibration_dataset"],
-               "calibration": calibration, "wall_time_s": wall_time}
+    # The one compression block: the spec's fields (CompressionSpec.model_validate reads them back), what it did, how.
+    summary = {**report.summary(), "calibration_dataset": calibration["dataset"], "calibration": calibration,
+               "wall_time_s": wall_time}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model.hf_model.save_pretrained(folder, safe_serialization=True)
@@ -88,11 +88,6 @@ def _compress_and_store(dense, spec, calibration, storage, prefix, device, dtype
             "base_model": dense,
             "base_model_name": dense.get("hub_id") or dense.get("name") or f"toy-world:{dense['content_hash']}",
             "compression": summary,
-            # The keys pre-compression readers use (variant rows, metric rows, catalog): "method" is the spec
-            # text so that rows of rtn:8 and rtn:4 (both sparsity 0) stay apart.
-            "pruning": {"method": parsed.text, "sparsity": float(parsed.sparsity or 0.0), "structure": parsed.structure,
-                        "achieved_sparsity": report.overall_sparsity, "calibration_tokens": report.calibration_tokens,
-                        "calibration_dataset": calibration["calibration_dataset"], "wall_time_s": wall_time},
             "perplexity": {"dense": dense_ppl, "compressed": compressed_ppl, "pruned": compressed_ppl,
                            "held_out_tokens": int(held_out.numel())},
             "content_hash": content_hash,

@@ -6,6 +6,7 @@ from prefect import task
 
 from sae_core.data import token_batch
 from sae_core.hashing import config_hash
+from sae_core.model_ref import compression_label, compression_strength, model_identity
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
 
@@ -20,7 +21,7 @@ def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, d
 
     storage = Storage(storage_url)
     hook = held_out["hook_name"]
-    key = f"controls/{config_hash('dense-patch', dense.get('content_hash') or dense.get('hub_id'), llm.get('content_hash') or llm.get('hub_id'), held_out['prefix'], quality, code_fingerprint('sae_quality', 'data', 'activations'))}.json"
+    key = f"controls/{config_hash('dense-patch', model_identity(dense), model_identity(llm), held_out['prefix'], quality, code_fingerprint('sae_quality', 'data', 'activations'))}.json"
     if not storage.exists(key):
         processing, spec = held_out.get("processing", {}), held_out["spec"]
         # One model in memory at a time: the dense model's activations first (small: ce_sequences
@@ -34,7 +35,6 @@ def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, d
         pruned = load_model_ref(storage, llm, device, dtype, only=True)
         with compute_lock():
             result = dense_patched_ce(pruned.hooked(processing), dense_activations, tokens, hook)
-        storage.put_json(key, {"hook": hook, "model_prefix": llm.get("prefix"),
-                               "model_sparsity": float(llm.get("pruning", {}).get("sparsity", 0.0)), **result})
-    spec = (llm.get("compression") or {}).get("spec") or (llm.get("pruning") or {}).get("method", "")
-    return {"kind": "control", "key": key, "compression": spec, **storage.get_json(key)}
+        storage.put_json(key, {"hook": hook, "model_prefix": llm.get("prefix"), "compression": compression_label(llm),
+                               "strength": compression_strength(llm), **result})
+    return {"kind": "control", "key": key, "compression": compression_label(llm), **storage.get_json(key)}

@@ -16,8 +16,10 @@ from types import SimpleNamespace
 
 from prefect import task
 
+from sae_core.compression.spec import CompressionSpec
 from sae_core.data import token_batch
 from sae_core.hashing import config_hash
+from sae_core.model_ref import compression_label, compression_of, model_identity, model_key
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
 from tasks.metrics import tidy_rows
@@ -40,10 +42,6 @@ def audit_windows(audit: dict) -> int:
     return math.ceil(audit["n_tokens"] / (audit["seq_len"] - 2))
 
 
-def _identity(model: dict) -> str:
-    return model.get("content_hash") or model.get("prefix") or model["hub_id"]
-
-
 def _clean(value):
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
@@ -56,7 +54,7 @@ def feature_fidelity(original: dict, dense: dict, compressed: dict, audit: dict,
     """Audit every feature of the ``original`` SAE on the ``compressed`` model against the ``dense`` one."""
     ml_stack()
     storage = Storage(storage_url)
-    key = config_hash(FAMILY, original["prefix"], _identity(dense), _identity(compressed), original.get("processing", {}), audit,
+    key = config_hash(FAMILY, original["prefix"], model_identity(dense), model_identity(compressed), original.get("processing", {}), audit,
                       dataset, code_fingerprint(*AUDIT_CODE))
     table_key, summary_key, rows_key = f"feature_audit/{key}.parquet", f"feature_audit/{key}.json", f"metrics/{FAMILY}/{key}.parquet"
     if not storage.exists(rows_key):
@@ -65,8 +63,7 @@ def feature_fidelity(original: dict, dense: dict, compressed: dict, audit: dict,
     stored = storage.get_json(summary_key)
     return {"kind": FAMILY, "metric": FAMILY, "status": "ok", "rows_key": rows_key, "table_key": table_key, "summary_key": summary_key,
             "uri": storage.uri(rows_key), "hook": original["hook"], "sae_prefix": original["prefix"],
-            "model_prefix": compressed.get("prefix") or compressed.get("hub_id"),
-            "compression": compressed.get("compression") or compressed.get("pruning") or {},
+            "model_prefix": model_key(compressed), "compression": compression_of(compressed),
             "perplexity": compressed.get("perplexity"), "audit_perplexity": stored["perplexity"],
             "summary": stored["summary"], "auc": stored["auc"]}
 
@@ -112,7 +109,8 @@ def match_compression(dense: dict, match: dict, reference: dict, calibration: di
                       device: str = "cpu", dtype: str = "float32") -> dict:
     """Bisect ``match['method']``'s sparsity until its held-out perplexity matches the ``reference``
     compressed model's (both measured on the same windows by the compression task); the chosen
-    model's manifest, plus the search (target, chosen strength, every step)."""
+    model's manifest, plus the search (target, chosen strength, every step). ``match``:
+    ``MatchSettings.model_dump()`` (its method name canonical, checked to take a sparsity)."""
     ml_stack()
     from sae_core.feature_audit import match_strength
     from tasks.compression import compress_llm
@@ -121,12 +119,14 @@ def match_compression(dense: dict, match: dict, reference: dict, calibration: di
 
     def evaluate(sparsity: float) -> float:
         # Each step is the compression task's own body: stored (and reused) under its usual key.
-        tried[sparsity] = compress_llm.fn(dense, f"{match['method']}:{sparsity:g}", calibration, storage_url, device, dtype)
+        # The step's spec, built (not parsed): its sparsity to 6 significant digits, as its spec text shows it.
+        spec = CompressionSpec(method=match["method"], sparsity=float(f"{sparsity:g}"))
+        tried[sparsity] = compress_llm.fn(dense, spec, calibration, storage_url, device, dtype)
         return _held_out_perplexity(tried[sparsity])
 
     target = _held_out_perplexity(reference)
     found = match_strength(evaluate, target, match["lo"], match["hi"], match["steps"])
-    return {**tried[found.strength], "match": {"reference": (reference.get("compression") or reference.get("pruning") or {}),
+    return {**tried[found.strength], "match": {"reference": compression_of(reference),
                                                "target_perplexity": target, "strength": found.strength,
                                                "perplexity": found.value, "trace": [list(step) for step in found.trace]}}
 
@@ -135,19 +135,17 @@ def match_compression(dense: dict, match: dict, reference: dict, calibration: di
 def feature_overlap(reference_audit: dict, matched_audit: dict, experiment: str, storage_url: str) -> dict:
     """Do the two compressions damage the same features? (sae_core.feature_audit.compare_methods)
     Rows under ``metrics/feature_overlap/``, like every other metric."""
-    from sae_core.compression_report import method_label
     from sae_core.feature_audit import compare_methods
 
     storage = Storage(storage_url)
     key = config_hash("feature-overlap", reference_audit["table_key"], matched_audit["table_key"], code_fingerprint(*AUDIT_CODE))
     rows_key = f"metrics/feature_overlap/{key}.parquet"
-    labels = method_label(reference_audit["compression"]), method_label(matched_audit["compression"])
+    labels = compression_label(reference_audit), compression_label(matched_audit)
     if not storage.exists(rows_key):
         overlap = compare_methods(storage.get_parquet(reference_audit["table_key"]), storage.get_parquet(matched_audit["table_key"]))
         headline = [{"metric_name": name, "value": float(value), "higher_is_better": None} for name, value in overlap.items()]
         # Rows belong to the matched model (the report groups by its spec); the reference is in the manifest.
-        llm = {"prefix": matched_audit["model_prefix"], "pruning": {"method": labels[1],
-                                                                    "sparsity": float(matched_audit["compression"].get("sparsity") or 0.0)}}
+        llm = {"prefix": matched_audit["model_prefix"], "compression": matched_audit["compression"]}
         variant = {"llm": llm, "hook": matched_audit["hook"], "variant": "original", "sae_prefix": matched_audit["sae_prefix"]}
         outcome = SimpleNamespace(metric="feature_overlap", status="ok", reason="", headline=headline)
         storage.put_parquet(rows_key, tidy_rows(outcome, variant, {"reference": labels[0], "matched": labels[1]}, experiment, key))

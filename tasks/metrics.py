@@ -20,13 +20,14 @@ from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
 from sae_core.hashing import config_hash
+from sae_core.model_ref import compression_label, compression_strength, model_key
 from sae_core.progress import Progress
 from sae_core.storage import Storage
 from tasks.progress import mirror_tqdm, report_progress
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
 from tasks.saes import load_stored_sae
 
-METRIC_COLUMNS = ["run_id", "experiment", "model", "pruning_method", "model_sparsity", "hook", "layer", "sae_variant",
+METRIC_COLUMNS = ["run_id", "experiment", "model", "compression", "strength", "hook", "layer", "sae_variant",
                   "sae_scoring_rule", "sae_sparsity", "metric_family", "metric_name", "value", "higher_is_better",
                   "status", "reason", "eval_config_hash", "sae_bench_version", "sae_prefix", "model_prefix", "timestamp"]
 
@@ -41,7 +42,7 @@ def metric_key(metric: str, variant: dict, settings: dict, profile: str) -> str:
     code and the installed sae-bench version. Not the experiment's name, device or run."""
     from sae_core.metrics.base import sae_bench_version
 
-    return config_hash(metric, variant["sae_prefix"], variant["llm"].get("prefix") or variant["llm"].get("hub_id"),
+    return config_hash(metric, variant["sae_prefix"], model_key(variant["llm"]),
                        variant.get("processing", {}), settings, profile, code_fingerprint(*METRIC_CODE), sae_bench_version())
 
 
@@ -122,18 +123,17 @@ def tidy_rows(result, variant: dict, settings: dict, experiment: str, key: str) 
     from sae_core.metrics.registry import sae_bench_version
 
     llm = variant["llm"]
-    pruning = llm.get("pruning", {})
     hook = variant["hook"]
     base = {
         "run_id": _run_id(), "experiment": experiment,
         "model": llm.get("base_model") or llm.get("hub_id") or llm.get("prefix"),
-        "pruning_method": pruning.get("method", "none"), "model_sparsity": float(pruning.get("sparsity", 0.0)),
+        "compression": compression_label(llm), "strength": compression_strength(llm),
         "hook": hook, "layer": int(hook.split(".")[1]) if hook.startswith("blocks.") else -1,
         "sae_variant": variant["variant"], "sae_scoring_rule": variant.get("rule") or "",
         "sae_sparsity": float(variant.get("sparsity") or 0.0), "metric_family": result.metric,
         "status": result.status, "reason": result.reason or "", "eval_config_hash": config_hash(settings),
         "sae_bench_version": sae_bench_version(), "sae_prefix": variant["sae_prefix"],
-        "model_prefix": llm.get("prefix") or llm.get("hub_id"), "timestamp": datetime.now(timezone.utc).isoformat(),
+        "model_prefix": model_key(llm), "timestamp": datetime.now(timezone.utc).isoformat(),
     }
     headline = result.headline or [{"metric_name": "skipped", "value": float("nan"), "higher_is_better": None}]
     rows = [{**base, "metric_name": h["metric_name"], "value": float(h["value"]),

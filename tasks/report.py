@@ -16,18 +16,18 @@ from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint
 
 
 def collect_metrics(storage: Storage, metric_results: list[dict]) -> pd.DataFrame:
-    frames = [storage.get_parquet(r["rows_key"]) for r in metric_results if r.get("rows_key")]
+    frames = [rep.current_columns(storage.get_parquet(r["rows_key"])) for r in metric_results if r.get("rows_key")]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 @task(name="report", **{**ARTIFACT_TASK_OPTIONS, "cache_policy": None, "persist_result": False})
-def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], variants: list[dict],
+def write_report(experiment_name: str, config: dict, compressed_llms: list[dict], variants: list[dict],
                  metric_results: list[dict], storage_url: str, controls: list[dict] | None = None,
                  base_model: dict | None = None) -> dict:
     """Always runs (it is cheap): the report reflects whatever the cached steps produced."""
     storage = Storage(storage_url)
     prefix = f"reports/{experiment_name}-{config_hash(config, length=10)}"
-    variant_rows = rep.legacy_variant_columns(pd.DataFrame([v["row"] for v in variants]))
+    variant_rows = rep.current_columns(pd.DataFrame([v["row"] for v in variants]))
     metrics = collect_metrics(storage, metric_results)
 
     audits = [r for r in metric_results if r.get("kind") == "feature_fidelity"]  # the feature audit's manifests
@@ -37,7 +37,7 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
         storage.put_parquet(f"{prefix}/metrics.parquet", metrics)
         headline = rep.headline_table(metrics)
         storage.put_parquet(f"{prefix}/headline.parquet", headline)
-    summary = (rep.markdown_summary(metrics, variant_rows, pruned_llms, sorted(plots), controls=controls, base_model=base_model)
+    summary = (rep.markdown_summary(metrics, variant_rows, compressed_llms, sorted(plots), controls=controls, base_model=base_model)
                + "\n" + crep.markdown_section(metric_results, metrics))
     storage.put_bytes(f"{prefix}/summary.md", summary.encode())
     storage.put_json(f"{prefix}/config.json", config)
