@@ -265,8 +265,8 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, compressed_m
                          f"{c['calibration_tokens']} |")
         lines.append("")
     if controls:
-        lines += ["## Control: the pruned model reading the dense model's activations", "",
-                  "ΔCE = CE(pruned LM with the dense LM's activations patched in at the hook) − CE(pruned LM), in nats, "
+        lines += ["## Control: the compressed model reading the dense model's activations", "",
+                  "ΔCE = CE(compressed LM with the dense LM's activations patched in at the hook) − CE(compressed LM), in nats, "
                   "on the windows of the variants' CE-loss score. The CE-loss scores compare each SAE with the pruned "
                   "model's *own* activations; ΔCE says how far those are, in loss, from the dense model's (negative: "
                   "the pruned layers before the hook cost that much, and the layers after it still use dense "
@@ -276,11 +276,11 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, compressed_m
     if not variants.empty:
         frame = variants_for_display(variants)
         cols = [c for c in VARIANT_DISPLAY_COLUMNS if c in frame]
-        lines += ["## SAE variants: cost and reconstruction on the pruned model", "", _markdown_table(frame[cols]), "",
+        lines += ["## SAE variants: cost and reconstruction on the compressed model", "", _markdown_table(frame[cols]), "",
                   EXPLAINED_VARIANCE_NOTE, ""]
     table = compact_headline_table(metrics)
     if not table.empty:
-        lines += ["## Headline metrics (SAEBench, on the pruned model)", "",
+        lines += ["## Headline metrics (SAEBench, on the compressed model)", "",
                   "One headline per metric family; every metric is in `headline.parquet` (wide) and `metrics.parquet` (tidy).", "",
                   _markdown_table(table), ""]
     missing = not_measured(metrics)

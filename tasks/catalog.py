@@ -1,4 +1,4 @@
-"""What is already in storage: every SAE variant that was evaluated on a pruned model."""
+"""What is already in storage: every SAE variant that was evaluated on a compressed model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Controls beside the SAE comparison: how far the pruned model is from reading the dense model's activations."""
+"""Controls beside the SAE comparison: how far the compressed model is from reading the dense model's activations."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, 
 @task(name="dense-patch-control", **ARTIFACT_TASK_OPTIONS)
 def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, dataset: str, storage_url: str,
                         device: str = "cpu", dtype: str = "float32") -> dict:
-    """ΔCE = CE(pruned LM, dense activations patched in at the hook) − CE(pruned LM), on the variants' CE windows."""
+    """ΔCE = CE(compressed LM, dense activations patched in at the hook) − CE(compressed LM), on the variants' CE windows."""
     ml_stack()
     from sae_core.activations import hook_activations
     from sae_core.sae_quality import dense_patched_ce
@@ -25,7 +25,7 @@ def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, d
     if not storage.exists(key):
         processing, spec = held_out.get("processing", {}), held_out["spec"]
         # One model in memory at a time: the dense model's activations first (small: ce_sequences
-        # windows at one hook), then the pruned model, which the metric tasks after this one use.
+        # windows at one hook), then the compressed model, which the metric tasks after this one use.
         dense_model = load_model_ref(storage, dense, device, dtype, only=True)
         # the same windows as the variants' spliced CE (tasks/saes.py _quality); compression keeps the tokenizer
         tokens = token_batch(dense_model.tokenizer, dataset, quality["ce_sequences"], spec["seq_len"], skip_sequences=spec["skip_sequences"])

@@ -1,4 +1,4 @@
-"""Every SAEBench metric family as its own cached task, run on the pruned model.
+"""Every SAEBench metric family as its own cached task, run on the compressed model.
 
 One generic task body, named per family in the flow (``metric-core``, ``metric-scr``, ...). The
 family is an explicit input, so each family has its own cache entries. Each run stores
@@ -62,7 +62,7 @@ def sae_bench_run_cache(storage_url: str, run_id: str | None = None) -> Path:
     RAVEL prompt sets, the toy stand-in datasets.
 
     Keyed by storage root *and* flow run, and deleted when the run ends (``discard_sae_bench_run_cache``):
-    SAE variants of one run on the same pruned model share it, but no run ever reads (unpickles) a file
+    SAE variants of one run on the same compressed model share it, but no run ever reads (unpickles) a file
     another run wrote, and a run against new storage starts cold. Finished metric rows are reused across
     runs through storage and Prefect's cache instead, which never unpickle anything.
     """
@@ -88,7 +88,7 @@ def _run_id() -> str:
 @task(name="metric", **{**ARTIFACT_TASK_OPTIONS, "cache_policy": TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=metric_cache_key)})
 def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, experiment: str, storage_url: str,
                     device: str = "cpu", dtype: str = "float32", seed: int = 0) -> dict:
-    """Run one SAEBench metric family for one SAE variant on its pruned model; store raw JSON + tidy rows."""
+    """Run one SAEBench metric family for one SAE variant on its compressed model; store raw JSON + tidy rows."""
     from sae_core.metrics import registry
 
     ml_stack()

@@ -45,11 +45,11 @@ def write_report(experiment_name: str, config: dict, compressed_llms: list[dict]
     key = f"sae-transfer-{experiment_name}".lower().replace("_", "-")
     if not metrics.empty:
         create_table_artifact(key=f"{key}-headline", table=_records(rep.rounded(rep.compact_headline_table(metrics))),
-                              description="Headline SAEBench metrics per SAE variant, on the pruned model "
+                              description="Headline SAEBench metrics per SAE variant, on the compressed model "
                                           "(one per family, 4 significant digits; all of them, unrounded, in the report's "
                                           "headline.parquet)")
     create_table_artifact(key=f"{key}-variants", table=_records(rep.rounded(rep.variants_for_display(variant_rows))),
-                          description="SAE variants: cost and reconstruction on the pruned model (4 significant digits). "
+                          description="SAE variants: cost and reconstruction on the compressed model (4 significant digits). "
                                       + rep.EXPLAINED_VARIANCE_NOTE)
     create_markdown_artifact(key=f"{key}-report", markdown=markdown_for_ui(summary, plots, storage.uri(prefix)),
                              description="Full comparison report, plots inline")
