@@ -217,7 +217,7 @@ def fmt_s(x: float) -> str:
 TINY_OVERRIDES: dict = {
     "toy_world": {"n_documents": 1000, "train_steps": 10, "d_model": 64, "n_head": 4, "n_ctx": 64, "vocab_size": 512},
     "activations": {"n_tokens": 4096, "seq_len": 64, "batch_sequences": 16, "shard_sequences": 32},
-    "llm_pruning": {"n_calibration_samples": 8, "seq_len": 64},
+    "calibration": {"n_samples": 8, "seq_len": 64},
     "original_sae": {"train": {"architecture": "topk", "d_sae": 256, "k": 8, "train_tokens": 4096, "lr": 0.003,
                                "batch_size": 512}},
     "retrained_sae": {"enabled": False, "train_tokens": 4096, "lr": 0.003, "batch_size": 512},

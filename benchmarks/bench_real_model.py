@@ -6,7 +6,7 @@ Two ratios, each against a baseline measured in the same process on the same tok
   hook layer, drops BOS, writes safetensors shards) vs a bare HF forward that stops after the hook's
   decoder layer (no LM head); target >= 0.8x the bare forward's tokens/s. A full forward with the
   262k-row LM head is printed too, to show what stopping early saves.
-* WANDA: ``prune_model`` (50% unstructured, attention + MLP) on the calibration windows vs one full
+* WANDA: ``compress_model(model, "wanda:0.5", ids)`` (50% unstructured, attention + MLP) on the calibration windows vs one full
   forward (incl. LM head) over the same windows; target <= 1.3x (issue 7's bar for GPT-2; WANDA
   skips the 262k-row LM head, ~60% of a forward, but passes each decoder layer twice and sorts rows).
 
@@ -52,7 +52,7 @@ def main(argv=None) -> None:
     from sae_core.datasets import token_batch
     from sae_core.models import load_language_model
     from sae_core.storage import Storage
-    from sae_core.wanda import PruneConfig, find_blocks, prune_model
+    from sae_core.compression import compress_model, find_blocks
 
     model = load_language_model(args.model)
     hf, tok = model.hf_model, model.tokenizer
@@ -111,10 +111,9 @@ def main(argv=None) -> None:
             full_forward(calibration)
         pruned = copy.deepcopy(hf)
         with C.Timer() as wanda:
-            prune_model(pruned, calibration, PruneConfig(method="wanda", sparsity=0.5, n_calibration_samples=args.calibration,
-                                                         seq_len=args.seq_len, batch_size=args.batch), progress=False)
+            compress_model(pruned, "wanda:0.5", calibration[: args.calibration], batch_size=args.batch, progress=False)
         print(f"one calibration forward ({args.calibration}x{args.seq_len}, incl. LM head) wall {fwd.wall:7.2f}s cpu {fwd.cpu:7.2f}s")
-        print(f"WANDA 50% prune_model                      wall {wanda.wall:7.2f}s cpu {wanda.cpu:7.2f}s")
+        print(f"WANDA 50% compress_model                   wall {wanda.wall:7.2f}s cpu {wanda.cpu:7.2f}s")
         print(f"WANDA / one calibration forward (target <= 1.3): wall {wanda.wall / fwd.wall:.3f}x cpu {wanda.cpu / fwd.cpu:.3f}x")
 
 

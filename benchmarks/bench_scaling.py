@@ -7,7 +7,7 @@ random weights do the same arithmetic as trained ones.
 
   caching  ``cache_activations`` (the product code: toy-corpus text -> tokens -> hooked forward
            -> safetensors shards) at ``--hook``, into a fresh storage folder per run;
-  WANDA    ``prune_model`` (sequential, all attention + MLP linears, unstructured 50%) on a
+  WANDA    ``compress_model(model, "wanda:0.5", ids)`` (sequential, all attention + MLP linears, unstructured 50%) on a
            fresh copy of the HF model (the copy is not timed) with pre-built calibration windows.
 
 Token scaling: ``1x, 2x, 4x, 8x`` the base amount at ``--width-for-tokens``; width scaling:
@@ -84,14 +84,12 @@ def time_caching(lm, hooked, hook: str, n_tokens: int, a, work: Path, repeats: i
 def time_wanda(lm, ids, n_samples: int, repeats: int) -> float:
     import torch
 
-    from sae_core.wanda import PruneConfig, prune_model
-
-    cfg = PruneConfig(method="wanda", sparsity=0.5, n_calibration_samples=n_samples, batch_size=8)
+    from sae_core.compression import compress_model
     walls, cpus = [], []
     for _ in range(repeats):
         model = copy.deepcopy(lm.hf_model)
         with C.Timer() as t:
-            prune_model(model, ids[:n_samples], cfg, progress=False)
+            compress_model(model, "wanda:0.5", ids[:n_samples], batch_size=8, progress=False)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
         walls.append(t.wall)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
-from sae_core.wanda import PruneConfig, find_blocks, prune_model  # noqa: E402
+from sae_core.compression import compress_model, find_blocks, parse_spec  # noqa: E402
 
 
 def build_model(args) -> torch.nn.Module:
@@ -90,11 +90,11 @@ def blocks_forward(model, ids, batch_size) -> C.Timer:
         h.remove()
 
 
-def timed_prune(model, ids, cfg) -> C.Timer:
+def timed_prune(model, ids, spec, batch_size: int) -> C.Timer:
     m = copy.deepcopy(model)
     _sync(m)
     with C.Timer() as t:
-        prune_model(m, ids, cfg, progress=False)
+        compress_model(m, spec, ids, batch_size=batch_size, progress=False)
         _sync(m)
     del m
     return t
@@ -125,24 +125,22 @@ def main(argv=None) -> None:
     vocab = model.get_input_embeddings().num_embeddings
     g = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(0, vocab, (args.samples, args.seq_len), generator=g)
-    sparsity = None if args.structure != "unstructured" else args.sparsity
-    wanda_cfg = PruneConfig(method="wanda", sparsity=sparsity, structure=args.structure,
-                            n_calibration_samples=args.samples, batch_size=args.batch_size)
-    mag_cfg = PruneConfig(method="magnitude_row", sparsity=sparsity, structure=args.structure)
+    strength = args.structure if args.structure != "unstructured" else repr(args.sparsity)
+    wanda_spec, mag_spec = parse_spec(f"wanda:{strength}"), parse_spec(f"magnitude:{strength}")  # magnitude: per row
 
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {args.model or 'random GPT-2 shape'} layers={len(find_blocks(model)[1])} "
           f"params={n_params / 1e6:.1f}M dtype={args.dtype} device={args.device} threads={torch.get_num_threads()}")
     print(f"calibration: {args.samples} x {args.seq_len} tokens, batch {args.batch_size}; "
-          f"{args.structure} sparsity={wanda_cfg.sparsity}")
+          f"{args.structure} sparsity={wanda_spec.sparsity}")
 
     bare_forward(model, ids[: args.batch_size], args.batch_size)  # warm-up
     runs = {"fwd": [], "blk": [], "wanda": [], "mag": []}
     for _ in range(args.repeats):  # interleaved, so slow drifts in machine load hit all alike
         runs["fwd"].append(bare_forward(model, ids, args.batch_size))
         runs["blk"].append(blocks_forward(model, ids, args.batch_size))
-        runs["wanda"].append(timed_prune(model, ids, wanda_cfg))
-        runs["mag"].append(timed_prune(model, None, mag_cfg))
+        runs["wanda"].append(timed_prune(model, ids, wanda_spec, args.batch_size))
+        runs["mag"].append(timed_prune(model, None, mag_spec, args.batch_size))
 
     def med(key, attr):
         return statistics.median(getattr(t, attr) for t in runs[key])
@@ -152,7 +150,7 @@ def main(argv=None) -> None:
 
     print(f"median of {args.repeats} repeat(s)                  wall s     cpu s")
     for key, label in [("fwd", "bare forward (full model, incl. LM head)"), ("blk", "forward through decoder blocks only"),
-                       ("wanda", "WANDA prune_model"), ("mag", "magnitude_row prune_model")]:
+                       ("wanda", "WANDA compress_model"), ("mag", "magnitude (per row) compress_model")]:
         print(f"{label:42s} {med(key, 'wall'):8.3f}  {med(key, 'cpu'):8.3f}")
     print(f"{'ratio WANDA / bare forward (target <= 1.3)':42s} {ratio('wanda', 'fwd', 'wall'):7.3f}x  {ratio('wanda', 'fwd', 'cpu'):7.3f}x")
     print(f"{'ratio WANDA / blocks-only forward':42s} {ratio('wanda', 'blk', 'wall'):7.3f}x  {ratio('wanda', 'blk', 'cpu'):7.3f}x")

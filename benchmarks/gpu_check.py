@@ -41,7 +41,7 @@ BUDGETS = {
     "gpu": {
         "flow": ["--tokens", "200000", "--set", "retrained_sae.train_tokens=200000", "--set", "retrained_sae.batch_size=4096",
                  "--set", "pruned_sae.calibration_tokens=100000", "--set", "quality.n_tokens=50000", "--set", "quality.ce_sequences=32",
-                 "--set", "llm_pruning.n_calibration_samples=128", "--set", "llm_pruning.seq_len=1024",
+                 "--set", "calibration.n_samples=128", "--set", "calibration.seq_len=1024",
                  "--set", "metric_overrides={core: {n_eval_reconstruction_batches: 20, n_eval_sparsity_variance_batches: 50}}"],
         "caching": ["--tokens", "262144", "--seq-len", "128", "--batch-sequences", "64", "--shard-sequences", "512",
                     "--repeats", "3", "--threads", "0"],
@@ -51,7 +51,7 @@ BUDGETS = {
     "tiny": {
         "flow": ["--tokens", "1024", "--set", "retrained_sae.train_tokens=256", "--set", "retrained_sae.batch_size=256",
                  "--set", "pruned_sae.calibration_tokens=512", "--set", "quality.n_tokens=256", "--set", "quality.ce_sequences=2",
-                 "--set", "llm_pruning.n_calibration_samples=2", "--set", "llm_pruning.seq_len=64",
+                 "--set", "calibration.n_samples=2", "--set", "calibration.seq_len=64",
                  "--set", "activations.seq_len=64", "--set", "activations.batch_sequences=8",
                  "--set", "activations.shard_sequences=16",
                  "--set", "metric_overrides={core: {n_eval_reconstruction_batches: 1, n_eval_sparsity_variance_batches: 1, "
@@ -114,8 +114,8 @@ def flow_figures(storage_root: Path, hooks: list[str]) -> dict:
                         "wall_time_s", "mse", "explained_variance_centred", "explained_variance", "l0", "ce_loss_score")
             if c in variants]
     figures["variants"] = variants[keep].to_dict(orient="records")
-    pruned = [storage.manifest(k.rsplit("/", 1)[0]) for k in storage.list("pruned_models") if k.endswith("manifest.json")]
-    figures["llm_pruning"] = [{"pruning": m["pruning"], "perplexity": m["perplexity"]} for m in pruned]
+    compressed = [storage.manifest(k.rsplit("/", 1)[0]) for k in storage.list("compressed_models") if k.endswith("manifest.json")]
+    figures["compression"] = [{"compression": m["compression"], "perplexity": m["perplexity"]} for m in compressed]
     best = None
     for key in storage.list("activations"):
         if key.endswith("manifest.json"):

@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 
 from flows.runners import check_runner
-from sae_core.config import KNOWN_METRICS, SAE_PRUNING_RULES, build_config, preset_names
+from sae_core.compression import METHODS
+from sae_core.config import KNOWN_METRICS, SAE_PRUNING_RULES, _check_fraction, build_config, preset_names
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage, StorageError
 
 
@@ -43,10 +44,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=DEFAULT_STORAGE_URL, help="storage root: file://PATH or s3://bucket/prefix (default: ./artifacts)")
     p.add_argument("--layers", type=_ints, help="layers to study, e.g. 6 or 0,6,11")
     p.add_argument("--hook-types", type=_names, help="hook types: resid_post, mlp_out, attn_z")
-    p.add_argument("--model-sparsities", type=_floats, help="sparsities of the LLM for llm_pruning.method (WANDA by default), e.g. 0.5")
+    p.add_argument("--model-sparsities", type=_floats,
+                   help="WANDA at these sparsities of the LLM, e.g. 0.5,0.25 (deprecated: --compress wanda:0.5,wanda:0.25)")
     p.add_argument("--compress", type=_names, metavar="SPECS",
                    help="compressions of the LLM, e.g. wanda:0.5,sparsegpt:0.5,magnitude:0.5,wanda:2:4,rtn:8,rtn:4g128 "
-                        "(methods: wanda, sparsegpt, magnitude, magnitude_matrix, rtn, gptq); replaces --model-sparsities")
+                        f"(methods: {', '.join(METHODS)}); replaces --model-sparsities")
     p.add_argument("--sae-sparsities", type=_floats, help="sparsities of the pruned SAEs, e.g. 0.25,0.5,0.75")
     p.add_argument("--sae-rules", type=_names, help=f"SAE pruning rules from {list(SAE_PRUNING_RULES)}")
     p.add_argument("--tokens", type=int, help="activation tokens cached per hook (also the SAE training budget)")
@@ -76,7 +78,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.model_sparsities is not None:
         if args.compress is not None:
             raise ValueError("give --compress or --model-sparsities, not both (--compress wanda:0.5,wanda:0.25 covers both)")
-        put("llm_pruning.sparsities", args.model_sparsities)
+        put("compression", [f"wanda:{s!r}" for s in _check_fraction(args.model_sparsities, "LLM sparsity")])
     if args.compress is not None:
         put("compression", args.compress)
     if args.sae_sparsities is not None:

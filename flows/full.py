@@ -13,14 +13,17 @@ SAEBench metric on the compressed model -> one table and a report.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.exceptions import MissingContextError
 
 from flows.runners import accelerator_request, run_settings
 from sae_core.activation_spec import ActivationCacheSpec
 from sae_core.config import ExperimentConfig, build_config
+from sae_core.model_ref import pre_rename_note
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage
 from tasks.activations import cache_activations_task
 from tasks.compression import compress_llm, match_compression
@@ -51,7 +54,7 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
         variants, metric_results, compressed_llms, audits, controls = [], [], [], [], []
         for spec in config.compression:
             # 2. Compress the LLM (WANDA, SparseGPT, magnitude, RTN, ... e.g. "wanda:0.5"); every SAE is then judged on it.
-            compressed_llm = compress_llm.submit(dense_llm, spec, config.llm_pruning.calibration(), store, *on_device)
+            compressed_llm = compress_llm.submit(dense_llm, spec, config.calibration.model_dump(), store, *on_device)  # spec: a CompressionSpec
             compressed_llms.append(compressed_llm)
             for hook, original in originals.items():
                 processing = original.result()["processing"]  # the weight processing this SAE family expects
@@ -81,11 +84,11 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                             metric, variant, config.metric_settings(metric), config.metric_profile, config.name, store, *on_device, config.seed))
 
         # Matched perplexity: tune a method's sparsity until its perplexity matches a reference's, then compare damaged features.
-        by_spec = dict(zip(config.compression, compressed_llms))
+        by_spec = {spec.text: llm for spec, llm in zip(config.compression, compressed_llms)}
         for match in config.feature_audit.match if config.feature_audit.enabled else []:
-            reference = by_spec.get(match.reference) or compress_llm.submit(dense_llm, match.reference, config.llm_pruning.calibration(), store,
-                                                                            *on_device)
-            tuned = match_compression.submit(dense_llm, match.model_dump(), reference, config.llm_pruning.calibration(), store, *on_device)
+            reference = by_spec.get(match.reference.text) or compress_llm.submit(dense_llm, match.reference, config.calibration.model_dump(),
+                                                                                 store, *on_device)
+            tuned = match_compression.submit(dense_llm, match.model_dump(), reference, config.calibration.model_dump(), store, *on_device)
             for hook, original in originals.items():
                 pair = [feature_fidelity.submit(original, dense_llm, llm, audit_settings(config, hook), config.dataset, config.name, store, *on_device)
                         for llm in (reference, tuned)]
@@ -109,6 +112,14 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
         raise RuntimeError(f"{len(failed)} compression / SAE variant task(s) and {len(failed_metrics)} metric task(s) failed "
                            f"(report of the rest: {report['uri']}): " + "; ".join((failed + failed_metrics)[:5]))
     return {"report": report, "n_variants": len(done_variants), "n_metric_results": len(done_metrics), "n_feature_audits": len(done_audits)}
+
+
+def _logger():
+    """The flow run's logger (its page shows the line), or this module's outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 def finished(futures: list) -> tuple[list[dict], list[str]]:
@@ -163,6 +174,9 @@ def full(preset: str = "toy", overrides: dict[str, Any] | None = None, storage_u
     config = build_config(preset, overrides)
     storage = Storage(storage_url)
     storage.check_reachable()
+    note = pre_rename_note(storage)  # compressed models from before the rename (pruned_models/): not reused
+    if note:
+        _logger().warning(note)
     with run_settings(storage.url, runner):
         return experiment(config, storage.url)
 

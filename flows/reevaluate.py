@@ -25,7 +25,7 @@ from tasks.report import write_report
 def reevaluate(storage_url: str = DEFAULT_STORAGE_URL, metrics: list[str] = ["core"], metric_profile: str = "toy",
                metric_overrides: dict[str, dict] | None = None, device: str = "cpu", dtype: str = "float32",
                runner: str = "threads") -> dict[str, Any]:
-    """Re-run SAEBench metrics for every SAE variant in storage, each on the pruned model it was built for.
+    """Re-run SAEBench metrics for every SAE variant in storage, each on the compressed model it was built for.
 
     Args:
         storage_url: The storage root the experiments wrote to: file://PATH (relative to the worker's directory)

@@ -21,7 +21,8 @@ CORE_COLUMNS = {"ce_loss_score": "core_ce_loss_score", "explained_variance": "co
 
 
 def method_label(compression: dict) -> str:
-    """'wanda:0.5', 'rtn:4', ... from a compression (or legacy pruning) manifest."""
+    """'wanda:0.5', 'rtn:4', ... from a compression block (``sae_core.model_ref.compression_of``); its spec text,
+    or built from its fields when it has none."""
     for key in ("spec", "text", "label"):
         if isinstance(compression.get(key), str):
             return compression[key]

@@ -7,14 +7,16 @@ checked here, before any task runs: unknown preset, metric, hook type, bad spars
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
-from sae_core.compression import parse_spec
+from sae_core.compression import CompressionSpec, parse_spec
+from sae_core.compression.registry import method_names
 from sae_core.datasets import check_dataset_name
 from sae_core.metrics.registry import METRIC_NAMES as KNOWN_METRICS  # light: no torch / SAEBench
 from sae_core.model_sources import is_packaged_model, packaged_model
@@ -22,7 +24,6 @@ from sae_core.sae_prune_rules import RULES as SAE_PRUNING_RULES  # pruned_sae.ru
 from sae_core.toy.world import TOY_MODEL, ToyWorldConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
-LLM_PRUNING_METHODS = ("wanda", "sparsegpt", "magnitude", "magnitude_row", "magnitude_matrix")  # llm_pruning.method
 
 
 class _Frozen(BaseModel):
@@ -45,15 +46,46 @@ class ActivationSettings(_Frozen):
     shard_sequences: int = Field(256, ge=1)
 
 
-class LLMPruningSettings(_Frozen):
-    """Calibration of the LLM's compression (dataset, windows, seed, module groups). ``method`` x
-    ``sparsities`` (x ``structure``) give the compression specs when ``compression`` is not set."""
+class CalibrationSettings(_Frozen):
+    """The calibration windows of every calibrated compression method (wanda, sparsegpt, gptq) and the
+    module groups every method compresses. Part of each compressed model's cache key."""
+
+    dataset: str
+    n_samples: int = Field(128, gt=0)  # calibration windows
+    seq_len: int = Field(128, ge=2)  # tokens per window
+    seed: int = 0  # which windows are drawn
+    module_groups: list[Literal["attention", "mlp"]] = ["attention", "mlp"]
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        check_dataset_name(value)
+        return value
+
+    @field_validator("module_groups")
+    @classmethod
+    def _groups(cls, values: list[str]) -> list[str]:
+        if not values:
+            raise ValueError("calibration.module_groups is empty; name attention, mlp or both")
+        return values
+
+
+# ------------------------------------------------------------------ deprecated: llm_pruning
+# The old section, still read: its calibration fields map onto ``calibration``, its method x
+# sparsities (x structure) give ``compression`` when that is not set.
+_LEGACY_CALIBRATION = {"calibration_dataset": "dataset", "n_calibration_samples": "n_samples", "seq_len": "seq_len",
+                       "seed": "seed", "module_groups": "module_groups"}
+_LEGACY_COMPRESSION = ("method", "sparsities", "structure")
+
+
+class LegacyLLMPruningSettings(_Frozen):
+    """The deprecated ``llm_pruning`` section (see ``_LEGACY_CALIBRATION``); validated for its error messages."""
 
     method: str = "wanda"
     sparsities: list[float] = [0.5]
     structure: str = "unstructured"
     module_groups: list[Literal["attention", "mlp"]] = ["attention", "mlp"]
-    calibration_dataset: str
+    calibration_dataset: str | None = None
     n_calibration_samples: int = Field(128, gt=0)
     seq_len: int = Field(128, ge=2)
     seed: int = 0
@@ -61,8 +93,9 @@ class LLMPruningSettings(_Frozen):
     @field_validator("method")
     @classmethod
     def _method(cls, value: str) -> str:
-        if value not in LLM_PRUNING_METHODS:
-            raise ValueError(f"unknown LLM pruning method {value!r}; known: {list(LLM_PRUNING_METHODS)}")
+        known = method_names("sparsity")
+        if value not in known:
+            raise ValueError(f"unknown LLM pruning method {value!r}; known: {list(known)}")
         return value
 
     @field_validator("sparsities")
@@ -85,16 +118,30 @@ class LLMPruningSettings(_Frozen):
             raise ValueError(f"N:M structure needs 0 < N < M, got {value!r}")
         return value
 
-    @field_validator("calibration_dataset")
-    @classmethod
-    def _dataset(cls, value: str) -> str:
-        check_dataset_name(value)
-        return value
+    def specs(self) -> list[str]:
+        strengths = [self.structure] if self.structure != "unstructured" else [repr(float(s)) for s in self.sparsities]
+        return [f"{self.method}:{s}" for s in strengths]
 
-    def calibration(self) -> dict[str, Any]:
-        """What every compression spec shares (and what its cache key holds besides the spec)."""
-        return {"calibration_dataset": self.calibration_dataset, "n_calibration_samples": self.n_calibration_samples,
-                "seq_len": self.seq_len, "seed": self.seed, "module_groups": list(self.module_groups)}
+
+def _legacy_llm_pruning(data: dict) -> dict:
+    """Map a deprecated ``llm_pruning`` section onto ``calibration`` (+ ``compression``), with one warning."""
+    old = data["llm_pruning"]
+    calibration = {**{new: old[key] for key, new in _LEGACY_CALIBRATION.items() if key in old},
+                   **(data.get("calibration") or {})}  # a ``calibration`` given beside it wins
+    data = {**data, "calibration": calibration}
+    try:
+        legacy = LegacyLLMPruningSettings.model_validate(old)
+    except ValueError:
+        return data  # the llm_pruning field's own validation reports it, naming llm_pruning.<field>
+    derived = data.get("compression") is None and any(key in old for key in _LEGACY_COMPRESSION)
+    if derived:
+        data["compression"] = legacy.specs()
+    data.pop("llm_pruning")
+    instead = ", ".join(f"{k}: {v!r}" for k, v in calibration.items())
+    compression = f" and compression: {data['compression']!r}" if derived else ""
+    warnings.warn(f"config key 'llm_pruning' is deprecated; write calibration: {{{instead}}}{compression} instead",
+                  DeprecationWarning, stacklevel=2)
+    return data
 
 
 class TrainSAESettings(_Frozen):
@@ -175,26 +222,25 @@ class MatchSettings(_Frozen):
     ``reference`` compression's, then compare which features the two damage (Duan's 6 steps on [0, 0.8])."""
 
     method: str
-    reference: str
+    reference: CompressionSpec  # parsed here, once, like ``compression``; written out as its canonical text
     lo: float = Field(0.0, ge=0.0, lt=1.0)
     hi: float = Field(0.8, gt=0.0, lt=1.0)
     steps: int = Field(6, ge=1, le=12)
 
-    @field_validator("reference")
-    @classmethod
-    def _reference(cls, value: str) -> str:
-        from sae_core.compression import parse_spec
+    @field_serializer("reference")
+    def _reference_text(self, value: CompressionSpec) -> str:
+        return value.text
 
-        return parse_spec(value).text  # canonical, as in ``compression``; ValueError naming a bad spec
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        try:
+            return parse_spec(f"{value}:0.5").method  # canonical name (aliases resolved)
+        except ValueError as err:
+            raise ValueError(f"feature_audit.match tunes a sparsity, which method {value!r} does not have: {err}") from None
 
     @model_validator(mode="after")
-    def _specs(self):
-        from sae_core.compression import parse_spec
-
-        try:
-            parse_spec(f"{self.method}:0.5")
-        except ValueError as err:
-            raise ValueError(f"feature_audit.match tunes a sparsity, which method {self.method!r} does not have: {err}") from None
+    def _bounds(self):
         if not self.lo < self.hi:
             raise ValueError(f"feature_audit.match needs lo < hi, got [{self.lo}, {self.hi}]")
         return self
@@ -224,10 +270,12 @@ class ExperimentConfig(_Frozen):
     layers: list[int]
     hook_types: list[str]
     activations: ActivationSettings
-    llm_pruning: LLMPruningSettings
-    # Compression specs of the LLM ("wanda:0.5", "sparsegpt:2:4", "rtn:4", ...; sae_core/compression).
-    # When not given: llm_pruning.method x llm_pruning.sparsities (and structure).
-    compression: list[str] | None = None
+    calibration: CalibrationSettings
+    # Compression specs of the LLM ("wanda:0.5", "sparsegpt:2:4", "rtn:4", ...; sae_core/compression),
+    # parsed here, once: downstream code receives these objects. Written out as canonical text.
+    compression: list[CompressionSpec] = [CompressionSpec(method="wanda", sparsity=0.5)]
+    # Deprecated (see _legacy_llm_pruning); only ever set while a bad section is being reported.
+    llm_pruning: LegacyLLMPruningSettings | None = Field(None, exclude=True)
     original_sae: OriginalSAESettings
     retrained_sae: RetrainSettings
     pruned_sae: PrunedSAESettings
@@ -243,27 +291,24 @@ class ExperimentConfig(_Frozen):
 
     @model_validator(mode="before")
     @classmethod
-    def _derive_compression(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("compression") is None and isinstance(data.get("llm_pruning"), dict):
-            try:
-                pruning = LLMPruningSettings.model_validate(data["llm_pruning"])
-            except ValueError:
-                return data  # llm_pruning's own validation reports it
-            strengths = [pruning.structure] if pruning.structure != "unstructured" else [repr(float(s)) for s in pruning.sparsities]
-            data = {**data, "compression": [f"{pruning.method}:{s}" for s in strengths]}
+    def _deprecated_llm_pruning(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("llm_pruning"), dict):
+            return _legacy_llm_pruning(data)
         return data
 
     @field_validator("compression")
     @classmethod
-    def _compression(cls, values: list[str] | None) -> list[str] | None:
-        if values is None:
-            return values
+    def _compression(cls, values: list[CompressionSpec]) -> list[CompressionSpec]:
         if not values:
             raise ValueError("compression is empty; give at least one spec, e.g. 'wanda:0.5'")
-        specs = [parse_spec(v).text for v in values]  # canonical text: 'magnitude_row:0.5' -> 'magnitude:0.5'
-        if len(set(specs)) != len(specs):
-            raise ValueError(f"compression has duplicates: {values}")
-        return specs
+        texts = [v.text for v in values]  # canonical: 'magnitude_row:0.5' and 'magnitude:0.5' are one spec
+        if len(set(texts)) != len(texts):
+            raise ValueError(f"compression has duplicates: {texts}")
+        return values
+
+    @field_serializer("compression")
+    def _compression_text(self, values: list[CompressionSpec]) -> list[str]:
+        return [v.text for v in values]  # what people write, and what validates back to the same specs
 
     @field_validator("metrics")
     @classmethod
@@ -401,8 +446,11 @@ def build_config(preset: str = "toy", overrides: dict[str, Any] | None = None) -
     """A preset plus nested overrides (e.g. ``{"pruned_sae": {"sparsities": [0.25]}}``), validated."""
     from pydantic import ValidationError
 
+    overrides = overrides or {}
+    if isinstance(overrides.get("llm_pruning"), dict):  # deprecated: mapped before merging, so that it overrides the preset
+        overrides = _legacy_llm_pruning(overrides)
     try:
-        return ExperimentConfig.model_validate(_deep_merge(load_preset(preset), overrides or {}))
+        return ExperimentConfig.model_validate(_deep_merge(load_preset(preset), overrides))
     except ValidationError as err:
         raise ValueError(readable_validation_error(err, f"preset {preset!r} with its overrides")) from None
 

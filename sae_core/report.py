@@ -11,8 +11,10 @@ import io
 
 import pandas as pd
 
+from sae_core.model_ref import compression_of
+
 VARIANT_ORDER = ("original", "retrained", "pruned")
-KEY_COLUMNS = ["hook", "model_sparsity", "sae_variant", "sae_scoring_rule", "sae_sparsity"]
+KEY_COLUMNS = ["hook", "compression", "strength", "sae_variant", "sae_scoring_rule", "sae_sparsity"]
 # The paper's headline numbers, plotted first; other families contribute their first metric.
 PREFERRED = ["core/ce_loss_score", "core/explained_variance", "core/l0", "scr/scr_metric_threshold_20",
              "tpp/tpp_threshold_20_total_metric", "sparse_probing/sae_top_1_test_accuracy",
@@ -34,9 +36,9 @@ def variant_label(row) -> str:
 
 
 def model_keys(metrics: pd.DataFrame) -> list[str]:
-    """Columns naming the compressed model: its compression spec (``pruning_method``, e.g. ``rtn:4``) when the
-    rows carry it (two specs can share a sparsity: ``wanda:0.5`` / ``sparsegpt:0.5``, ``rtn:8`` / ``rtn:4``)."""
-    return ["pruning_method", "model_sparsity"] if "pruning_method" in metrics else ["model_sparsity"]
+    """Columns naming the compressed model: its compression spec (``compression``, e.g. ``rtn:4``) when the
+    rows carry it (two specs can share a strength: ``wanda:0.5`` / ``sparsegpt:0.5``), and its ``strength``."""
+    return ["compression", "strength"] if "compression" in metrics else ["strength"]
 
 
 def headline_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -67,22 +69,52 @@ EXPLAINED_VARIANCE_NOTE = (
     "x̄ the per-dimension mean; `core/explained_variance` (headline table) is SAEBench core's own figure, "
     "computed by its code with its own formula and batches. They differ slightly for the same SAE.")
 # Variant-table columns people compare, in reading order; storage keys and the rest come after.
-VARIANT_DISPLAY_COLUMNS = ["hook", "compression", "model_sparsity", "variant", "achieved_sparsity", "wall_time_s", "tokens_used",
+VARIANT_DISPLAY_COLUMNS = ["hook", "compression", "strength", "variant", "achieved_sparsity", "wall_time_s", "tokens_used",
                            "mse", "explained_variance_centred", "l0", "dead_latents", "d_sae", "ce_loss_score", "ce_delta"]
 
 
-def legacy_variant_columns(variants: pd.DataFrame) -> pd.DataFrame:
-    """Rows written before the centred explained variance was named so."""
-    if "explained_variance" in variants and "explained_variance_centred" not in variants:
-        return variants.rename(columns={"explained_variance": "explained_variance_centred"})
-    return variants
+# Old-root compatibility: column names of rows written before a rename -> today's names.
+LEGACY_COLUMNS = {"pruning_method": "compression", "model_sparsity": "strength",  # before pruning -> compression
+                  "explained_variance": "explained_variance_centred"}  # variants, before the centred EV was named so
+
+
+def current_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Any metrics / variants / controls table (rows of ``metrics/``, ``variants/``, a report) under today's
+    column names. The one place that maps old names: ``pruning_method`` -> ``compression``,
+    ``model_sparsity`` -> ``strength`` (a bit-width spec such as ``rtn:4``, whose old column held 0,
+    gets its bits), and the variants' ``explained_variance`` -> ``explained_variance_centred``. Old
+    variant rows carried ``compression`` (``""`` for the dense model) beside ``model_sparsity``.
+    Tables under today's names pass unchanged; a mix of old and new rows is merged column by column.
+    """
+    present = [c for c in LEGACY_COLUMNS if c in table]
+    if not present:
+        return table
+    frame = table.copy()
+    for old in present:
+        new = LEGACY_COLUMNS[old]
+        frame[new] = frame[new].where(frame[new].notna(), frame[old]) if new in frame else frame[old]
+    frame = frame.drop(columns=present)
+    if "model_sparsity" in present and "compression" in frame:
+        frame["compression"] = frame["compression"].replace("", "none")
+        frame["strength"] = [_legacy_strength(spec, value) for spec, value in zip(frame["compression"], frame["strength"])]
+    return frame
+
+
+def _legacy_strength(spec, strength) -> float:
+    from sae_core.compression import parse_spec
+
+    try:
+        parsed = parse_spec(spec) if isinstance(spec, str) and ":" in spec else None
+    except ValueError:  # an old method name without its strength
+        parsed = None
+    return parsed.strength if parsed is not None and parsed.kind == "bits" else float(strength)
 
 
 def variants_for_display(variants: pd.DataFrame) -> pd.DataFrame:
     """Key columns and the compared figures first (a readable variant label), storage keys last."""
     if variants.empty:
         return variants
-    frame = legacy_variant_columns(variants).copy()
+    frame = current_columns(variants).copy()
     frame["variant"] = frame.apply(variant_label, axis=1)
     first = [c for c in VARIANT_DISPLAY_COLUMNS if c in frame]
     dropped = {"sae_variant", "sae_scoring_rule", "sae_sparsity"}  # folded into `variant`
@@ -134,7 +166,7 @@ def metric_vs_sparsity_plots(metrics: pd.DataFrame, max_metrics: int = 12) -> di
     plots: dict[str, bytes] = {}
     if metrics.empty:
         return plots
-    for (hook, *model, model_sparsity), group in metrics.groupby(["hook", *model_keys(metrics)]):
+    for (hook, *model, strength), group in metrics.groupby(["hook", *model_keys(metrics)]):
         group = group[group["value"].notna()]
         if group.empty:
             continue
@@ -165,10 +197,10 @@ def metric_vs_sparsity_plots(metrics: pd.DataFrame, max_metrics: int = 12) -> di
             ax.axis("off")
         handles, labels = axes.flat[0].get_legend_handles_labels()
         figure.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, bbox_to_anchor=(0.5, -0.02))
-        compressed = f"compressed with {model[0]}" if model else f"pruned to {float(model_sparsity):.0%}"
+        compressed = f"compressed with {model[0]}" if model else f"pruned to {float(strength):.0%}"
         figure.suptitle(f"{hook} — SAEs on the LLM {compressed}", fontsize=11)
         figure.tight_layout(rect=(0, 0.04, 1, 1))
-        name = model[0].replace(":", "-") if model else f"llm{int(round(100 * float(model_sparsity)))}"
+        name = model[0].replace(":", "-") if model else f"llm{int(round(100 * float(strength)))}"
         plots[f"metrics_{hook}_{name}.png"] = _figure_to_png(figure)
     return plots
 
@@ -218,14 +250,14 @@ def model_provenance(base_model: dict | None) -> list[str]:
             f"Use, shipped in the package ({', '.join(package.get('licence_files', []))}).", ""]
 
 
-def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_models: list[dict], plot_names: list[str],
+def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, compressed_models: list[dict], plot_names: list[str],
                      controls: list[dict] | None = None, base_model: dict | None = None) -> str:
     lines = ["# SAE transfer report", "", *model_provenance(base_model)]
-    if pruned_models:
+    if compressed_models:
         lines += ["## Compressed language models", "",
                   "| model | compression | method | strength | achieved sparsity / bits | perplexity dense → compressed | "
                   "wall time (s) | calibration tokens |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for m in pruned_models:
+        for m in compressed_models:
             c, ppl = compression_of(m), m["perplexity"]
             achieved = f"{c['bits']} bits" if c.get("bits") else f"{c['achieved_sparsity']:.3f}"
             lines.append(f"| `{m['prefix']}` | {c['spec']} | {c['method']} {c['structure']} | {c['strength']:g} | {achieved} | "
@@ -233,22 +265,22 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_model
                          f"{c['calibration_tokens']} |")
         lines.append("")
     if controls:
-        lines += ["## Control: the pruned model reading the dense model's activations", "",
-                  "ΔCE = CE(pruned LM with the dense LM's activations patched in at the hook) − CE(pruned LM), in nats, "
+        lines += ["## Control: the compressed model reading the dense model's activations", "",
+                  "ΔCE = CE(compressed LM with the dense LM's activations patched in at the hook) − CE(compressed LM), in nats, "
                   "on the windows of the variants' CE-loss score. The CE-loss scores compare each SAE with the pruned "
                   "model's *own* activations; ΔCE says how far those are, in loss, from the dense model's (negative: "
                   "the pruned layers before the hook cost that much, and the layers after it still use dense "
                   "activations well).", "",
-                  _markdown_table(pd.DataFrame(controls).reindex(columns=["hook", "compression", "model_sparsity", "ce_clean",
+                  _markdown_table(current_columns(pd.DataFrame(controls)).reindex(columns=["hook", "compression", "strength", "ce_clean",
                                                                           "ce_dense_patched", "delta_ce_dense_patch", "ce_tokens"])), ""]
     if not variants.empty:
         frame = variants_for_display(variants)
         cols = [c for c in VARIANT_DISPLAY_COLUMNS if c in frame]
-        lines += ["## SAE variants: cost and reconstruction on the pruned model", "", _markdown_table(frame[cols]), "",
+        lines += ["## SAE variants: cost and reconstruction on the compressed model", "", _markdown_table(frame[cols]), "",
                   EXPLAINED_VARIANCE_NOTE, ""]
     table = compact_headline_table(metrics)
     if not table.empty:
-        lines += ["## Headline metrics (SAEBench, on the pruned model)", "",
+        lines += ["## Headline metrics (SAEBench, on the compressed model)", "",
                   "One headline per metric family; every metric is in `headline.parquet` (wide) and `metrics.parquet` (tidy).", "",
                   _markdown_table(table), ""]
     missing = not_measured(metrics)
@@ -261,16 +293,6 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, pruned_model
     for name in plot_names:
         lines += [f"![{name}]({name})", ""]
     return "\n".join(lines)
-
-
-def compression_of(model: dict) -> dict:
-    """A compressed model manifest's ``compression`` section (built from ``pruning`` for older manifests)."""
-    if "compression" in model:
-        return model["compression"]
-    p = model["pruning"]
-    return {"spec": f"{p['method']}:{p['sparsity']:g}", "method": p["method"], "structure": p["structure"],
-            "strength": p["sparsity"], "bits": None, "achieved_sparsity": p["achieved_sparsity"],
-            "wall_time_s": p["wall_time_s"], "calibration_tokens": p.get("calibration_tokens", 0)}
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:

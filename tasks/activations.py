@@ -6,14 +6,14 @@ from prefect import task
 
 from sae_core.activation_spec import ActivationCacheSpec
 from sae_core.hashing import config_hash
+from sae_core.model_ref import model_identity
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
 from tasks.progress import report_progress
 
 
 def activation_prefix(model: dict, spec: ActivationCacheSpec, processing: dict) -> str:
-    identity = model.get("content_hash") or model.get("hub_id")
-    return f"activations/{config_hash(identity, spec, processing, code_fingerprint(__name__))}"
+    return f"activations/{config_hash(model_identity(model), spec, processing, code_fingerprint(__name__))}"
 
 
 @task(name="cache-activations", **ARTIFACT_TASK_OPTIONS)

@@ -1,9 +1,11 @@
-"""What is already in storage: every SAE variant that was evaluated on a pruned model."""
+"""What is already in storage: every SAE variant that was evaluated on a compressed model."""
 
 from __future__ import annotations
 
 from prefect import task
 
+from sae_core.model_ref import compression_of
+from sae_core.report import current_columns
 from sae_core.storage import Storage
 from tasks.common import retry_transient
 
@@ -19,7 +21,7 @@ def stored_variants(storage_url: str) -> list[dict]:
     for key in storage.list("variants"):
         if not key.endswith(".parquet"):
             continue
-        row = storage.get_parquet(key).iloc[0].to_dict()
+        row = current_columns(storage.get_parquet(key)).iloc[0].to_dict()  # rows from before the rename too
         row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
         sae_prefix, model_prefix = row["sae_prefix"], row["model_prefix"]
         if not storage.is_committed(sae_prefix):
@@ -31,7 +33,7 @@ def stored_variants(storage_url: str) -> list[dict]:
         llm = {"kind": "model", "prefix": model_prefix} if storage.is_committed(model_prefix) else {"kind": "model", "hub_id": model_prefix}
         if llm.get("prefix"):
             model_manifest = storage.manifest(model_prefix)
-            llm.update(pruning=model_manifest.get("pruning", {}), base_model=model_manifest.get("base_model_name"),
+            llm.update(compression=compression_of(model_manifest), base_model=model_manifest.get("base_model_name"),
                        content_hash=model_manifest.get("content_hash"))
         found[identity] = {"kind": "sae_variant", "sae_prefix": sae_prefix, "sae_uri": storage.uri(sae_prefix),
                            "variant": row["sae_variant"], "rule": row["sae_scoring_rule"] or None,

@@ -214,9 +214,10 @@ def load_model_ref(storage, ref: dict, device: str, dtype: str, only: bool = Fal
     """
     import torch
 
+    from sae_core.model_ref import model_key
     from sae_core.models import load_language_model
 
-    key = (storage.url, ref.get("prefix") or ref["hub_id"], device, dtype)
+    key = (storage.url, model_key(ref), device, dtype)
     with _model_lock:
         if only and any(k != key for k in _models):
             for other in [k for k in _models if k != key]:

@@ -9,35 +9,35 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from sae_core.compression import parse_spec
+from sae_core.compression import CompressionSpec
 from sae_core.datasets import pruning_windows
 from sae_core.hashing import config_hash, folder_hash
+from sae_core.model_ref import compression_of, model_identity
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, ml_stack
 from tasks.progress import report_progress
 
 PERPLEXITY_SEQUENCES = 32
-REPORT_NAME = "pruning_report.parquet"  # per-module rows of every method (historical name, kept for readers)
-CALIBRATION_KEYS = ("calibration_dataset", "n_calibration_samples", "seq_len", "seed", "module_groups")
+REPORT_NAME = "compression_report.parquet"  # per-module rows of every method
+CALIBRATION_KEYS = ("dataset", "n_samples", "seq_len", "seed", "module_groups")  # sae_core.config.CalibrationSettings
 
 
-def compressed_model_prefix(dense: dict, spec: str, calibration: dict) -> str:
-    identity = dense.get("content_hash") or dense.get("hub_id")
-    # "pruned_models/" for every method: the storage layout readers already know.
-    return f"pruned_models/{config_hash(identity, spec, calibration, code_fingerprint(__name__))}"
+def compressed_model_prefix(dense: dict, spec: CompressionSpec, calibration: dict) -> str:
+    return f"compressed_models/{config_hash(model_identity(dense), spec.text, calibration, code_fingerprint(__name__))}"
 
 
 @task(name="compress-llm", **ARTIFACT_TASK_OPTIONS)
-def compress_llm(dense: dict, spec: str, calibration: dict, storage_url: str, device: str = "cpu",
+def compress_llm(dense: dict, spec: CompressionSpec, calibration: dict, storage_url: str, device: str = "cpu",
                  dtype: str = "float32") -> dict:
     """Compress the dense model once per (model, spec, calibration settings, code); return its manifest.
 
-    ``spec``: e.g. ``wanda:0.5``, ``sparsegpt:2:4``, ``rtn:4``. ``calibration``: the ``CALIBRATION_KEYS``
-    of ``llm_pruning`` (``LLMPruningSettings.calibration()``); the held-out perplexity windows
-    (``sae_core.datasets.pruning_windows``) are the same for every method and seed.
+    ``spec``: parsed once by the config (e.g. ``wanda:0.5``, ``sparsegpt:2:4``, ``rtn:4``); a pydantic
+    model, so Prefect hashes it through its JSON form (see ``sae_core/compression/spec.py``).
+    ``calibration``: ``ExperimentConfig.calibration.model_dump()`` (``CALIBRATION_KEYS``); the held-out
+    perplexity windows (``sae_core.datasets.pruning_windows``) are the same for every method and seed.
     """
     ml_stack()
-    spec = parse_spec(spec).text
+    spec = CompressionSpec.model_validate(spec)  # an instance passes as it is
     calibration = {key: calibration[key] for key in CALIBRATION_KEYS}
     storage = Storage(storage_url)
     prefix = compressed_model_prefix(dense, spec, calibration)
@@ -47,7 +47,7 @@ def compress_llm(dense: dict, spec: str, calibration: dict, storage_url: str, de
     manifest = storage.manifest(prefix)
     return {"kind": "model", "prefix": prefix, "uri": storage.uri(prefix), "content_hash": manifest["content_hash"],
             "dense": False, "base_model": manifest["base_model_name"], "compression": manifest["compression"],
-            "pruning": manifest["pruning"], "perplexity": manifest["perplexity"]}
+            "perplexity": manifest["perplexity"]}
 
 
 def _compress_and_store(dense, spec, calibration, storage, prefix, device, dtype) -> None:
@@ -57,22 +57,22 @@ def _compress_and_store(dense, spec, calibration, storage, prefix, device, dtype
     from sae_core.lm_eval import perplexity
     from sae_core.models import load_language_model
 
-    parsed = parse_spec(spec)
     # A private copy: compression is in place and the cached dense model must stay dense.
     source = str(storage.materialise_dir(dense["prefix"])) if dense.get("prefix") else dense["hub_id"]
     model = load_language_model(source, device=device, dtype=getattr(torch, dtype))
-    n_calibration = calibration["n_calibration_samples"]
+    n_calibration = calibration["n_samples"]
     seq_len = calibration["seq_len"] or min(1024, getattr(model.hf_model.config, "n_positions", 1024))
-    # Calibration windows drawn with llm_pruning.seed; the perplexity windows never depend on it.
-    calibration_ids, held_out = pruning_windows(model.tokenizer, calibration["calibration_dataset"], n_calibration,
+    # Calibration windows drawn with calibration.seed; the perplexity windows never depend on it.
+    calibration_ids, held_out = pruning_windows(model.tokenizer, calibration["dataset"], n_calibration,
                                                 PERPLEXITY_SEQUENCES, seq_len, calibration["seed"])
     dense_ppl = perplexity(model.hf_model, held_out)
     started = time.perf_counter()
-    report = compress_model(model.hf_model, parsed, calibration_ids, module_groups=calibration["module_groups"])
+    report = compress_model(model.hf_model, spec, calibration_ids, module_groups=calibration["module_groups"])
     wall_time = round(time.perf_counter() - started, 3)
     compressed_ppl = perplexity(model.hf_model, held_out)
-    summary = {**report.summary(), "sparsity": parsed.sparsity, "calibration_dataset": calibration["calibration_dataset"],
-               "calibration": calibration, "wall_time_s": wall_time}
+    # The one compression block: the spec's fields (CompressionSpec.model_validate reads them back), what it did, how.
+    summary = {**report.summary(), "calibration_dataset": calibration["dataset"], "calibration": calibration,
+               "wall_time_s": wall_time}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model.hf_model.save_pretrained(folder, safe_serialization=True)
@@ -85,11 +85,6 @@ def _compress_and_store(dense, spec, calibration, storage, prefix, device, dtype
             "base_model": dense,
             "base_model_name": dense.get("hub_id") or dense.get("name") or f"toy-world:{dense['content_hash']}",
             "compression": summary,
-            # The keys pre-compression readers use (variant rows, metric rows, catalog): "method" is the spec
-            # text so that rows of rtn:8 and rtn:4 (both sparsity 0) stay apart.
-            "pruning": {"method": parsed.text, "sparsity": float(parsed.sparsity or 0.0), "structure": parsed.structure,
-                        "achieved_sparsity": report.overall_sparsity, "calibration_tokens": report.calibration_tokens,
-                        "calibration_dataset": calibration["calibration_dataset"], "wall_time_s": wall_time},
             "perplexity": {"dense": dense_ppl, "compressed": compressed_ppl, "pruned": compressed_ppl,
                            "held_out_tokens": int(held_out.numel())},
             "content_hash": content_hash,
@@ -107,7 +102,8 @@ def match_compression(dense: dict, match: dict, reference: dict, calibration: di
                       device: str = "cpu", dtype: str = "float32") -> dict:
     """Bisect ``match['method']``'s sparsity until its held-out perplexity matches the ``reference``
     compressed model's (both measured on the same windows by the compression task); the chosen
-    model's manifest, plus the search (target, chosen strength, every step)."""
+    model's manifest, plus the search (target, chosen strength, every step). ``match``:
+    ``MatchSettings.model_dump()`` (its method name canonical, checked to take a sparsity)."""
     ml_stack()
     from sae_core.feature_audit import match_strength
 
@@ -115,11 +111,13 @@ def match_compression(dense: dict, match: dict, reference: dict, calibration: di
 
     def evaluate(sparsity: float) -> float:
         # Each step is the compression task's own body: stored (and reused) under its usual key.
-        tried[sparsity] = compress_llm.fn(dense, f"{match['method']}:{sparsity:g}", calibration, storage_url, device, dtype)
+        # The step's spec, built (not parsed): its sparsity to 6 significant digits, as its spec text shows it.
+        spec = CompressionSpec(method=match["method"], sparsity=float(f"{sparsity:g}"))
+        tried[sparsity] = compress_llm.fn(dense, spec, calibration, storage_url, device, dtype)
         return _held_out_perplexity(tried[sparsity])
 
     target = _held_out_perplexity(reference)
     found = match_strength(evaluate, target, match["lo"], match["hi"], match["steps"])
-    return {**tried[found.strength], "match": {"reference": (reference.get("compression") or reference.get("pruning") or {}),
+    return {**tried[found.strength], "match": {"reference": compression_of(reference),
                                                "target_perplexity": target, "strength": found.strength,
                                                "perplexity": found.value, "trace": [list(step) for step in found.trace]}}

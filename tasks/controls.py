@@ -1,4 +1,4 @@
-"""Controls beside the SAE comparison: how far the pruned model is from reading the dense model's activations."""
+"""Controls beside the SAE comparison: how far the compressed model is from reading the dense model's activations."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from prefect import task
 
 from sae_core.datasets import token_batch
 from sae_core.hashing import config_hash
+from sae_core.model_ref import compression_label, compression_strength, model_identity
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, ml_stack
 
@@ -13,18 +14,18 @@ from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, 
 @task(name="dense-patch-control", **ARTIFACT_TASK_OPTIONS)
 def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, dataset: str, storage_url: str,
                         device: str = "cpu", dtype: str = "float32") -> dict:
-    """ΔCE = CE(pruned LM, dense activations patched in at the hook) − CE(pruned LM), on the variants' CE windows."""
+    """ΔCE = CE(compressed LM, dense activations patched in at the hook) − CE(compressed LM), on the variants' CE windows."""
     ml_stack()
     from sae_core.activations import hook_activations
     from sae_core.sae_quality import dense_patched_ce
 
     storage = Storage(storage_url)
     hook = held_out["hook_name"]
-    key = f"controls/{config_hash('dense-patch', dense.get('content_hash') or dense.get('hub_id'), llm.get('content_hash') or llm.get('hub_id'), held_out['prefix'], quality, code_fingerprint(__name__))}.json"
+    key = f"controls/{config_hash('dense-patch', model_identity(dense), model_identity(llm), held_out['prefix'], quality, code_fingerprint(__name__))}.json"
     if not storage.exists(key):
         processing, spec = held_out.get("processing", {}), held_out["spec"]
         # One model in memory at a time: the dense model's activations first (small: ce_sequences
-        # windows at one hook), then the pruned model, which the metric tasks after this one use.
+        # windows at one hook), then the compressed model, which the metric tasks after this one use.
         dense_model = load_model_ref(storage, dense, device, dtype, only=True)
         # the same windows as the variants' spliced CE (tasks/saes.py _quality); compression keeps the tokenizer
         tokens = token_batch(dense_model.tokenizer, dataset, quality["ce_sequences"], spec["seq_len"], skip_sequences=spec["skip_sequences"])
@@ -34,7 +35,6 @@ def dense_patch_control(dense: dict, llm: dict, held_out: dict, quality: dict, d
         pruned = load_model_ref(storage, llm, device, dtype, only=True)
         with compute_lock():
             result = dense_patched_ce(pruned.hooked(processing), dense_activations, tokens, hook)
-        storage.put_json(key, {"hook": hook, "model_prefix": llm.get("prefix"),
-                               "model_sparsity": float(llm.get("pruning", {}).get("sparsity", 0.0)), **result})
-    spec = (llm.get("compression") or {}).get("spec") or (llm.get("pruning") or {}).get("method", "")
-    return {"kind": "control", "key": key, "compression": spec, **storage.get_json(key)}
+        storage.put_json(key, {"hook": hook, "model_prefix": llm.get("prefix"), "compression": compression_label(llm),
+                               "strength": compression_strength(llm), **result})
+    return {"kind": "control", "key": key, "compression": compression_label(llm), **storage.get_json(key)}

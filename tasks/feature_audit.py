@@ -18,6 +18,7 @@ from prefect import task
 
 from sae_core.datasets import token_batch
 from sae_core.hashing import config_hash
+from sae_core.model_ref import compression_label, compression_of, model_identity, model_key
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, load_stored_sae, ml_stack
 from tasks.metrics import tidy_rows
@@ -38,10 +39,6 @@ def audit_windows(audit: dict) -> int:
     return math.ceil(audit["n_tokens"] / (audit["seq_len"] - 2))
 
 
-def _identity(model: dict) -> str:
-    return model.get("content_hash") or model.get("prefix") or model["hub_id"]
-
-
 def _clean(value):
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
@@ -54,7 +51,7 @@ def feature_fidelity(original: dict, dense: dict, compressed: dict, audit: dict,
     """Audit every feature of the ``original`` SAE on the ``compressed`` model against the ``dense`` one."""
     ml_stack()
     storage = Storage(storage_url)
-    key = config_hash(FAMILY, original["prefix"], _identity(dense), _identity(compressed), original.get("processing", {}), audit,
+    key = config_hash(FAMILY, original["prefix"], model_identity(dense), model_identity(compressed), original.get("processing", {}), audit,
                       dataset, code_fingerprint(__name__))
     table_key, summary_key, rows_key = f"feature_audit/{key}.parquet", f"feature_audit/{key}.json", f"metrics/{FAMILY}/{key}.parquet"
     if not storage.exists(rows_key):
@@ -63,8 +60,7 @@ def feature_fidelity(original: dict, dense: dict, compressed: dict, audit: dict,
     stored = storage.get_json(summary_key)
     return {"kind": FAMILY, "metric": FAMILY, "status": "ok", "rows_key": rows_key, "table_key": table_key, "summary_key": summary_key,
             "uri": storage.uri(rows_key), "hook": original["hook"], "sae_prefix": original["prefix"],
-            "model_prefix": compressed.get("prefix") or compressed.get("hub_id"),
-            "compression": compressed.get("compression") or compressed.get("pruning") or {},
+            "model_prefix": model_key(compressed), "compression": compression_of(compressed),
             "perplexity": compressed.get("perplexity"), "audit_perplexity": stored["perplexity"],
             "summary": stored["summary"], "auc": stored["auc"]}
 
@@ -103,19 +99,17 @@ def _audit_and_store(storage, original, dense, compressed, audit, dataset, exper
 def feature_overlap(reference_audit: dict, matched_audit: dict, experiment: str, storage_url: str) -> dict:
     """Do the two compressions damage the same features? (sae_core.feature_audit.compare_methods)
     Rows under ``metrics/feature_overlap/``, like every other metric."""
-    from sae_core.compression_report import method_label
     from sae_core.feature_audit import compare_methods
 
     storage = Storage(storage_url)
     key = config_hash("feature-overlap", reference_audit["table_key"], matched_audit["table_key"], code_fingerprint(__name__))
     rows_key = f"metrics/feature_overlap/{key}.parquet"
-    labels = method_label(reference_audit["compression"]), method_label(matched_audit["compression"])
+    labels = compression_label(reference_audit), compression_label(matched_audit)
     if not storage.exists(rows_key):
         overlap = compare_methods(storage.get_parquet(reference_audit["table_key"]), storage.get_parquet(matched_audit["table_key"]))
         headline = [{"metric_name": name, "value": float(value), "higher_is_better": None} for name, value in overlap.items()]
         # Rows belong to the matched model (the report groups by its spec); the reference is in the manifest.
-        llm = {"prefix": matched_audit["model_prefix"], "pruning": {"method": labels[1],
-                                                                    "sparsity": float(matched_audit["compression"].get("sparsity") or 0.0)}}
+        llm = {"prefix": matched_audit["model_prefix"], "compression": matched_audit["compression"]}
         variant = {"llm": llm, "hook": matched_audit["hook"], "variant": "original", "sae_prefix": matched_audit["sae_prefix"]}
         outcome = SimpleNamespace(metric="feature_overlap", status="ok", reason="", headline=headline)
         storage.put_parquet(rows_key, tidy_rows(outcome, variant, {"reference": labels[0], "matched": labels[1]}, experiment, key))

@@ -1,4 +1,4 @@
-"""Every SAEBench metric family as its own cached task, run on the pruned model.
+"""Every SAEBench metric family as its own cached task, run on the compressed model.
 
 One generic task body, named per family in the flow (``metric-core``, ``metric-scr``, ...). The
 family is an explicit input, so each family has its own cache entries. Each run stores
@@ -20,12 +20,13 @@ from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
 from sae_core.hashing import config_hash
+from sae_core.model_ref import compression_label, compression_strength, model_key
 from sae_core.progress import Progress
 from sae_core.storage import Storage
 from tasks.progress import mirror_tqdm, report_progress
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, load_stored_sae, ml_stack
 
-METRIC_COLUMNS = ["run_id", "experiment", "model", "pruning_method", "model_sparsity", "hook", "layer", "sae_variant",
+METRIC_COLUMNS = ["run_id", "experiment", "model", "compression", "strength", "hook", "layer", "sae_variant",
                   "sae_scoring_rule", "sae_sparsity", "metric_family", "metric_name", "value", "higher_is_better",
                   "status", "reason", "eval_config_hash", "sae_bench_version", "sae_prefix", "model_prefix", "timestamp"]
 
@@ -35,7 +36,7 @@ def metric_key(metric: str, variant: dict, settings: dict, profile: str) -> str:
     code and the installed sae-bench version. Not the experiment's name, device or run."""
     from sae_core.metrics.base import sae_bench_version
 
-    return config_hash(metric, variant["sae_prefix"], variant["llm"].get("prefix") or variant["llm"].get("hub_id"),
+    return config_hash(metric, variant["sae_prefix"], model_key(variant["llm"]),
                        variant.get("processing", {}), settings, profile, code_fingerprint(__name__), sae_bench_version())
 
 
@@ -55,7 +56,7 @@ def sae_bench_run_cache(storage_url: str, run_id: str | None = None) -> Path:
     RAVEL prompt sets, the toy stand-in datasets.
 
     Keyed by storage root *and* flow run, and deleted when the run ends (``discard_sae_bench_run_cache``):
-    SAE variants of one run on the same pruned model share it, but no run ever reads (unpickles) a file
+    SAE variants of one run on the same compressed model share it, but no run ever reads (unpickles) a file
     another run wrote, and a run against new storage starts cold. Finished metric rows are reused across
     runs through storage and Prefect's cache instead, which never unpickle anything.
     """
@@ -81,7 +82,7 @@ def _run_id() -> str:
 @task(name="metric", **{**ARTIFACT_TASK_OPTIONS, "cache_policy": TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=metric_cache_key)})
 def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, experiment: str, storage_url: str,
                     device: str = "cpu", dtype: str = "float32", seed: int = 0) -> dict:
-    """Run one SAEBench metric family for one SAE variant on its pruned model; store raw JSON + tidy rows."""
+    """Run one SAEBench metric family for one SAE variant on its compressed model; store raw JSON + tidy rows."""
     from sae_core.metrics import registry
 
     ml_stack()
@@ -116,18 +117,17 @@ def tidy_rows(result, variant: dict, settings: dict, experiment: str, key: str) 
     from sae_core.metrics.registry import sae_bench_version
 
     llm = variant["llm"]
-    pruning = llm.get("pruning", {})
     hook = variant["hook"]
     base = {
         "run_id": _run_id(), "experiment": experiment,
         "model": llm.get("base_model") or llm.get("hub_id") or llm.get("prefix"),
-        "pruning_method": pruning.get("method", "none"), "model_sparsity": float(pruning.get("sparsity", 0.0)),
+        "compression": compression_label(llm), "strength": compression_strength(llm),
         "hook": hook, "layer": int(hook.split(".")[1]) if hook.startswith("blocks.") else -1,
         "sae_variant": variant["variant"], "sae_scoring_rule": variant.get("rule") or "",
         "sae_sparsity": float(variant.get("sparsity") or 0.0), "metric_family": result.metric,
         "status": result.status, "reason": result.reason or "", "eval_config_hash": config_hash(settings),
         "sae_bench_version": sae_bench_version(), "sae_prefix": variant["sae_prefix"],
-        "model_prefix": llm.get("prefix") or llm.get("hub_id"), "timestamp": datetime.now(timezone.utc).isoformat(),
+        "model_prefix": model_key(llm), "timestamp": datetime.now(timezone.utc).isoformat(),
     }
     headline = result.headline or [{"metric_name": "skipped", "value": float("nan"), "higher_is_better": None}]
     rows = [{**base, "metric_name": h["metric_name"], "value": float(h["value"]),

@@ -16,18 +16,18 @@ from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint
 
 
 def collect_metrics(storage: Storage, metric_results: list[dict]) -> pd.DataFrame:
-    frames = [storage.get_parquet(r["rows_key"]) for r in metric_results if r.get("rows_key")]
+    frames = [rep.current_columns(storage.get_parquet(r["rows_key"])) for r in metric_results if r.get("rows_key")]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 @task(name="report", **{**ARTIFACT_TASK_OPTIONS, "cache_policy": None, "persist_result": False})
-def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], variants: list[dict],
+def write_report(experiment_name: str, config: dict, compressed_llms: list[dict], variants: list[dict],
                  metric_results: list[dict], storage_url: str, controls: list[dict] | None = None,
                  base_model: dict | None = None) -> dict:
     """Always runs (it is cheap): the report reflects whatever the cached steps produced."""
     storage = Storage(storage_url)
     prefix = f"reports/{experiment_name}-{config_hash(config, length=10)}"
-    variant_rows = rep.legacy_variant_columns(pd.DataFrame([v["row"] for v in variants]))
+    variant_rows = rep.current_columns(pd.DataFrame([v["row"] for v in variants]))
     metrics = collect_metrics(storage, metric_results)
 
     audits = [r for r in metric_results if r.get("kind") == "feature_fidelity"]  # the feature audit's manifests
@@ -37,7 +37,7 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
         storage.put_parquet(f"{prefix}/metrics.parquet", metrics)
         headline = rep.headline_table(metrics)
         storage.put_parquet(f"{prefix}/headline.parquet", headline)
-    summary = (rep.markdown_summary(metrics, variant_rows, pruned_llms, sorted(plots), controls=controls, base_model=base_model)
+    summary = (rep.markdown_summary(metrics, variant_rows, compressed_llms, sorted(plots), controls=controls, base_model=base_model)
                + "\n" + crep.markdown_section(metric_results, metrics))
     storage.put_bytes(f"{prefix}/summary.md", summary.encode())
     storage.put_json(f"{prefix}/config.json", config)
@@ -45,11 +45,11 @@ def write_report(experiment_name: str, config: dict, pruned_llms: list[dict], va
     key = f"sae-transfer-{experiment_name}".lower().replace("_", "-")
     if not metrics.empty:
         create_table_artifact(key=f"{key}-headline", table=_records(rep.rounded(rep.compact_headline_table(metrics))),
-                              description="Headline SAEBench metrics per SAE variant, on the pruned model "
+                              description="Headline SAEBench metrics per SAE variant, on the compressed model "
                                           "(one per family, 4 significant digits; all of them, unrounded, in the report's "
                                           "headline.parquet)")
     create_table_artifact(key=f"{key}-variants", table=_records(rep.rounded(rep.variants_for_display(variant_rows))),
-                          description="SAE variants: cost and reconstruction on the pruned model (4 significant digits). "
+                          description="SAE variants: cost and reconstruction on the compressed model (4 significant digits). "
                                       + rep.EXPLAINED_VARIANCE_NOTE)
     create_markdown_artifact(key=f"{key}-report", markdown=markdown_for_ui(summary, plots, storage.uri(prefix)),
                              description="Full comparison report, plots inline")

@@ -16,6 +16,7 @@ from prefect import task
 
 from sae_core.datasets import token_batch
 from sae_core.hashing import config_hash
+from sae_core.model_ref import compression_label, compression_strength, model_identity, model_key
 from sae_core.storage import Storage
 from tasks.common import (ARTIFACT_TASK_OPTIONS, activation_batches, code_fingerprint, compute_lock, load_model_ref, load_stored_sae,
                           ml_stack, sae_processing, store_sae)
@@ -58,9 +59,8 @@ def _variant_result(storage, key, sae_manifest, prefix, llm, held_out, compute_q
         row = storage.get_parquet(row_key).iloc[0].to_dict()
     else:
         row = {
-            "hook": held_out["hook_name"], "model_prefix": llm.get("prefix") or llm.get("hub_id"),
-            "compression": (llm.get("compression") or {}).get("spec") or (llm.get("pruning") or {}).get("method", ""),
-            "model_sparsity": float(llm.get("pruning", {}).get("sparsity", 0.0)),
+            "hook": held_out["hook_name"], "model_prefix": model_key(llm),
+            "compression": compression_label(llm), "strength": compression_strength(llm),
             "sae_variant": sae_manifest["variant"], "sae_scoring_rule": sae_manifest.get("rule") or "",
             "sae_sparsity": float(sae_manifest.get("sparsity") or 0.0),
             "achieved_sparsity": float(sae_manifest.get("achieved_sparsity") or 0.0),
@@ -84,7 +84,7 @@ def original_sae(dense: dict, hook_name: str, source: dict | None, train: dict |
     """The SAE trained on the dense model: from a release / folder, or trained here (toy preset)."""
     ml_stack()
     storage = Storage(storage_url)
-    identity = dense.get("content_hash") or dense.get("hub_id")
+    identity = model_identity(dense)
     # A trained SAE depends on the seed (initialisation, batch order); a loaded one does not.
     trained_with_seed = seed if source is None else None
     prefix = f"saes/original/{config_hash(identity, hook_name, source, train, dense_acts and dense_acts['prefix'], trained_with_seed, code_fingerprint(__name__))}"

@@ -105,7 +105,7 @@ def committed_files(root: Path) -> list[str]:
 TINY_FLOW_OVERRIDES = {
     "toy_world": {**TEST_TOY_WORLD, "n_documents": 2000, "train_steps": 80},
     "activations": {"n_tokens": 8000, "seq_len": 64, "batch_sequences": 16, "shard_sequences": 64},
-    "llm_pruning": {"n_calibration_samples": 8, "seq_len": 64},
+    "calibration": {"n_samples": 8, "seq_len": 64},
     "original_sae": {"train": {"architecture": "topk", "d_sae": 128, "k": 8, "train_tokens": 8000, "lr": 0.003, "batch_size": 256}},
     "retrained_sae": {"train_tokens": 8000, "lr": 0.003, "batch_size": 256},
     "pruned_sae": {"rules": ["wanda", "magnitude"], "sparsities": [0.5], "calibration_tokens": 2000},

@@ -29,7 +29,7 @@ from sae_core.compression.gptq import gptq_quantize_
 from sae_core.compression.rtn import rtn_quantize
 from sae_core.compression.sparsegpt import HessianAccumulator, HessianError, sparsegpt_prune_
 from sae_core.compression.modules import Target, find_prunable_modules
-from sae_core.compression.wanda import PruneConfig, prune_module_
+from sae_core.compression.wanda import prune_weight_
 
 
 @pytest.fixture(autouse=True)
@@ -236,7 +236,7 @@ def test_sparsegpt_reconstructs_layer_outputs_better_than_wanda():
             if method == "sparsegpt":
                 sparsegpt_layer(module, x[:400], 0.5)
             else:
-                prune_module_(module, PruneConfig(sparsity=0.5), x[:400].pow(2).sum(0))
+                prune_weight_(module, 0.5, "unstructured", "wanda", x[:400].pow(2).sum(0))
             held_out = x[400:]  # also on inputs neither method saw
             errors[method] = [float(torch.linalg.norm(xs @ (w0 - w_out_in(module)).T)) for xs in (x[:400], held_out)]
         assert errors["sparsegpt"][0] < 0.8 * errors["wanda"][0], errors
@@ -368,16 +368,27 @@ def test_gptq_equals_rtn_for_identity_hessian_and_beats_it_on_correlated_inputs(
 
 
 @pytest.mark.parametrize("spec", ["wanda:0.5", "magnitude:0.5", "magnitude_matrix:0.5", "wanda:2:4"])
-def test_compress_model_matches_prune_model_bit_for_bit(spec):
-    from sae_core.compression.wanda import prune_model
+def test_compress_model_matches_the_independent_references_bit_for_bit(spec):
+    """compress_model against the slow references of tests/test_compression_wanda.py (float64: no near-ties)."""
+    from tests.test_compression_wanda import (GPT2_TARGETS, ref_magnitude_matrix_mask, ref_magnitude_row_mask,
+                                              sequential_reference)
 
-    dense = tiny_gpt2()
+    dense = tiny_gpt2().double()
     ids = calib(97)
-    a, b = copy.deepcopy(dense), copy.deepcopy(dense)
     parsed = parse_spec(spec)
-    legacy = {"magnitude": "magnitude_row"}.get(parsed.method, parsed.method)
-    prune_model(a, ids, PruneConfig(method=legacy, sparsity=parsed.sparsity, structure=parsed.structure,
-                                    n_calibration_samples=ids.shape[0], batch_size=4), progress=False)
+    names = GPT2_TARGETS["attention"] + GPT2_TARGETS["mlp"]
+    if parsed.method == "wanda":
+        a = sequential_reference(dense, "transformer.h", names, ids, parsed.sparsity, parsed.structure)
+    else:
+        a = copy.deepcopy(dense)
+        for name, module in a.named_modules():
+            if any(name.endswith(t) for t in names) and name.startswith("transformer.h."):
+                w = w_out_in(module)
+                mask = (ref_magnitude_matrix_mask(w, parsed.sparsity) if parsed.method == "magnitude_matrix"
+                        else ref_magnitude_row_mask(w, parsed.sparsity, parsed.nm))
+                with torch.no_grad():
+                    (module.weight.t() if isinstance(module, Conv1D) else module.weight).masked_fill_(mask, 0)
+    b = copy.deepcopy(dense)
     report = compress_model(b, spec, ids, batch_size=4, progress=False)
     for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), name
@@ -421,12 +432,12 @@ def test_report_lists_every_compressed_model_and_keeps_specs_apart():
 
     def manifest(spec, sparsity, bits, ppl):
         parsed = parse_spec(spec)
-        return {"prefix": f"pruned_models/{spec}", "perplexity": {"dense": 10.0, "compressed": ppl, "pruned": ppl},
+        return {"prefix": f"compressed_models/{spec}", "perplexity": {"dense": 10.0, "compressed": ppl, "pruned": ppl},
                 "compression": {"spec": spec, "method": parsed.method, "structure": parsed.structure,
                                 "strength": parsed.strength, "bits": bits, "achieved_sparsity": sparsity,
                                 "wall_time_s": 1.5, "calibration_tokens": 64}}
 
-    legacy = {"prefix": "pruned_models/old", "perplexity": {"dense": 10.0, "pruned": 12.0},
+    legacy = {"prefix": "pruned_models/old", "perplexity": {"dense": 10.0, "pruned": 12.0},  # from before the rename
               "pruning": {"method": "wanda", "structure": "unstructured", "sparsity": 0.5, "achieved_sparsity": 0.5,
                           "wall_time_s": 2.0}}
     models = [manifest("sparsegpt:0.5", 0.5, None, 11.0), manifest("rtn:4", 0.01, 4, 10.5), legacy]
@@ -436,11 +447,11 @@ def test_report_lists_every_compressed_model_and_keeps_specs_apart():
     assert "| rtn:4 | rtn per_channel | 4 | 4 bits | 10.000 → 10.500 |" in text
     assert "| wanda:0.5 | wanda unstructured | 0.5 | 0.500 | 10.000 → 12.000 | 2.0 | 0 |" in text
 
-    rows = [{"hook": "h", "pruning_method": spec, "model_sparsity": 0.0, "sae_variant": "original", "sae_scoring_rule": "",
+    rows = [{"hook": "h", "compression": spec, "strength": float(spec[-1]), "sae_variant": "original", "sae_scoring_rule": "",
              "sae_sparsity": 0.0, "metric_family": "core", "metric_name": "ce_loss_score", "value": v,
              "higher_is_better": True} for spec, v in (("rtn:8", 0.9), ("rtn:4", 0.5))]
     table = rep.headline_table(pd.DataFrame(rows))
-    assert sorted(table["pruning_method"]) == ["rtn:4", "rtn:8"]  # not averaged together
+    assert sorted(table["compression"]) == ["rtn:4", "rtn:8"]  # not averaged together
     assert sorted(rep.metric_vs_sparsity_plots(pd.DataFrame(rows))) == ["metrics_h_rtn-4.png", "metrics_h_rtn-8.png"]
 
 
@@ -464,3 +475,29 @@ def test_registry_entries_load_their_method_and_parsing_needs_no_torch():
            "print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_config_parses_specs_once_and_the_deprecated_llm_pruning_key_still_works():
+    from sae_core.compression import CompressionSpec
+    from sae_core.config import ExperimentConfig, build_config
+
+    config = build_config("toy", {"compression": ["magnitude_row:0.5", "rtn:4"]})
+    assert all(isinstance(s, CompressionSpec) for s in config.compression)
+    assert [s.text for s in config.compression] == ["magnitude:0.5", "rtn:4"] and config.compression[1].strength == 4.0
+    dumped = config.model_dump(mode="json")
+    assert dumped["compression"] == ["magnitude:0.5", "rtn:4"] and "llm_pruning" not in dumped
+    assert ExperimentConfig.model_validate(dumped) == config  # canonical text validates back to the same specs
+
+    with pytest.warns(DeprecationWarning) as caught:
+        old = build_config("toy", {"llm_pruning": {"method": "magnitude_row", "sparsities": [0.25, 0.5], "n_calibration_samples": 8,
+                                                   "calibration_dataset": "toy-corpus:3"}})
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message == ("config key 'llm_pruning' is deprecated; write calibration: {dataset: 'toy-corpus:3', n_samples: 8} "
+                       "and compression: ['magnitude_row:0.25', 'magnitude_row:0.5'] instead")
+    assert [s.text for s in old.compression] == ["magnitude:0.25", "magnitude:0.5"]
+    assert old.calibration.n_samples == 8 and old.calibration.dataset == "toy-corpus:3" and old.calibration.seq_len == 128
+    with pytest.warns(DeprecationWarning):  # calibration fields only: the preset's compression stays
+        assert [s.text for s in build_config("toy", {"llm_pruning": {"seq_len": 64}}).compression] == ["wanda:0.5"]
+    with pytest.raises(ValueError, match="field: llm_pruning.sparsities"):  # a bad old section is named as written
+        build_config("toy", {"llm_pruning": {"sparsities": [-0.1]}})

@@ -303,14 +303,16 @@ def test_task_writes_metric_rows_and_serves_a_second_call_from_storage(stored_wo
     toy_model.tokenizer.save_pretrained(pruned_dir)
     storage.upload_dir(pruned_dir, "pruned_model", {"kind": "model", "content_hash": "pruned"})
     compressed = {"kind": "model", "prefix": "pruned_model", "content_hash": "pruned", "dense": False, "base_model": "toy",
-                  "pruning": {"method": "magnitude_matrix", "sparsity": 0.33}, "perplexity": {"dense": 1.0, "pruned": 1.1}}
+                  "compression": {"spec": "magnitude_matrix:0.33", "method": "magnitude_matrix", "strength": 0.33, "sparsity": 0.33},
+                  "perplexity": {"dense": 1.0, "pruned": 1.1}}
     audit = {"n_tokens": 3000, "seq_len": 64, "batch_sequences": 16, "subsets": 3, "skip_sequences": 400}
 
     first = task_module.feature_fidelity.fn(original, dense, compressed, audit, DATASET, "test", storage.url)
     rows = storage.get_parquet(first["rows_key"])
     assert list(rows.columns) == METRIC_COLUMNS
     assert set(rows["metric_family"]) == {"feature_fidelity"} and set(rows["sae_variant"]) == {"original"}
-    assert set(rows["pruning_method"]) == {"magnitude_matrix"} and set(rows["model_prefix"]) == {"pruned_model"}
+    assert set(rows["compression"]) == {"magnitude_matrix:0.33"} and set(rows["model_prefix"]) == {"pruned_model"}
+    assert set(rows["strength"]) == {0.33}
     values = dict(zip(rows["metric_name"], rows["value"]))
     assert values["n_tokens"] >= 3000 and 0 <= values["survived_frac"] <= 1
     assert values["survived_frac"] + values["degraded_frac"] + values["damaged_frac"] == pytest.approx(1.0)
@@ -363,15 +365,15 @@ def test_compression_report_table_plots_and_markdown():
 def test_matched_perplexity_tasks_tune_audit_and_compare(stored_world):
     """match-compression bisects magnitude sparsity to WANDA's perplexity; feature-overlap compares the audits."""
     from sae_core import compression_report as crep
+    from sae_core.compression import CompressionSpec
     from tasks.compression import compress_llm
     from tasks.compression import match_compression
     from tasks.feature_audit import feature_fidelity, feature_overlap
     from tasks.metrics import METRIC_COLUMNS
 
     storage, dense, original = stored_world["storage"], stored_world["dense"], stored_world["original"]
-    calibration = {"calibration_dataset": "toy-corpus:2", "n_calibration_samples": 4, "seq_len": 64, "seed": 0,
-                   "module_groups": ["attention", "mlp"]}
-    reference = compress_llm.fn(dense, "wanda:0.4", calibration, storage.url)
+    calibration = {"dataset": "toy-corpus:2", "n_samples": 4, "seq_len": 64, "seed": 0, "module_groups": ["attention", "mlp"]}
+    reference = compress_llm.fn(dense, CompressionSpec.model_validate("wanda:0.4"), calibration, storage.url)
     tuned = match_compression.fn(dense, {"method": "magnitude", "lo": 0.0, "hi": 0.8, "steps": 3}, reference, calibration, storage.url)
     search = tuned["match"]
     assert [round(s, 4) for s, _ in search["trace"]][0] == 0.4 and len(search["trace"]) == 3

@@ -65,7 +65,7 @@ def test_flow_produces_every_artifact(first_run):
     metrics = storage.read_parquet_prefix("metrics")
     assert set(metrics["metric_family"]) == {"core", "feature_fidelity"} and summary["n_feature_audits"] == 1
     assert metrics[metrics["metric_family"] == "core"]["value"].notna().all()
-    for prefix in ("toy_world", "pruned_models", "saes/original", "saes/retrained", "saes/pruned", "activations"):
+    for prefix in ("toy_world", "compressed_models", "saes/original", "saes/retrained", "saes/pruned", "activations"):
         assert any(k.endswith("manifest.json") for k in storage.list(prefix)), prefix
     report = summary["report"]["prefix"]
     assert storage.exists(f"{report}/summary.md") and storage.exists(f"{report}/metrics.parquet")
@@ -192,7 +192,7 @@ def test_another_seed_trains_new_saes_on_the_same_model_and_activations(first_ru
     copy_url = f"file://{tmp_path}/store"
     shutil.copytree(storage_url.removeprefix("file://"), tmp_path / "store")
     storage = Storage(copy_url)
-    reusable = ("toy_world", "models", "pruned_models", "activations")
+    reusable = ("toy_world", "models", "compressed_models", "activations")
     before = {k: storage.fs.info(storage.path(k))["mtime"] for k in storage.list() if k.startswith(reusable)}
     since = dt.datetime.now(dt.timezone.utc)
     run_full(copy_url, copy.deepcopy(TINY_FLOW_OVERRIDES) | {"seed": 1})
@@ -235,7 +235,7 @@ def test_config_names_are_the_libraries_own_and_light():
     (["--sae-rules", "wanda,bogus"], "unknown SAE pruning rule 'bogus'"),
     (["--layers", "7"], "layers [7] do not exist"),
     (["--storage", "gs://bucket/x"], "unsupported storage URL scheme 'gs'"),
-    (["--set", "llm_pruning.structure='5:4'"], "N:M structure needs 0 < N < M"),
+    (["--compress", "wanda:5:4"], "N:M structure needs 1 <= N < M"),
 ])
 def test_cli_rejects_bad_input_before_prefect_starts(args, message, tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
@@ -254,10 +254,10 @@ def test_config_errors_name_field_value_and_rule_one_line_each():
     from sae_core.config import build_config
 
     with pytest.raises(ValueError) as err:
-        build_config("toy", {"llm_pruning": {"sparsities": [-0.1]}, "bogus": 1})
+        build_config("toy", {"compression": ["wanda:0.5", "wanda:-0.1"], "bogus": 1})
     lines = str(err.value).splitlines()
-    assert "  field: llm_pruning.sparsities" in lines and "  value: [-0.1]" in lines
-    assert "  rule:  LLM sparsity must be in [0, 1), got -0.1" in lines
+    assert "  field: compression.1" in lines and "  value: 'wanda:-0.1'" in lines
+    assert "  rule:  sparsity must be in [0, 1), got -0.1 in 'wanda:-0.1'" in lines
     assert "  field: bogus" in lines and any(l.startswith("  rule:  not a known field") for l in lines)
     assert "pydantic" not in str(err.value)
 

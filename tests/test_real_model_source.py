@@ -68,7 +68,7 @@ def test_packaged_preset_validates_and_uses_the_real_profile():
     assert config.metric_profile == "real"
     assert config.hook_names() == ["blocks.6.hook_resid_post"]
     # sequences stay inside Gemma 3's 512-token sliding window, where HF and TransformerLens agree
-    assert config.activations.seq_len <= 512 and config.llm_pruning.seq_len <= 512
+    assert config.activations.seq_len <= 512 and config.calibration.seq_len <= 512
     core = config.metric_settings("core")
     assert core["context_size"] <= 512 and core["exclude_special_tokens_from_reconstruction"]
 
@@ -83,8 +83,8 @@ class _ByteTokenizer:
 
 
 @pytest.mark.parametrize("dataset", ["toy-corpus:3", pytest.param("debian-text:handbook", marks=needs_debian_text)])
-def test_llm_pruning_seed_chooses_the_calibration_windows(dataset):
-    """llm_pruning.seed used to enter the cache key only (the first windows were always taken)."""
+def test_calibration_seed_chooses_the_calibration_windows(dataset):
+    """calibration.seed used to enter the cache key only (the first windows were always taken)."""
     from sae_core.datasets import pruning_windows
 
     tok = _ByteTokenizer()

@@ -35,7 +35,7 @@ LAYER = 1
 TINY_ARGS = [
     "--layers", str(LAYER), "--tokens", "1024", "--sae-rules", "wanda", "--sae-sparsities", "0.5", "--metrics", "core",
     "--device", "cpu",
-    "--set", "llm_pruning.n_calibration_samples=2", "--set", "llm_pruning.seq_len=64",
+    "--set", "calibration.n_samples=2", "--set", "calibration.seq_len=64",
     "--set", "activations.seq_len=64", "--set", "activations.batch_sequences=8", "--set", "activations.shard_sequences=16",
     "--set", "retrained_sae.train_tokens=256", "--set", "retrained_sae.batch_size=256",
     "--set", "pruned_sae.calibration_tokens=512", "--set", "quality.n_tokens=256", "--set", "quality.ce_sequences=2",

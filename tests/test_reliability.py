@@ -62,7 +62,7 @@ TINY_FLOW_ARGS = [
     "--set", "retrained_sae.train_tokens=8000", "--set", "pruned_sae.calibration_tokens=2000",
     "--set", "retrained_sae.enabled=true", "--sae-rules", "wanda,magnitude",
     "--set", "pruned_sae.sparsities=[0.5]", "--set", "quality.n_tokens=2000", "--set", "quality.ce_sequences=4",
-    "--set", "llm_pruning.n_calibration_samples=8", "--set", "llm_pruning.seq_len=64",
+    "--set", "calibration.n_samples=8", "--set", "calibration.seq_len=64",
 ]
 # transfer + retrained + 2 rules x 1 sparsity (pinned above, independent of the preset's defaults)
 TINY_FLOW_VARIANTS = 4
@@ -241,8 +241,7 @@ CLI_BAD_INPUTS = [
     pytest.param(["--model-sparsities", "1.0"], ["LLM sparsity", "got 1.0"], id="llm-sparsity-one"),
     pytest.param(["--sae-sparsities=-0.1"], ["SAE sparsity", "got -0.1"], id="sae-sparsity-negative"),
     pytest.param(["--sae-sparsities", "1.0"], ["SAE sparsity", "got 1.0"], id="sae-sparsity-one"),
-    # quoted: bare 5:4 is YAML 1.1 sexagesimal (304)
-    pytest.param(["--set", 'llm_pruning.structure="5:4"'], ["N:M", "'5:4'"], id="nm-5-of-4"),
+    pytest.param(["--compress", "wanda:5:4"], ["N:M", "'wanda:5:4'"], id="nm-5-of-4"),
     pytest.param(["--preset", "no-such-preset"], ["unknown preset 'no-such-preset'"], id="unknown-preset"),
     pytest.param(["--preset", "gpt2-small", "--set", "model=not-a-model"], ["'not-a-model'"], id="unknown-model-hub-preset"),
     pytest.param(["--set", "model=not-a-model"], ["'not-a-model'"], id="unknown-model-toy-preset"),
@@ -253,7 +252,7 @@ CLI_BAD_INPUTS = [
     pytest.param(["--hook-types", "resid_pre"], ["unknown hook type 'resid_pre'"], id="unknown-hook-type"),
     pytest.param(["--layers", "x"], ["'x'"], id="non-numeric-layer"),
     pytest.param(["--set", "dataset=''"], ["dataset", "got ''"], id="empty-dataset"),
-    pytest.param(["--set", "llm_pruning.calibration_dataset=' '"], ["calibration_dataset", "got ' '"], id="blank-calibration-dataset"),
+    pytest.param(["--set", "calibration.dataset=' '"], ["calibration.dataset", "got ' '"], id="blank-calibration-dataset"),
     pytest.param(["--tokens", "0"], ["activations.n_tokens", "greater than 0"], id="zero-tokens"),
     pytest.param(["--set", "pruned_sae.calibration_tokens=0"], ["pruned_sae.calibration_tokens", "greater than 0"], id="zero-calibration-tokens"),
     pytest.param(["--metrics", "core,nope"], ["unknown metric 'nope'"], id="unknown-metric"),
@@ -415,10 +414,10 @@ def _load_sae(world: LibWorld):
     return load_stored_sae(world.storage, world.sae_prefix)
 
 
-def _case_prune_config(**kwargs):
-    from sae_core.wanda import PruneConfig
+def _case_compression_spec(text):
+    from sae_core.compression import parse_spec
 
-    return lambda world: PruneConfig(**kwargs)
+    return lambda world: parse_spec(text)
 
 
 def _case_prune_sae(sparsity):
@@ -492,9 +491,9 @@ def _damage_model_bin_only(world):
 
 # (case id, damage(world) or None, action(world), expected exception, fragments of its message)
 LIB_BAD_INPUTS = [
-    pytest.param(None, _case_prune_config(sparsity=1.0), ValueError, ["got 1.0"], id="wanda-sparsity-one"),
-    pytest.param(None, _case_prune_config(sparsity=-0.1), ValueError, ["got -0.1"], id="wanda-sparsity-negative"),
-    pytest.param(None, _case_prune_config(structure="5:4"), ValueError, ["'5:4'"], id="wanda-nm-5-of-4"),
+    pytest.param(None, _case_compression_spec("wanda:1.0"), ValueError, ["got 1.0"], id="wanda-sparsity-one"),
+    pytest.param(None, _case_compression_spec("wanda:-0.1"), ValueError, ["got -0.1"], id="wanda-sparsity-negative"),
+    pytest.param(None, _case_compression_spec("wanda:5:4"), ValueError, ["'wanda:5:4'"], id="wanda-nm-5-of-4"),
     pytest.param(None, _case_prune_sae(1.0), ValueError, ["got 1.0"], id="sae-prune-sparsity-one"),
     pytest.param(None, _case_prune_sae(-0.1), ValueError, ["got -0.1"], id="sae-prune-sparsity-negative"),
     pytest.param(None, _case_spec(n_tokens=0), ValueError, ["n_tokens", "greater than 0"], id="zero-tokens"),
@@ -817,7 +816,7 @@ def _storage_snapshot(client, scn: Scenario) -> dict[str, tuple]:
     return {k[len(root):]: v for k, v in s3_snapshot(client, [scn.bucket]).items() if k.startswith(root)}
 
 
-PRUNED_WEIGHTS = r"^pruned_models/[^/]+/model\.safetensors$"
+PRUNED_WEIGHTS = r"^compressed_models/[^/]+/model\.safetensors$"
 
 
 @pytest.fixture(scope="module")
@@ -884,8 +883,8 @@ def test_killed_runs_resume_to_completion(flow_scenario):
     assert partial and all(e["sidecars"] >= 1 for e in partial.values()), \
         f"run A was not killed mid activation caching: {scn.snapshots['A_activations']}"
     assert b.rc == -signal.SIGKILL and any("killed_after" in w for w in b.writes), f"run B was not killed (rc={b.rc})"
-    pruned = {k.split("/")[1] for k in scn.snapshots["B"] if k.startswith("pruned_models/")}
-    assert pruned and all(f"pruned_models/{p}/{MANIFEST}" not in scn.snapshots["B"] for p in pruned), \
+    pruned = {k.split("/")[1] for k in scn.snapshots["B"] if k.startswith("compressed_models/")}
+    assert pruned and all(f"compressed_models/{p}/{MANIFEST}" not in scn.snapshots["B"] for p in pruned), \
         "run B was not killed half-way through the pruned model's upload"
     _require_completed(scn)
     for name in ("C", "D"):
@@ -937,7 +936,7 @@ def test_no_committed_prefix_is_incomplete_and_no_temporary_objects(flow_scenari
                 assert storage.get_tensors(shard["key"])["activations"].shape[0] == shard["rows"]
             assert sum(s["rows"] for s in manifest["shards"]) == manifest["n_tokens"]
     # Run B's half-uploaded pruned model was finished by the re-runs, not left half-committed.
-    for prefix in {k.rsplit("/", 1)[0] for k in scn.snapshots["B"] if k.startswith("pruned_models/")}:
+    for prefix in {k.rsplit("/", 1)[0] for k in scn.snapshots["B"] if k.startswith("compressed_models/")}:
         assert f"{prefix}/{MANIFEST}" in keys
 
 
@@ -962,13 +961,13 @@ def test_concurrent_runs_write_identical_checkpoints(flow_scenario):
 
 NONDETERMINISTIC_PRUNED_MODEL = (
     "product bug: the pruned LLM's identity (manifest content_hash = folder_hash of its folder, used in every "
-    "downstream key: activations, SAEs, variant rows) covers pruning_report.parquet, whose rows carry wall_time_s. "
+    "downstream key: activations, SAEs, variant rows) covers compression_report.parquet, whose rows carry wall_time_s. "
     "Two runs that prune the same model at once (or one re-pruning after a crash mid-upload) get different content "
     "hashes, so each builds its own activations/SAEs and the variants table gets two rows per variant (seen: 10 "
     "rows for 5 variants in a 5-variant run), and the committed manifest's hash may not even match the final files. Fix "
     "(tasks/compression.py, _compress_and_store): write the report without timing, e.g. "
     "rows = pd.DataFrame(report.to_rows()).drop(columns=['wall_time_s']) (the wall time is already in the "
-    "manifest's 'pruning' section). Not strict: it only shows when both runs really pruned at the same time.")
+    "manifest's 'compression' block). Not strict: it only shows when both runs really pruned at the same time.")
 
 
 def test_concurrent_runs_agree_on_every_artifact_and_variant_row(flow_scenario):
@@ -991,24 +990,24 @@ def test_concurrent_runs_agree_on_every_artifact_and_variant_row(flow_scenario):
                 f"{prefix}: the stored files do not match the manifest's content hash"
     variants = storage.read_parquet_prefix("variants")
     files = [k for k in scn.objects if k.startswith("variants/") and k.endswith(".parquet")]
-    identity = ["hook", "model_sparsity", "sae_variant", "sae_scoring_rule", "sae_sparsity"]
+    identity = ["hook", "compression", "strength", "sae_variant", "sae_scoring_rule", "sae_sparsity"]
     assert not variants.duplicated(identity).any(), f"duplicated variant rows:\n{variants[identity + ['model_prefix']]}"
     assert len(variants) == len(files) == TINY_FLOW_VARIANTS, (len(variants), files)
 
 
 def test_pruning_the_same_model_twice_gives_the_same_artifact(toy_world, tmp_path):
     """The deterministic form of the bug above: two prunings of one model, same options."""
+    from sae_core.compression import parse_spec
     from tasks.compression import _compress_and_store
 
     hashes, reports = [], []
     for attempt in range(2):
         storage = Storage(f"file://{tmp_path / f'store{attempt}'}")
         storage.upload_dir(toy_world.model_dir, "dense", {"kind": "model", "content_hash": "dense"})
-        calibration = {"calibration_dataset": "toy-corpus:2", "n_calibration_samples": 4, "seq_len": 32, "seed": 0,
-                       "module_groups": ["attention", "mlp"]}
-        _compress_and_store({"prefix": "dense", "content_hash": "dense"}, "wanda:0.5", calibration, storage, "pruned", "cpu", "float32")
+        calibration = {"dataset": "toy-corpus:2", "n_samples": 4, "seq_len": 32, "seed": 0, "module_groups": ["attention", "mlp"]}
+        _compress_and_store({"prefix": "dense", "content_hash": "dense"}, parse_spec("wanda:0.5"), calibration, storage, "pruned", "cpu", "float32")
         hashes.append(storage.manifest("pruned")["content_hash"])
-        reports.append(storage.get_bytes("pruned/pruning_report.parquet"))
+        reports.append(storage.get_bytes("pruned/compression_report.parquet"))
         assert storage.get_bytes("pruned/model.safetensors") == Storage(f"file://{tmp_path / 'store0'}").get_bytes("pruned/model.safetensors")
     assert hashes[0] == hashes[1], NONDETERMINISTIC_PRUNED_MODEL
     assert reports[0] == reports[1]

@@ -14,10 +14,10 @@ def _rows() -> pd.DataFrame:
         for family, name, value in [("core", "ce_loss_score", 0.99), ("core", "explained_variance", 0.9), ("core", "mse", 0.01),
                                     ("core", "l0", 16.0), ("tpp", "tpp_threshold_20_total_metric", 0.05),
                                     ("tpp", "tpp_threshold_2_total_metric", 0.01)]:
-            rows.append({"hook": "blocks.1.hook_resid_post", "model_sparsity": 0.5, "sae_variant": variant,
+            rows.append({"hook": "blocks.1.hook_resid_post", "strength": 0.5, "sae_variant": variant,
                          "sae_scoring_rule": rule, "sae_sparsity": sparsity, "metric_family": family, "metric_name": name,
                          "value": value + shift, "status": "ok", "reason": None})
-        rows.append({"hook": "blocks.1.hook_resid_post", "model_sparsity": 0.5, "sae_variant": variant, "sae_scoring_rule": rule,
+        rows.append({"hook": "blocks.1.hook_resid_post", "strength": 0.5, "sae_variant": variant, "sae_scoring_rule": rule,
                      "sae_sparsity": sparsity, "metric_family": "absorption", "metric_name": "skipped", "value": float("nan"),
                      "status": "skipped", "reason": "answer tokens [' Q'] are not single tokens"})
     return pd.DataFrame(rows)
@@ -25,7 +25,7 @@ def _rows() -> pd.DataFrame:
 
 def test_compact_headline_keeps_the_preferred_metric_of_each_family():
     table = rep.compact_headline_table(_rows())
-    assert list(table.columns) == ["hook", "model_sparsity", "variant", "core/ce_loss_score", "core/explained_variance",
+    assert list(table.columns) == ["hook", "strength", "variant", "core/ce_loss_score", "core/explained_variance",
                                    "core/l0", "tpp/tpp_threshold_20_total_metric"]  # skipped families: no column
     assert sorted(table["variant"]) == ["original", "pruned-wanda-25%", "pruned-wanda-50%", "retrained"]
     # The wide table keeps everything for files.
@@ -55,7 +55,7 @@ def test_not_measured_reasons_are_wrapping_text_not_a_wide_table():
 
 def _variant_rows() -> pd.DataFrame:
     return pd.DataFrame([
-        {"model_prefix": "pruned_models/abc123", "hook": "blocks.1.hook_resid_post", "model_sparsity": 0.5,
+        {"model_prefix": "compressed_models/abc123", "hook": "blocks.1.hook_resid_post", "strength": 0.5,
          "sae_variant": v, "sae_scoring_rule": r, "sae_sparsity": sp, "wall_time_s": t, "tokens_used": 100,
          "achieved_sparsity": sp, "mse": 0.0123456789, "explained_variance": 0.9948243821305708, "l0": 8.0,
          "ce_loss_score": 0.97, "sae_prefix": "saes/x/abc"}
@@ -64,7 +64,7 @@ def _variant_rows() -> pd.DataFrame:
 
 def test_variant_table_puts_key_columns_first_and_names_its_explained_variance():
     table = rep.variants_for_display(_variant_rows())
-    assert list(table.columns[:3]) == ["hook", "model_sparsity", "variant"]
+    assert list(table.columns[:3]) == ["hook", "strength", "variant"]
     assert "explained_variance_centred" in table and "explained_variance" not in table  # legacy rows renamed
     assert list(table.columns[-2:]) == ["model_prefix", "sae_prefix"]  # storage keys last
     summary = rep.markdown_summary(pd.DataFrame(), _variant_rows(), [], [])

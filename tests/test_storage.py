@@ -118,3 +118,60 @@ def test_credentials_never_in_repr_or_errors(s3_bucket, monkeypatch):
         storage.check_reachable()
     except StorageError as err:
         assert "wrong-secret-xyz" not in str(err)
+
+
+# ------------------------------------------------------------------ roots from before the rename (pruning -> compression)
+def test_old_root_is_named_once_and_its_rows_still_read(tmp_path):
+    """A root written before the rename: pruned_models/ (not reused, one clear line) and metric /
+    variant rows under the old column names, which the report and the catalog read as today's."""
+    import pandas as pd
+
+    from sae_core import report as rep
+    from sae_core.model_ref import pre_rename_note
+    from tasks.catalog import stored_variants
+    from tasks.report import collect_metrics
+
+    storage = Storage(f"file://{tmp_path}")
+    assert pre_rename_note(storage) is None
+    storage.put_json("pruned_models/x/manifest.json", {"kind": "model", "content_hash": "x", "base_model_name": "toy",
+                                                       "pruning": {"method": "wanda:0.5", "sparsity": 0.5, "structure": "unstructured",
+                                                                   "achieved_sparsity": 0.5, "wall_time_s": 1.0}})
+    note = pre_rename_note(storage)
+    assert "pruned_models" in note and "before the rename" in note and "not reused as caches" in note
+    assert "Delete pruned_models/" in note
+
+    old_metric = {"hook": "blocks.1.hook_resid_post", "pruning_method": "rtn:4", "model_sparsity": 0.0, "sae_variant": "original",
+                  "sae_scoring_rule": "", "sae_sparsity": 0.0, "metric_family": "core", "metric_name": "ce_loss_score",
+                  "value": 0.9, "model_prefix": "pruned_models/x", "status": "ok", "reason": ""}
+    storage.put_parquet("metrics/core/old.parquet", pd.DataFrame([old_metric]))
+    metrics = collect_metrics(storage, [{"rows_key": "metrics/core/old.parquet"}])
+    assert "pruning_method" not in metrics and "model_sparsity" not in metrics
+    assert metrics[["compression", "strength"]].values.tolist() == [["rtn:4", 4.0]]  # the bit width, not the old 0
+    assert rep.headline_table(metrics)["compression"].tolist() == ["rtn:4"]
+
+    storage.put_json("saes/original/s/manifest.json", {"kind": "sae", "processing": {}})
+    old_variant = {"hook": "blocks.1.hook_resid_post", "model_prefix": "pruned_models/x", "compression": "wanda:0.5",
+                   "model_sparsity": 0.5, "sae_variant": "original", "sae_scoring_rule": "", "sae_sparsity": 0.0,
+                   "sae_prefix": "saes/original/s", "explained_variance": 0.9, "wall_time_s": 0.0}
+    storage.put_parquet("variants/old.parquet", pd.DataFrame([old_variant]))
+    [variant] = stored_variants.fn(storage.url)
+    assert variant["row"]["compression"] == "wanda:0.5" and variant["row"]["strength"] == 0.5
+    assert "model_sparsity" not in variant["row"] and variant["row"]["explained_variance_centred"] == 0.9
+    assert variant["llm"]["compression"]["spec"] == "wanda:0.5"  # the old manifest's pruning block, read as compression
+    assert "| wanda:0.5 |" in rep.markdown_summary(pd.DataFrame(), pd.DataFrame([variant["row"]]), [], [])
+
+
+def test_full_flow_logs_the_old_root_line(tmp_path, monkeypatch, caplog):
+    import contextlib
+    import logging
+
+    import flows.full as full_module
+
+    storage = Storage(f"file://{tmp_path}")
+    storage.put_json("pruned_models/x/manifest.json", {"kind": "model"})
+    monkeypatch.setattr(full_module, "experiment", lambda config, url: {"ran": True})
+    monkeypatch.setattr(full_module, "run_settings", lambda url, runner: contextlib.nullcontext())
+    with caplog.at_level(logging.WARNING):
+        assert full_module.full.fn(storage_url=storage.url) == {"ran": True}
+    lines = [r.getMessage() for r in caplog.records if "before the rename" in r.getMessage()]
+    assert len(lines) == 1 and "not reused as caches" in lines[0]

@@ -37,6 +37,8 @@ def compress_model(
     methods (wanda, sparsegpt, gptq) and ignored by the others.
     """
     t0 = time.perf_counter()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     method = method_for(spec)
     spec = method.spec
     module_groups = list(module_groups)

@@ -78,7 +78,8 @@ class CompressionReport:
         dampings = [m["damping"] for m in self.modules if not math.isnan(m.get("damping", math.nan))]
         return {
             "spec": self.spec.text, "method": self.spec.method, "kind": self.spec.kind, "strength": self.spec.strength,
-            "structure": self.spec.structure, "bits": self.spec.bits, "group_size": self.spec.group_size,
+            "structure": self.spec.structure, "sparsity": self.spec.sparsity,
+            "nm": None if self.spec.nm is None else list(self.spec.nm), "bits": self.spec.bits, "group_size": self.spec.group_size,
             "achieved_sparsity": self.overall_sparsity, "relative_weight_error": self.relative_error,
             "module_groups": list(self.module_groups), "n_modules": len(self.modules),
             "calibration_tokens": int(self.calibration_tokens),

@@ -10,10 +10,10 @@ from sae_core.compression.wanda import WandaMethod
 class MagnitudeMethod(WandaMethod):
     name = "magnitude"
     needs_calibration = False
-    legacy_method = "magnitude_row"
+    scoring = "row"
 
 
 class MagnitudeMatrixMethod(WandaMethod):
     name = "magnitude_matrix"
     needs_calibration = False
-    legacy_method = "magnitude_matrix"
+    scoring = "matrix"

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from sae_core.compression.spec import CompressionSpec
 
-__all__ = ["ALIASES", "BITS_RANGE", "METHODS", "MethodEntry", "method_class", "parse_spec"]
+__all__ = ["ALIASES", "BITS_RANGE", "METHODS", "MethodEntry", "method_class", "method_names", "parse_spec"]
 
 
 class MethodEntry(NamedTuple):
@@ -35,8 +35,14 @@ METHODS: dict[str, MethodEntry] = {
     "rtn": MethodEntry("sae_core.compression.rtn:RTNMethod", "bits"),
     "gptq": MethodEntry("sae_core.compression.gptq:GPTQMethod", "bits"),
 }
-ALIASES = {"magnitude_row": "magnitude"}  # the name llm_pruning.method uses
+ALIASES = {"magnitude_row": "magnitude"}  # an older name of per-row magnitude pruning
 BITS_RANGE = (2, 8)
+
+
+def method_names(kind: str | None = None) -> tuple[str, ...]:
+    """Every name a spec may start with (aliases included), optionally only those of one ``kind``."""
+    names = [n for n, e in METHODS.items() if kind is None or e.kind == kind]
+    return (*names, *(a for a, n in ALIASES.items() if n in names))
 
 
 def method_class(name: str) -> type:
@@ -47,7 +53,7 @@ def method_class(name: str) -> type:
 def parse_spec(text: str | CompressionSpec) -> CompressionSpec:
     """``"wanda:0.5"`` -> :class:`CompressionSpec`; ``ValueError`` naming the bad part otherwise."""
     if isinstance(text, CompressionSpec):
-        return text
+        return text  # parsed already (the config parses every spec once)
     if not isinstance(text, str) or ":" not in text:
         raise ValueError(f"compression spec must look like 'METHOD:STRENGTH' (e.g. 'wanda:0.5', 'rtn:8'), got {text!r}")
     name, arg = (part.strip() for part in text.strip().split(":", 1))
@@ -64,7 +70,7 @@ def parse_spec(text: str | CompressionSpec) -> CompressionSpec:
             raise ValueError(f"bits must be in [{BITS_RANGE[0]}, {BITS_RANGE[1]}], got {bits} in {text!r}")
         if group is not None and group < 1:
             raise ValueError(f"group size must be >= 1, got {group} in {text!r}")
-        return CompressionSpec(name, bits=bits, group_size=group)
+        return CompressionSpec(method=name, bits=bits, group_size=group)
     m = re.fullmatch(r"(\d+)\s*:\s*(\d+)", arg)
     if m is not None:
         n, mm = int(m.group(1)), int(m.group(2))
@@ -72,11 +78,11 @@ def parse_spec(text: str | CompressionSpec) -> CompressionSpec:
             raise ValueError(f"method {name!r} cannot use N:M structure {arg!r} (in {text!r})")
         if not 1 <= n < mm:
             raise ValueError(f"N:M structure needs 1 <= N < M, got N={n}, M={mm} in {text!r}")
-        return CompressionSpec(name, sparsity=n / mm, nm=(n, mm))
+        return CompressionSpec(method=name, sparsity=n / mm, nm=(n, mm))
     try:
         sparsity = float(arg)
     except ValueError:
         raise ValueError(f"{name} needs a sparsity in [0, 1) or N:M, got {arg!r} in {text!r}") from None
     if not 0.0 <= sparsity < 1.0:  # also rejects NaN
         raise ValueError(f"sparsity must be in [0, 1), got {arg} in {text!r}")
-    return CompressionSpec(name, sparsity=sparsity)
+    return CompressionSpec(method=name, sparsity=sparsity)
