@@ -156,6 +156,16 @@ def code_fingerprint(module: str, roots: dict[str, Path] | None = None) -> str:
     return digest.hexdigest()[:12]
 
 
+def flow_run_id() -> str:
+    """The flow run's id (the ``run_id`` of table rows); ``local`` outside a flow run."""
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id or "local")
+    except Exception:  # noqa: BLE001 - outside a flow run
+        return "local"
+
+
 # ------------------------------------------------------------------ loaded-object reuse
 # Tasks of one process share loaded models, and hooks added for one task's forward pass would
 # leak into another's; SAEBench also sets global state. So heavy compute holds this lock: threads

@@ -5,7 +5,7 @@ Stores, under one content-hashed key:
 - ``feature_audit/<key>.json``: the summary, the per-subset summaries, the perplexities on the
   audit tokens and the survival-predictor AUC;
 - ``metrics/feature_fidelity/<key>.parquet``: the headline figures as metric rows in the
-  schema of every other metric (tasks/metrics.py's ``tidy_rows``), so one
+  schema of every other metric (``sae_core.metrics.rows.metric_rows``), so one
   ``pd.read_parquet("<root>/metrics")`` reads them beside SAEBench's. Written last: it commits.
 """
 
@@ -18,10 +18,10 @@ from prefect import task
 
 from sae_core.datasets import token_batch
 from sae_core.hashing import config_hash
+from sae_core.metrics.rows import metric_rows
 from sae_core.model_ref import compression_label, compression_of, model_identity, model_key
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, load_stored_sae, ml_stack
-from tasks.metrics import tidy_rows
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, flow_run_id, load_model_ref, load_stored_sae, ml_stack
 
 FAMILY = "feature_fidelity"
 # (summary key, metric name, higher is better); None: neither direction is "better".
@@ -92,7 +92,7 @@ def _audit_and_store(storage, original, dense, compressed, audit, dataset, exper
                  {"metric_name": "ppl_delta_pct_audit_tokens", "value": float(result.perplexity["delta_pct"]), "higher_is_better": False}]
     outcome = SimpleNamespace(metric=FAMILY, status="ok", reason="", headline=headline)
     variant = {"llm": compressed, "hook": original["hook"], "variant": "original", "sae_prefix": original["prefix"]}
-    storage.put_parquet(rows_key, tidy_rows(outcome, variant, audit, experiment, key))  # the row file commits the audit
+    storage.put_parquet(rows_key, metric_rows(outcome, variant, audit, experiment, run_id=flow_run_id()))  # the row file commits the audit
 
 
 @task(name="feature-overlap", **ARTIFACT_TASK_OPTIONS)
@@ -112,7 +112,7 @@ def feature_overlap(reference_audit: dict, matched_audit: dict, experiment: str,
         llm = {"prefix": matched_audit["model_prefix"], "compression": matched_audit["compression"]}
         variant = {"llm": llm, "hook": matched_audit["hook"], "variant": "original", "sae_prefix": matched_audit["sae_prefix"]}
         outcome = SimpleNamespace(metric="feature_overlap", status="ok", reason="", headline=headline)
-        storage.put_parquet(rows_key, tidy_rows(outcome, variant, {"reference": labels[0], "matched": labels[1]}, experiment, key))
+        storage.put_parquet(rows_key, metric_rows(outcome, variant, {"reference": labels[0], "matched": labels[1]}, experiment, run_id=flow_run_id()))
     rows = storage.get_parquet(rows_key)
     return {"kind": "feature_overlap", "metric": "feature_overlap", "status": "ok", "rows_key": rows_key, "uri": storage.uri(rows_key),
             "hook": matched_audit["hook"], "reference": labels[0], "matched": labels[1],

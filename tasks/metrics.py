@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -20,16 +19,12 @@ from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
 from sae_core.hashing import config_hash
-from sae_core.model_ref import compression_label, compression_strength, model_key
+from sae_core.metrics.rows import metric_rows
+from sae_core.model_ref import model_key
 from sae_core.progress import Progress
 from sae_core.storage import Storage
 from tasks.progress import mirror_tqdm, report_progress
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, load_model_ref, load_stored_sae, ml_stack
-
-METRIC_COLUMNS = ["run_id", "experiment", "model", "compression", "strength", "hook", "layer", "sae_variant",
-                  "sae_scoring_rule", "sae_sparsity", "metric_family", "metric_name", "value", "higher_is_better",
-                  "status", "reason", "eval_config_hash", "sae_bench_version", "sae_prefix", "model_prefix", "timestamp"]
-
+from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, flow_run_id, load_model_ref, load_stored_sae, ml_stack
 
 def metric_key(metric: str, variant: dict, settings: dict, profile: str) -> str:
     """What a metric result depends on: the SAE and the model it runs on, the settings, the adapter
@@ -60,7 +55,7 @@ def sae_bench_run_cache(storage_url: str, run_id: str | None = None) -> Path:
     another run wrote, and a run against new storage starts cold. Finished metric rows are reused across
     runs through storage and Prefect's cache instead, which never unpickle anything.
     """
-    run_id = run_id or _run_id()
+    run_id = run_id or flow_run_id()
     if run_id == "local":  # outside a flow run: private to this process
         run_id = f"local-{os.getpid()}"
     return _cache_root() / "sae_bench" / config_hash(Storage(storage_url).url, length=10) / run_id
@@ -68,15 +63,6 @@ def sae_bench_run_cache(storage_url: str, run_id: str | None = None) -> Path:
 
 def discard_sae_bench_run_cache(storage_url: str, run_id: str | None = None) -> None:
     shutil.rmtree(sae_bench_run_cache(storage_url, run_id), ignore_errors=True)
-
-
-def _run_id() -> str:
-    try:
-        from prefect.runtime import flow_run
-
-        return str(flow_run.id or "local")
-    except Exception:  # noqa: BLE001 - outside a flow run
-        return "local"
 
 
 @task(name="metric", **{**ARTIFACT_TASK_OPTIONS, "cache_policy": TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=metric_cache_key)})
@@ -106,32 +92,8 @@ def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, ex
             )
             whole.update(1)
         storage.put_json(raw_key, result.model_dump(mode="json"))
-        storage.put_parquet(rows_key, tidy_rows(result, variant, settings, experiment, key))  # the row file commits the run
+        storage.put_parquet(rows_key, metric_rows(result, variant, settings, experiment, run_id=flow_run_id()))  # the row file commits the run
     rows = storage.get_parquet(rows_key)
     return {"kind": "metric", "metric": metric, "rows_key": rows_key, "raw_key": raw_key, "uri": storage.uri(rows_key),
             "status": str(rows["status"].iloc[0]) if len(rows) else "empty",
             "headline": {r["metric_name"]: (None if pd.isna(r["value"]) else float(r["value"])) for _, r in rows.iterrows()}}
-
-
-def tidy_rows(result, variant: dict, settings: dict, experiment: str, key: str) -> pd.DataFrame:
-    from sae_core.metrics.registry import sae_bench_version
-
-    llm = variant["llm"]
-    hook = variant["hook"]
-    base = {
-        "run_id": _run_id(), "experiment": experiment,
-        "model": llm.get("base_model") or llm.get("hub_id") or llm.get("prefix"),
-        "compression": compression_label(llm), "strength": compression_strength(llm),
-        "hook": hook, "layer": int(hook.split(".")[1]) if hook.startswith("blocks.") else -1,
-        "sae_variant": variant["variant"], "sae_scoring_rule": variant.get("rule") or "",
-        "sae_sparsity": float(variant.get("sparsity") or 0.0), "metric_family": result.metric,
-        "status": result.status, "reason": result.reason or "", "eval_config_hash": config_hash(settings),
-        "sae_bench_version": sae_bench_version(), "sae_prefix": variant["sae_prefix"],
-        "model_prefix": model_key(llm), "timestamp": datetime.now(timezone.utc).isoformat(),
-    }
-    headline = result.headline or [{"metric_name": "skipped", "value": float("nan"), "higher_is_better": None}]
-    rows = [{**base, "metric_name": h["metric_name"], "value": float(h["value"]),
-             "higher_is_better": h["higher_is_better"]} for h in headline]
-    frame = pd.DataFrame(rows)[METRIC_COLUMNS]
-    frame["higher_is_better"] = frame["higher_is_better"].astype("boolean")
-    return frame

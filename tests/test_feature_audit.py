@@ -290,7 +290,7 @@ def stored_world(toy_world, tmp_path_factory):
 
 def test_task_writes_metric_rows_and_serves_a_second_call_from_storage(stored_world, toy_model, tmp_path, monkeypatch):
     import tasks.feature_audit as task_module
-    from tasks.metrics import METRIC_COLUMNS
+    from sae_core.metrics.rows import METRIC_COLUMNS
 
     storage, dense, original = stored_world["storage"], stored_world["dense"], stored_world["original"]
     pruned_dir = tmp_path / "pruned"
@@ -309,7 +309,7 @@ def test_task_writes_metric_rows_and_serves_a_second_call_from_storage(stored_wo
 
     first = task_module.feature_fidelity.fn(original, dense, compressed, audit, DATASET, "test", storage.url)
     rows = storage.get_parquet(first["rows_key"])
-    assert list(rows.columns) == METRIC_COLUMNS
+    assert list(rows.columns) == list(METRIC_COLUMNS)
     assert set(rows["metric_family"]) == {"feature_fidelity"} and set(rows["sae_variant"]) == {"original"}
     assert set(rows["compression"]) == {"magnitude_matrix:0.33"} and set(rows["model_prefix"]) == {"pruned_model"}
     assert set(rows["strength"]) == {0.33}
@@ -369,7 +369,7 @@ def test_matched_perplexity_tasks_tune_audit_and_compare(stored_world):
     from tasks.compression import compress_llm
     from tasks.compression import match_compression
     from tasks.feature_audit import feature_fidelity, feature_overlap
-    from tasks.metrics import METRIC_COLUMNS
+    from sae_core.metrics.rows import METRIC_COLUMNS
 
     storage, dense, original = stored_world["storage"], stored_world["dense"], stored_world["original"]
     calibration = {"dataset": "toy-corpus:2", "n_samples": 4, "seq_len": 64, "seed": 0, "module_groups": ["attention", "mlp"]}
@@ -383,7 +383,7 @@ def test_matched_perplexity_tasks_tune_audit_and_compare(stored_world):
     pair = [feature_fidelity.fn(original, dense, m, audit, DATASET, "test", storage.url) for m in (reference, tuned)]
     overlap = feature_overlap.fn(*pair, "test", storage.url)
     rows = storage.get_parquet(overlap["rows_key"])
-    assert list(rows.columns) == METRIC_COLUMNS and set(rows["metric_family"]) == {"feature_overlap"}
+    assert list(rows.columns) == list(METRIC_COLUMNS) and set(rows["metric_family"]) == {"feature_overlap"}
     direct = fa.compare_methods(storage.get_parquet(pair[0]["table_key"]), storage.get_parquet(pair[1]["table_key"]))
     assert overlap["overlap"]["non_survived_both"] == direct["non_survived_both"]
     assert overlap["reference"] == "wanda:0.4" and overlap["matched"] == tuned["compression"]["spec"]

@@ -546,3 +546,24 @@ def test_saebench_draws_from_random_are_private_to_the_eval():
     random.seed(42)
     random.random()  # the foreign draw, against the shared global generator
     assert random.sample(range(100), 5) != expected[0]
+
+
+def test_one_row_builder_serves_every_family():
+    """SAEBench results and the feature audit's outcomes go through the same builder (sae_core.metrics.rows)."""
+    from types import SimpleNamespace
+
+    from sae_core.metrics.rows import METRIC_COLUMNS, headline_rows, metric_rows
+
+    variant = {"llm": {"prefix": "compressed_models/x", "compression": {"spec": "rtn:4", "strength": 4.0}, "base_model": "toy"},
+               "hook": "blocks.1.hook_resid_post", "variant": "pruned", "rule": "wanda", "sparsity": 0.5, "sae_prefix": "saes/pruned/y"}
+    ok = MetricResult(metric="core", status="ok", raw={}, headline=[{"metric_name": "mse", "value": 0.5, "higher_is_better": False}])
+    rows = metric_rows(ok, variant, {"a": 1}, "exp", run_id="r1", timestamp="t")
+    assert list(rows.columns) == list(METRIC_COLUMNS) and len(rows) == 1
+    assert rows.iloc[0][["compression", "strength", "layer", "sae_variant", "metric_name", "value", "run_id"]].tolist() == \
+        ["rtn:4", 4.0, 1, "pruned", "mse", 0.5, "r1"]
+    assert headline_rows(ok) == [{"metric_family": "core", "metric_name": "mse", "value": 0.5, "higher_is_better": False}]
+    skipped = metric_rows(MetricResult.skipped("ravel", "too few prompts"), variant, {}, "exp", run_id="r1")
+    assert skipped.iloc[0][["status", "reason", "metric_name"]].tolist() == ["skipped", "too few prompts", "skipped"]
+    outcome = SimpleNamespace(metric="feature_fidelity", status="ok", reason="",
+                              headline=[{"metric_name": "survived_pct", "value": 90.0, "higher_is_better": True}])
+    assert metric_rows(outcome, variant, {}, "exp", run_id="r1").iloc[0]["metric_family"] == "feature_fidelity"

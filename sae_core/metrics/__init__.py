@@ -12,8 +12,8 @@ Metric families (``METRIC_NAMES``): core, absorption, scr, tpp, sparse_probing, 
 Every family is a :class:`~sae_core.metrics.base.MetricFamily` (name, settings class, toy / real /
 hub defaults, ``run`` with one shared signature). One module per family (``core``, ``absorption``,
 ``scr_tpp`` (SCR and TPP), ``sparse_probing``, ``ravel``, ``autointerp``) holds its family class and
-its ``<Metric>Settings``; ``registry`` lists the family objects by name; ``flatten`` turns results
-into tidy rows. SAEBench's hub datasets are served from local folders by the one mechanism of
+its ``<Metric>Settings``; ``registry`` lists the family objects by name; ``rows`` builds the metrics
+table's rows for every family. SAEBench's hub datasets are served from local folders by the one mechanism of
 :mod:`sae_core.datasets.mirror` (``dataset_overrides``).
 
 SAEBench, SAE Lens and `datasets` are imported lazily, when a metric runs.
@@ -27,7 +27,8 @@ from typing import Any
 from sae_core.metrics.base import MetricFamily, MetricResult, MetricSettings, sae_bench_version
 
 _LAZY = {
-    "COLUMNS": "flatten", "flatten_result": "flatten", "flatten_results": "flatten", "results_frame": "flatten",
+    "COLUMNS": "rows", "METRIC_COLUMNS": "rows", "flatten_result": "rows", "flatten_results": "rows", "headline_rows": "rows",
+    "metric_rows": "rows", "results_frame": "rows",
     "FAMILIES": "registry", "METRIC_NAMES": "registry", "METRICS": "registry", "get_metric": "registry",
     "run_metric": "registry",
 }
@@ -41,6 +42,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "COLUMNS",
+    "METRIC_COLUMNS",
     "FAMILIES",
     "METRICS",
     "METRIC_NAMES",
@@ -49,6 +51,8 @@ __all__ = [
     "MetricSettings",
     "flatten_result",
     "flatten_results",
+    "headline_rows",
+    "metric_rows",
     "get_metric",
     "results_frame",
     "run_metric",
