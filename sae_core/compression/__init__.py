@@ -16,8 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from sae_core.compression.registry import METHODS, parse_spec
-from sae_core.compression.spec import CompressionSpec
+from sae_core.compression.registry import METHODS
+from sae_core.compression.spec import CompressionSpec, parse_spec
 
 _LAZY = {
     "compress_model": "sae_core.compression.api", "method_for": "sae_core.compression.api",

@@ -10,9 +10,9 @@ from torch import nn
 
 from sae_core.compression.base import CompressionMethod, CompressionReport, module_record
 from sae_core.compression.modules import MODULE_GROUPS, Target, acc_dtype, require_groups, weight_out_in
-from sae_core.compression.registry import method_class, parse_spec
+from sae_core.compression.registry import method_class
 from sae_core.compression.sequential import check_calibration, compress_sequentially
-from sae_core.compression.spec import CompressionSpec
+from sae_core.compression.spec import CompressionSpec, parse_spec
 
 __all__ = ["compress_model", "method_for"]
 

@@ -10,18 +10,21 @@ other objects), and it travels to Ray workers and back as plain fields. As with
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-__all__ = ["CompressionSpec"]
+from sae_core.compression.registry import ALIASES, BITS_RANGE, METHODS
+
+__all__ = ["CompressionSpec", "parse_spec"]
 
 
 class CompressionSpec(BaseModel):
     """A parsed spec such as ``wanda:0.5``, ``sparsegpt:2:4``, ``rtn:4``, ``rtn:4g128``.
 
     Validating text (``CompressionSpec.model_validate("rtn:4")``, or a config field of this type)
-    runs the parser (``registry.parse_spec``), which checks every part and names a bad one.
+    runs the parser (``parse_spec`` below), which checks every part and names a bad one.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -36,8 +39,6 @@ class CompressionSpec(BaseModel):
     @classmethod
     def _from_text(cls, data: Any) -> Any:
         if isinstance(data, str):
-            from sae_core.compression.registry import parse_spec
-
             return parse_spec(data).model_dump()
         return data
 
@@ -68,3 +69,41 @@ class CompressionSpec(BaseModel):
 
     def __str__(self) -> str:
         return self.text
+
+
+def parse_spec(text: str | CompressionSpec) -> CompressionSpec:
+    """``"wanda:0.5"`` -> :class:`CompressionSpec`; ``ValueError`` naming the bad part otherwise."""
+    if isinstance(text, CompressionSpec):
+        return text  # parsed already (the config parses every spec once)
+    if not isinstance(text, str) or ":" not in text:
+        raise ValueError(f"compression spec must look like 'METHOD:STRENGTH' (e.g. 'wanda:0.5', 'rtn:8'), got {text!r}")
+    name, arg = (part.strip() for part in text.strip().split(":", 1))
+    name = ALIASES.get(name.lower(), name.lower())
+    entry = METHODS.get(name)
+    if entry is None:
+        raise ValueError(f"unknown compression method {name!r} in {text!r}; known: {sorted(METHODS)}")
+    if entry.kind == "bits":
+        m = re.fullmatch(r"(\d+)(?:g(\d+))?", arg)
+        if m is None:
+            raise ValueError(f"{name} needs a bit width, e.g. '{name}:4' or '{name}:4g128', got {arg!r} in {text!r}")
+        bits, group = int(m.group(1)), (None if m.group(2) is None else int(m.group(2)))
+        if not BITS_RANGE[0] <= bits <= BITS_RANGE[1]:
+            raise ValueError(f"bits must be in [{BITS_RANGE[0]}, {BITS_RANGE[1]}], got {bits} in {text!r}")
+        if group is not None and group < 1:
+            raise ValueError(f"group size must be >= 1, got {group} in {text!r}")
+        return CompressionSpec(method=name, bits=bits, group_size=group)
+    m = re.fullmatch(r"(\d+)\s*:\s*(\d+)", arg)
+    if m is not None:
+        n, mm = int(m.group(1)), int(m.group(2))
+        if not entry.nm:
+            raise ValueError(f"method {name!r} cannot use N:M structure {arg!r} (in {text!r})")
+        if not 1 <= n < mm:
+            raise ValueError(f"N:M structure needs 1 <= N < M, got N={n}, M={mm} in {text!r}")
+        return CompressionSpec(method=name, sparsity=n / mm, nm=(n, mm))
+    try:
+        sparsity = float(arg)
+    except ValueError:
+        raise ValueError(f"{name} needs a sparsity in [0, 1) or N:M, got {arg!r} in {text!r}") from None
+    if not 0.0 <= sparsity < 1.0:  # also rejects NaN
+        raise ValueError(f"sparsity must be in [0, 1), got {arg} in {text!r}")
+    return CompressionSpec(method=name, sparsity=sparsity)
