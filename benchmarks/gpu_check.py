@@ -14,13 +14,13 @@ each in its own process with its own time limit, each recorded even when another
 
 Weights: ``--weights hub`` uses GPT-2 and the sae-lens releases from the Hugging Face cache (HF_HOME;
 a machine with hub access downloads them on first use); ``synthetic`` builds the rehearsal's fake hub
-(``tests/fakehub.py``: real shapes, random weights, toy-corpus dataset mirror) under ``--out``, so the
+(``tests/helpers/fakehub.py``: real shapes, random weights, toy-corpus dataset mirror) under ``--out``, so the
 speed figures are real and the metric values are not; ``auto`` (default) picks ``hub`` when GPT-2
 is already in the cache, else ``synthetic``. ``--hf-home DIR`` points at an existing (fake) hub.
 
 Output: ``<out>/gpu_check.json`` (every figure, per part: status, wall seconds, command, result)
 and ``<out>/gpu_check.md`` (the same as a short table). ``--budget tiny`` shrinks every part to a
-CPU dry run (the test ``tests/test_gpu_check.py`` runs it with ``--device cpu``).
+CPU dry run (the test ``tests/benchmarks/test_gpu_check.py`` runs it with ``--device cpu``).
 """
 
 from __future__ import annotations

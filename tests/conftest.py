@@ -29,7 +29,17 @@ TEST_TOY_WORLD = {"seed": 0, "n_documents": 3000, "vocab_size": 1024, "n_layer":
                   "n_ctx": 64, "train_steps": 150, "batch_size": 16}
 
 
-def _free_port() -> int:
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Every test module runs with one intra-op thread (a test may change it; the next module gets 1 back).
+    Tiny matmuls on a shared 2-core box: one intra-op thread avoids spin-wait stalls."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -40,7 +50,7 @@ def s3_server():
     """moto's S3 server on 127.0.0.1 with test credentials in the environment."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

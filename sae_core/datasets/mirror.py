@@ -44,7 +44,7 @@ set, every id that has a folder there is served from it -- by the wrappers above
 :mod:`sae_core.datasets.hub`, asks :func:`local_folder`).
 Ids without a folder there go to the hub as usual; an explicit ``dataset_overrides`` mapping wins
 over the mirror. Use it for a site with mirrored datasets and no hub access, or for the offline
-rehearsals of the hub presets (``tests/fakehub.py``).
+rehearsals of the hub presets (``tests/helpers/fakehub.py``).
 
 Local folder formats (``load_local_dataset``):
 

@@ -1,4 +1,4 @@
-"""``python -m flows.full`` with test instrumentation, for tests/test_reliability.py.
+"""``python -m flows.full`` with test instrumentation, for tests/reliability/.
 
 Runs exactly ``flows.cli.main(argv)`` (what ``python -m flows.full`` runs) after optionally:
 

@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import TINY_FLOW_OVERRIDES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 

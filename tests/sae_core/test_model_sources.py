@@ -1,6 +1,6 @@
 """Model sources, bad-input paths (cheap, default suite): a packaged model that is not installed, an
 altered or truncated GGUF file, a hook layer the model lacks. The real conversion and the real model's
-parity with its HookedTransformer view are in tests/test_real_model.py (``real_model`` marker)."""
+parity with its HookedTransformer view are in tests/sae_core/test_real_model.py (``real_model`` marker)."""
 
 from __future__ import annotations
 

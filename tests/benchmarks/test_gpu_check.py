@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAYER = 1
 
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu_writes_every_figure(tmp_path_factory, tmp_path):
-    from tests.fakehub import shared_fake_hub
+    from tests.helpers.fakehub import shared_fake_hub
 
     hub = shared_fake_hub(tmp_path_factory, layers=(LAYER,))
     out = tmp_path / "out"

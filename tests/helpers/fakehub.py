@@ -267,7 +267,7 @@ def shared_fake_hub(tmp_path_factory, layers: tuple[int, ...] = (1,)) -> FakeHub
     return FakeHub(root=root, hf_home=root / "hf_home", dataset_mirror=root / "datasets")
 
 
-if __name__ == "__main__":  # python -m tests.fakehub OUT_DIR [preset ...]: build one to inspect by hand
+if __name__ == "__main__":  # python -m tests.helpers.fakehub OUT_DIR [preset ...]: build one to inspect by hand
     import sys
 
     hub = build_fake_hub(sys.argv[1], tuple(sys.argv[2:]) or ("gpt2-small", "gemma-2-2b"))

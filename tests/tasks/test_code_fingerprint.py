@@ -15,7 +15,7 @@ import pytest
 
 from tasks.common import code_fingerprint, module_closure
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

@@ -1,7 +1,7 @@
 """Rehearsals of the hub presets (``gpt2-small``, ``gemma-2-2b``), offline, end to end.
 
 Each runs ``python -m flows.full --preset <preset>`` -- the user's command, in its own process --
-against a synthetic hub cache (``tests/fakehub.py``: the real repository layouts and shapes with
+against a synthetic hub cache (``tests/helpers/fakehub.py``: the real repository layouts and shapes with
 random weights; Gemma-2-2B shrunk to 2 layers and a 4096-token vocabulary, which sae_core.models
 allows because TransformerLens takes both from the loaded HF model) and the dataset mirror
 (``SAE_TRANSFER_DATASET_MIRROR``), at tiny budgets: one layer, every hook type the preset lists
@@ -28,7 +28,7 @@ import pytest
 
 from sae_core.storage import Storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAYER = 1
 
 # Tiny budgets, same flags a user would pass.
@@ -48,7 +48,7 @@ TINY_ARGS = [
 
 @pytest.fixture(scope="module")
 def fake_hub(tmp_path_factory):
-    from tests.fakehub import shared_fake_hub
+    from tests.helpers.fakehub import shared_fake_hub
 
     return shared_fake_hub(tmp_path_factory, layers=(LAYER,))
 

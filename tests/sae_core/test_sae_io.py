@@ -18,7 +18,7 @@ import torch
 try:
     import sae_core  # noqa: F401
 except ImportError:  # running `pytest` without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainingSAE
@@ -40,15 +40,6 @@ from sae_core.sae_io import (
 HOOK = "blocks.0.hook_resid_post"
 ARCHS = [("standard", None), ("topk", 3), ("jumprelu", None)]
 CLASSES = {"standard": "StandardSAE", "topk": "TopKSAE", "jumprelu": "JumpReLUSAE"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny matmuls on a shared 2-core box: one intra-op thread avoids spin-wait stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def random_sae(arch: str, k: int | None, d_in: int = 16, d_sae: int = 24, seed: int = 0, **kw) -> SAE:

@@ -17,7 +17,7 @@ import pytest
 from sae_core.storage import Storage
 from tests.conftest import TINY_FLOW_OVERRIDES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def task_runs_since(since: dt.datetime) -> list:

@@ -18,7 +18,7 @@ import torch
 try:
     import sae_core  # noqa: F401
 except ImportError:  # running `pytest` without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sae_bench.sae_bench_utils.general_utils import check_decoder_norms
 from sae_lens import SAE
@@ -32,15 +32,6 @@ from sae_core.sae_train import train_sae, training_to_inference_sae
 
 HOOK = "blocks.0.hook_resid_post"
 D_MODEL = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny matmuls on a shared 2-core box: one intra-op thread avoids spin-wait stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
 
 
@@ -59,7 +59,7 @@ def test_schedules_are_valid_crons():
 def test_readme_creates_every_pool_before_deploying_and_names_deployments_in_full(monkeypatch):
     """`prefect deploy --all` stops at the first deployment whose pool is missing; a deployment
     is run by FLOW/DEPLOYMENT, so the README must give that full name (the real-server check is
-    tests/test_deployments_server.py)."""
+    tests/flows/test_deployments_server.py)."""
     from prefect.flows import load_flow_from_entrypoint
 
     from tests.test_deployments_server import readme_commands

@@ -22,7 +22,7 @@ import torch
 try:
     import sae_core  # noqa: F401
 except ImportError:  # running `pytest` without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sae_lens import SAE
 
@@ -32,15 +32,6 @@ from sae_core.sae_prune import RULES, SAENorms, accumulate_sae_norms, prune_sae
 HOOK = "blocks.0.hook_resid_post"
 D_IN, D_SAE = 16, 24
 ARCHS = [("standard", None), ("topk", 5), ("jumprelu", None)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny matmuls on a shared 2-core box: one intra-op thread avoids spin-wait stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def random_sae(arch: str, k: int | None, seed: int = 0) -> SAE:

@@ -15,9 +15,9 @@ import pytest
 
 from sae_core.storage import Storage
 from tests.conftest import TINY_FLOW_OVERRIDES
-from tests.test_flow import states_by_name, task_runs_since
+from tests.flows.test_flow import states_by_name, task_runs_since
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY_TASKS = {"base-model", "cache-activations", "original-sae", "compress-llm", "transfer-sae", "retrain-sae",
                "prune-sae", "metric-core"}
 
