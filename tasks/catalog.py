@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from sae_core.model_ref import compression_of
+from sae_core.model_ref import compression_of, model_key
 from sae_core.report import current_columns
 from sae_core.storage import Storage
 from tasks.common import retry_transient
@@ -39,4 +39,4 @@ def stored_variants(storage_url: str) -> list[dict]:
                            "variant": row["sae_variant"], "rule": row["sae_scoring_rule"] or None,
                            "sparsity": row["sae_sparsity"] if row["sae_variant"] == "pruned" else None, "hook": row["hook"],
                            "llm": llm, "row": row, "row_uri": storage.uri(key), "processing": sae_manifest.get("processing", {})}
-    return sorted(found.values(), key=lambda v: (v["hook"], v["sae_prefix"], v["llm"].get("prefix") or ""))
+    return sorted(found.values(), key=lambda v: (v["hook"], v["sae_prefix"], model_key(v["llm"]) or ""))
