@@ -62,7 +62,7 @@ def test_readme_creates_every_pool_before_deploying_and_names_deployments_in_ful
     tests/flows/test_deployments_server.py)."""
     from prefect.flows import load_flow_from_entrypoint
 
-    from tests.test_deployments_server import readme_commands
+    from tests.flows.test_deployments_server import readme_commands
 
     commands = readme_commands()
     deploy_at = next(i for i, c in enumerate(commands) if c.startswith("prefect deploy"))

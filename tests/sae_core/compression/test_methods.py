@@ -370,7 +370,7 @@ def test_gptq_equals_rtn_for_identity_hessian_and_beats_it_on_correlated_inputs(
 @pytest.mark.parametrize("spec", ["wanda:0.5", "magnitude:0.5", "magnitude_matrix:0.5", "wanda:2:4"])
 def test_compress_model_matches_the_independent_references_bit_for_bit(spec):
     """compress_model against the slow references of tests/sae_core/compression/test_wanda.py (float64: no near-ties)."""
-    from tests.test_compression_wanda import (GPT2_TARGETS, ref_magnitude_matrix_mask, ref_magnitude_row_mask,
+    from tests.sae_core.compression.test_wanda import (GPT2_TARGETS, ref_magnitude_matrix_mask, ref_magnitude_row_mask,
                                               sequential_reference)
 
     dense = tiny_gpt2().double()
