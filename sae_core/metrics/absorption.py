@@ -186,10 +186,9 @@ class Absorption(MetricFamily):
         from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
 
         hooked_model, device = inputs.hooked_model, inputs.device
-        model_name = inputs.model_name
         llm_dtype = self.llm_dtype(inputs, config)
         eval_config = AbsorptionEvalConfig(
-            model_name=model_name,
+            model_name=inputs.model_name,
             random_seed=config.random_seed,
             f1_jump_threshold=config.f1_jump_threshold,
             max_k_value=config.max_k_value,

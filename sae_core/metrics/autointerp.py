@@ -148,10 +148,9 @@ class AutoInterp(MetricFamily):
         )
 
         hooked_model, device = inputs.hooked_model, inputs.device
-        model_name = inputs.model_name
         llm_dtype = self.llm_dtype(inputs, config)
         eval_config = AutoInterpEvalConfig(
-            model_name=model_name,
+            model_name=inputs.model_name,
             n_latents=config.n_latents,
             dead_latent_threshold=config.dead_latent_threshold,
             random_seed=config.random_seed,

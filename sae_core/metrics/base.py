@@ -152,7 +152,8 @@ class MetricFamily(abc.ABC):
 
     ``name`` (the metric's name in configs, storage keys and reports), ``settings_cls`` with its
     ``toy_defaults`` and ``hub_defaults``, ``model_kind`` (which model object SAEBench's code runs on:
-    "hooked" -- the ``HookedTransformer``, or "hf" -- the ``transformers`` model), and :meth:`run`,
+    "hooked" -- the ``HookedTransformer``, or "hf" -- the ``transformers`` model), ``needs_pad_token``
+    (SAEBench's probing evals pad and mask: checked before :meth:`run`), and :meth:`run`,
     the adapter around SAEBench's own evaluation, which also picks the headline numbers and their
     ``higher_is_better``. The "real" profile is ``hub_defaults`` with ``real_overrides`` (sizes
     only), given when the family is registered. Everything else is here, shared.
@@ -163,6 +164,7 @@ class MetricFamily(abc.ABC):
     toy_defaults: ClassVar[MetricSettings]
     hub_defaults: ClassVar[MetricSettings]
     model_kind: ClassVar[str] = "hooked"
+    needs_pad_token: ClassVar[bool] = False
 
     def __init__(self, real_overrides: Mapping[str, Any] | None = None) -> None:
         self.real_overrides: dict[str, Any] | None = dict(real_overrides) if real_overrides else None
@@ -214,6 +216,8 @@ class MetricFamily(abc.ABC):
         """:meth:`run` with ``settings`` resolved (``None``: ``hub_defaults``), timed: the result's ``seconds``."""
         config = self.resolve_settings(settings)
         timer = Timer()
+        if self.needs_pad_token:
+            require_tokenizer_specials(inputs.hooked_model.tokenizer)
         result = self.run(inputs, config)
         return result.model_copy(update={"seconds": timer.seconds})
 

@@ -74,13 +74,12 @@ class Core(MetricFamily):
 
         hooked_model, device = inputs.hooked_model, inputs.device
         llm_dtype = self.llm_dtype(inputs, config)
-        model_name = inputs.model_name
         out_dir = Path(inputs.scratch_dir) if inputs.scratch_dir is not None else Path(inputs.artifacts_dir) / self.name
         out_dir.mkdir(parents=True, exist_ok=True)
 
         with self.saebench(inputs, llm_dtype, grad=False, context_size=config.context_size) as sae:
             eval_config = CoreEvalConfig(
-                model_name=model_name,
+                model_name=inputs.model_name,
                 llm_dtype=llm_dtype,
                 batch_size_prompts=config.batch_size_prompts,
                 n_eval_reconstruction_batches=config.n_eval_reconstruction_batches,

@@ -278,7 +278,6 @@ class Ravel(MetricFamily):
         from sae_bench.evals.ravel.eval_output import RAVELEvalOutput, RAVELMetricCategories, RAVELMetricResults
 
         hooked_model, hf_model, tokenizer, device = inputs.hooked_model, inputs.hf_model, inputs.tokenizer, inputs.device
-        model_name = inputs.model_name
         llm_dtype = self.llm_dtype(inputs, config)
         batch_size = config.llm_batch_size or max(1, self.llm_batch_size(inputs, None) // 4)  # SAEBench: default // 4
         hook_name = str(inputs.sae.cfg.metadata.hook_name)
@@ -302,7 +301,7 @@ class Ravel(MetricFamily):
                 num_pairs_per_attribute=config.num_pairs_per_attribute,
                 train_test_split=config.train_test_split,
                 force_dataset_recompute=config.force_dataset_recompute,
-                model_name=model_name,
+                model_name=inputs.model_name,
                 llm_dtype=llm_dtype,
                 llm_batch_size=batch_size,
                 learning_rate=config.learning_rate,

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline, to_jsonable
-from sae_core.metrics.base import require_tokenizer_specials
 
 SCR_PAIRS_BIOS = [("professor", "nurse"), ("architect", "journalist"), ("surgeon", "psychologist"), ("attorney", "teacher")]
 SCR_PAIRS_AMAZON = [
@@ -85,6 +84,7 @@ class ScrTpp(MetricFamily):
     """SCR and TPP: one SAEBench eval (``run_eval_single_sae``); ``perform_scr`` selects the metric."""
 
     perform_scr: ClassVar[bool]
+    needs_pad_token = True
 
     def run(self, inputs: MetricInputs, config: ScrTppSettings) -> MetricResult:
         import sae_bench.evals.scr_and_tpp.main as st_main
@@ -104,8 +104,6 @@ class ScrTpp(MetricFamily):
 
         metric, perform_scr = self.name, self.perform_scr
         hooked_model, device = inputs.hooked_model, inputs.device
-        require_tokenizer_specials(hooked_model.tokenizer)
-        model_name = inputs.model_name
         llm_dtype = self.llm_dtype(inputs, config)
         eval_config = ScrAndTppEvalConfig(
             random_seed=config.random_seed,
@@ -124,7 +122,7 @@ class ScrTpp(MetricFamily):
             llm_batch_size=self.llm_batch_size(inputs, config.llm_batch_size),
             llm_dtype=llm_dtype,
             lower_vram_usage=config.lower_vram_usage,
-            model_name=model_name,
+            model_name=inputs.model_name,
             n_values=list(config.n_values),
             column1_vals_lookup={k: [tuple(p) for p in v] for k, v in config.column1_vals_lookup.items()},
         )
@@ -139,22 +137,20 @@ class ScrTpp(MetricFamily):
             scalars = {k: v for k, v in results.items() if not isinstance(v, dict)}
             details = {k: v for k, v in results.items() if isinstance(v, dict)}
             if perform_scr:
-                raw = self.eval_output_raw(
-                    ScrEvalOutput, sae,
-                    eval_config=eval_config,
-                    eval_type_id=EVAL_TYPE_ID_SCR,
-                    eval_result_metrics=ScrMetricCategories(scr_metrics=ScrMetrics(**_known(ScrMetrics, scalars))),
-                    eval_result_details=[ScrResultDetail(dataset_name=name, **_known(ScrResultDetail, r)) for name, r in details.items()],
-                )
+                output_cls, type_id, detail_cls, unstructured = ScrEvalOutput, EVAL_TYPE_ID_SCR, ScrResultDetail, {}
+                metrics = ScrMetricCategories(scr_metrics=ScrMetrics(**_known(ScrMetrics, scalars)))
             else:
-                raw = self.eval_output_raw(
-                    TppEvalOutput, sae,
-                    eval_config=eval_config,
-                    eval_type_id=EVAL_TYPE_ID_TPP,
-                    eval_result_metrics=TppMetricCategories(tpp_metrics=TppMetrics(**_known(TppMetrics, scalars))),
-                    eval_result_details=[TppResultDetail(dataset_name=name, **_known(TppResultDetail, r)) for name, r in details.items()],
-                    eval_result_unstructured=per_dataset_class,
-                )
+                output_cls, type_id, detail_cls = TppEvalOutput, EVAL_TYPE_ID_TPP, TppResultDetail
+                metrics = TppMetricCategories(tpp_metrics=TppMetrics(**_known(TppMetrics, scalars)))
+                unstructured = dict(eval_result_unstructured=per_dataset_class)
+            raw = self.eval_output_raw(
+                output_cls, sae,
+                eval_config=eval_config,
+                eval_type_id=type_id,
+                eval_result_metrics=metrics,
+                eval_result_details=[detail_cls(dataset_name=name, **_known(detail_cls, r)) for name, r in details.items()],
+                **unstructured,
+            )
         # SAEBench's output schema only has fields for its default thresholds; keep every computed number.
         raw["sae_transfer_all_thresholds"] = to_jsonable(scalars)
         rows = []

@@ -14,7 +14,6 @@ Data: the bias-in-bios class sets come from ``LabHC/bias_in_bios`` (served offli
 from __future__ import annotations
 
 from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline
-from sae_core.metrics.base import require_tokenizer_specials
 
 
 SAEBENCH_DATASETS = [
@@ -65,6 +64,7 @@ class SparseProbing(MetricFamily):
     settings_cls = SparseProbingSettings
     toy_defaults = TOY_DEFAULTS
     hub_defaults = HUB_DEFAULTS
+    needs_pad_token = True
 
     def run(self, inputs: MetricInputs, config: SparseProbingSettings) -> MetricResult:
         import sae_bench.evals.sparse_probing.main as sp_main
@@ -78,8 +78,6 @@ class SparseProbing(MetricFamily):
         )
 
         hooked_model, device = inputs.hooked_model, inputs.device
-        require_tokenizer_specials(hooked_model.tokenizer)
-        model_name = inputs.model_name
         llm_dtype = self.llm_dtype(inputs, config)
         eval_config = SparseProbingEvalConfig(
             random_seed=config.random_seed,
@@ -90,7 +88,7 @@ class SparseProbing(MetricFamily):
             sae_batch_size=config.sae_batch_size,
             llm_batch_size=self.llm_batch_size(inputs, config.llm_batch_size),
             llm_dtype=llm_dtype,
-            model_name=model_name,
+            model_name=inputs.model_name,
             k_values=list(config.k_values),
             lower_vram_usage=config.lower_vram_usage,
         )
