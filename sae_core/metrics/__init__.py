@@ -10,13 +10,24 @@ Public API::
 
 Metric families (``METRIC_NAMES``): core, absorption, scr, tpp, sparse_probing, ravel, autointerp.
 Every family is a :class:`~sae_core.metrics.base.MetricFamily` (name, settings class, toy / real /
-hub defaults, ``run`` with one shared signature). One module per family (``core``, ``absorption``,
+hub defaults, ``run(inputs, config)`` with one shared signature; the inputs are one
+:class:`~sae_core.metrics.base.MetricInputs`). One module per family (``core``, ``absorption``,
 ``scr_tpp`` (SCR and TPP), ``sparse_probing``, ``ravel``, ``autointerp``) holds its family class and
 its ``<Metric>Settings``; ``registry`` lists the family objects by name; ``rows`` builds the metrics
 table's rows for every family. SAEBench's hub datasets are served from local folders by the one mechanism of
 :mod:`sae_core.datasets.mirror` (``dataset_overrides``).
 
 SAEBench, SAE Lens and `datasets` are imported lazily, when a metric runs.
+
+Adding a family: one module with a ``MetricFamily`` subclass (name, settings class, defaults per
+profile, ``run``) and one entry in ``registry.FAMILIES`` (plus its "real" sizes in
+``registry.REAL_OVERRIDES``, if any). ``run(inputs, config)`` holds only the family's own SAEBench
+calls and its headline numbers; the plumbing is the base class's: ``self.llm_dtype``,
+``self.llm_batch_size``, ``with self.saebench(inputs, dtype, seed=...) as sae`` (global state kept,
+the prepared SAE copy), ``self.model_cache_dir``, ``self.eval_output_raw`` and ``self.result`` /
+``self.skipped``; :func:`~sae_core.metrics.registry.run_metric` builds the inputs, resolves the
+profile's settings and datasets and times the run, and :func:`~sae_core.metrics.rows.metric_rows`
+turns the result into the metrics table's rows.
 """
 
 import importlib
@@ -24,7 +35,7 @@ from typing import Any
 
 # Light names load now; the adapters (and with them torch) on first use, so that reading a metric's
 # settings or computing a cache key stays cheap.
-from sae_core.metrics.base import MetricFamily, MetricResult, MetricSettings, sae_bench_version
+from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, sae_bench_version
 
 _LAZY = {
     "COLUMNS": "rows", "METRIC_COLUMNS": "rows", "flatten_result": "rows", "flatten_results": "rows", "headline_rows": "rows",
@@ -47,6 +58,7 @@ __all__ = [
     "METRICS",
     "METRIC_NAMES",
     "MetricFamily",
+    "MetricInputs",
     "MetricResult",
     "MetricSettings",
     "flatten_result",

@@ -43,28 +43,10 @@ import contextlib
 import random
 import statistics
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sae_core.metrics.base import (
-    MetricFamily,
-    MetricResult,
-    MetricSettings,
-    Timer,
-    eval_output_provenance,
-    headline,
-    hooked_model_name,
-    model_fingerprint,
-    prepare_sae,
-    resolve_llm_dtype,
-    sae_bench_context,
-    to_jsonable,
-)
-
-if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
-    import torch
-
+from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline, to_jsonable
 
 
 class AbsorptionSettings(MetricSettings):
@@ -190,10 +172,7 @@ class Absorption(MetricFamily):
     toy_defaults = TOY_DEFAULTS
     hub_defaults = HUB_DEFAULTS
 
-    def run(self, sae: Any, hooked_model: Any, hf_model: Any, tokenizer: Any, settings: AbsorptionSettings | None = None,
-            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
-        import torch
-
+    def run(self, inputs: MetricInputs, config: AbsorptionSettings) -> MetricResult:
         from sae_bench.evals.absorption import main as absorption_main
         from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
         from sae_bench.evals.absorption.eval_output import (
@@ -206,12 +185,10 @@ class Absorption(MetricFamily):
         from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
         from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
 
-        config = settings or self.hub_defaults
-        timer = Timer()
-        model_name = hooked_model_name(hooked_model)
-        llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
+        hooked_model, device = inputs.hooked_model, inputs.device
+        llm_dtype = self.llm_dtype(inputs, config)
         eval_config = AbsorptionEvalConfig(
-            model_name=model_name,
+            model_name=inputs.model_name,
             random_seed=config.random_seed,
             f1_jump_threshold=config.f1_jump_threshold,
             max_k_value=config.max_k_value,
@@ -229,33 +206,27 @@ class Absorption(MetricFamily):
         )
         layout_problems = prompt_layout_problems(hooked_model.tokenizer, config.prompt_template, config.prompt_token_pos)
         if layout_problems:
-            return self.skipped("SAEBench's first-letter prompts don't fit this tokenizer: " + "; ".join(layout_problems),
-                                timer=timer)
+            return self.skipped("SAEBench's first-letter prompts don't fit this tokenizer: " + "; ".join(layout_problems))
         words = absorption_words(hooked_model.tokenizer)
         too_long = icl_prompt_too_long(hooked_model, words, config.prompt_template)
         if too_long:
-            return self.skipped(too_long, timer=timer)
+            return self.skipped(too_long)
         missing = letters_missing_from_train_split(words, config.random_seed)
         if missing:
             return self.skipped(
                 f"SAEBench's first-letter probes need a training word for every letter a-z, but the word list "
-                f"({len(words)} single-token alphabetic words) has none for {missing} in its seeded 80% train split",
-                timer=timer,
+                f"({len(words)} single-token alphabetic words) has none for {missing} in its seeded 80% train split"
             )
 
-        with sae_bench_context(config.random_seed):
-            torch.set_grad_enabled(True)  # as SAEBench's run_eval
-            random.seed(config.random_seed)
-            torch.manual_seed(config.random_seed)
-            sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype)
+        # as SAEBench's run_eval: grad on, random / torch seeded
+        with self.saebench(inputs, llm_dtype, seed=config.random_seed, grad=True, reseed=True) as sae:
             layer = sae.cfg.hook_layer
-            llm_folder = self.cache_dir(
-                artifacts_dir, model_fingerprint(hooked_model), layer,
-                config.prompt_template, config.prompt_token_pos, config.random_seed, llm_dtype, words,
+            llm_folder = self.model_cache_dir(
+                inputs, layer, config.prompt_template, config.prompt_token_pos, config.random_seed, llm_dtype, words,
             )
             probes_dir = llm_folder / "probes"
             sae_name = "custom_sae"
-            with tempfile.TemporaryDirectory(dir=scratch_dir or llm_folder, prefix="absorption-run-") as run_dir, \
+            with tempfile.TemporaryDirectory(dir=inputs.scratch_dir or llm_folder, prefix="absorption-run-") as run_dir, \
                     _forward_stops_after(hooked_model, layer):
                 k_sparse_dir = Path(run_dir) / "k_sparse_probing"
                 try:
@@ -292,9 +263,8 @@ class Absorption(MetricFamily):
                         f"{config.min_GT_probe_f1} (need {config.min_feats_for_eval}); SAEBench's run_eval does not "
                         "evaluate absorption then"
                     )
-                    raw = {"eval_config": to_jsonable(asdict(eval_config)),
-                           "k_sparse_probing": to_jsonable(k_sparse[["letter", "f1_probe", "auc_probe"]].to_dict("records"))}
-                    return self.skipped(reason, raw=raw, timer=timer)
+                    raw = {"k_sparse_probing": to_jsonable(k_sparse[["letter", "f1_probe", "auc_probe"]].to_dict("records"))}
+                    return self.skipped(reason, raw=raw, eval_config=eval_config)
                 raw_df = run_feature_absortion_experiment(
                     model=hooked_model,
                     sae=sae,
@@ -334,8 +304,7 @@ class Absorption(MetricFamily):
             if len(fractions) < 2:
                 return self.skipped(
                     f"absorption was measured for {len(fractions)} letter(s); SAEBench's summary needs >= 2 (standard deviation)",
-                    raw={"eval_config": to_jsonable(asdict(eval_config))},
-                    timer=timer,
+                    eval_config=eval_config,
                 )
             means = AbsorptionMeanMetrics(
                 mean_absorption_fraction_score=statistics.mean(fractions),
@@ -345,18 +314,17 @@ class Absorption(MetricFamily):
                 std_dev_full_absorption_score=statistics.stdev(full_rates),
                 std_dev_num_split_features=statistics.stdev(n_split),
             )
-            eval_output = AbsorptionEvalOutput(
+            raw = self.eval_output_raw(
+                AbsorptionEvalOutput, sae,
                 eval_type_id=EVAL_TYPE_ID_ABSORPTION,
                 eval_config=eval_config,
                 eval_result_metrics=AbsorptionMetricCategories(mean=means),
                 eval_result_details=details,
-                **eval_output_provenance(sae),
             )
-        raw = to_jsonable(asdict(eval_output))
         rows = [
             headline("mean_absorption_fraction_score", means.mean_absorption_fraction_score, False),
             headline("mean_full_absorption_score", means.mean_full_absorption_score, False),
             headline("mean_num_split_features", means.mean_num_split_features, None),
             headline("n_letters_evaluated", len(fractions), None),
         ]
-        return self.result(raw, rows, timer=timer)
+        return self.result(raw, rows)

@@ -24,27 +24,9 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sae_core.metrics.base import (
-    MetricFamily,
-    MetricResult,
-    MetricSettings,
-    Timer,
-    eval_output_provenance,
-    headline,
-    hooked_model_name,
-    prepare_sae,
-    resolve_llm_dtype,
-    sae_bench_context,
-    to_jsonable,
-)
-from sae_core.metrics.sparse_probing import default_llm_batch_size
-
-if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
-    import torch
+from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline
 
 ENV_API_KEY = "SAE_TRANSFER_AUTOINTERP_API_KEY"
 ENV_BASE_URL = "SAE_TRANSFER_AUTOINTERP_BASE_URL"
@@ -147,18 +129,14 @@ class AutoInterp(MetricFamily):
     toy_defaults = TOY_DEFAULTS
     hub_defaults = HUB_DEFAULTS
 
-    def run(self, sae: Any, hooked_model: Any, hf_model: Any, tokenizer: Any, settings: AutoInterpSettings | None = None,
-            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
+    def run(self, inputs: MetricInputs, config: AutoInterpSettings) -> MetricResult:
         import torch
 
-        config = settings or self.hub_defaults
-        timer = Timer()
         judge = judge_config()
         if not judge["api_key"]:
             return self.skipped(
                 f"autointerp needs an LLM judge: set {ENV_API_KEY} (and optionally {ENV_BASE_URL}, {ENV_MODEL}) "
-                "to an OpenAI-compatible chat-completions endpoint",
-                timer=timer,
+                "to an OpenAI-compatible chat-completions endpoint"
             )
 
         import sae_bench.evals.autointerp.main as ai_main
@@ -169,16 +147,16 @@ class AutoInterp(MetricFamily):
             AutoInterpMetrics,
         )
 
-        model_name = hooked_model_name(hooked_model)
-        llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
+        hooked_model, device = inputs.hooked_model, inputs.device
+        llm_dtype = self.llm_dtype(inputs, config)
         eval_config = AutoInterpEvalConfig(
-            model_name=model_name,
+            model_name=inputs.model_name,
             n_latents=config.n_latents,
             dead_latent_threshold=config.dead_latent_threshold,
             random_seed=config.random_seed,
             dataset_name=config.dataset_name,
             llm_context_size=config.llm_context_size,
-            llm_batch_size=config.llm_batch_size or default_llm_batch_size(model_name),
+            llm_batch_size=self.llm_batch_size(inputs, config.llm_batch_size),
             llm_dtype=llm_dtype,
             buffer=config.buffer,
             no_overlap=config.no_overlap,
@@ -195,29 +173,26 @@ class AutoInterp(MetricFamily):
         )
         vocab = sorted(hooked_model.tokenizer.get_vocab().items())
         tokenizer_key = hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
-        folder = self.cache_dir(artifacts_dir, tokenizer_key, config.dataset_name, config.llm_context_size, config.total_tokens)
-        with sae_bench_context(), judge_client(judge["base_url"], judge["model"]), torch.no_grad():
-            sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype)
+        folder = self.cache_dir(inputs, tokenizer_key, config.dataset_name, config.llm_context_size, config.total_tokens)
+        with self.saebench(inputs, llm_dtype, grad=False) as sae, judge_client(judge["base_url"], judge["model"]):
             per_latent = ai_main.run_eval_single_sae(eval_config, sae, hooked_model, device, str(folder), judge["api_key"])
         if not per_latent:
-            return self.skipped("SAEBench's autointerp found no alive latent with activating examples",
-                                raw={"eval_config": to_jsonable(asdict(eval_config))}, timer=timer)
+            return self.skipped("SAEBench's autointerp found no alive latent with activating examples", eval_config=eval_config)
         scores = torch.tensor([r["score"] for r in per_latent.values()], dtype=torch.float64)
         score = scores.mean().item()
         std = scores.std().item() if len(scores) > 1 else float("nan")
-        eval_output = AutoInterpEvalOutput(
+        raw = self.eval_output_raw(
+            AutoInterpEvalOutput, sae,
             eval_config=eval_config,
             eval_result_metrics=AutoInterpMetricCategories(
                 autointerp=AutoInterpMetrics(autointerp_score=score, autointerp_std_dev=std)
             ),
             eval_result_details=[],
             eval_result_unstructured=per_latent,
-            **eval_output_provenance(sae),
         )
-        raw = to_jsonable(asdict(eval_output))
         rows = [
             headline("autointerp_score", score, True),
             headline("autointerp_std_dev", std, None),
             headline("n_latents_scored", len(per_latent), None),
         ]
-        return self.result(raw, rows, timer=timer)
+        return self.result(raw, rows)

@@ -1,13 +1,28 @@
-"""Shared pieces of the SAEBench metric adapters: the result type and the small helpers every
-adapter uses to hand an SAE object and a model object to SAEBench's own evaluation functions.
+"""Shared pieces of the SAEBench metric adapters: the result type, the inputs object and the
+plumbing every adapter uses to hand an SAE object and a model object to SAEBench's own evaluation
+functions.
 
 Nothing here computes a metric; all metric code is SAEBench's (``sae_bench`` package). What lives
 here is plumbing:
 
 * :class:`MetricFamily` -- the one shape of a metric family: its ``name``, settings class, toy and
-  hub defaults (plus the "real" profile's size overrides, given at registration), and ``run`` with
-  the one signature every family shares. A family module states only what differs; the registry
+  hub defaults (plus the "real" profile's size overrides, given at registration), and
+  ``run(inputs, settings)``. A family module states only what differs -- its SAEBench calls and its
+  headline numbers; the plumbing every family shares is methods of the base class:
+  :meth:`~MetricFamily.evaluate` (settings defaulted, timing, ``seconds`` stamped on the result),
+  :meth:`~MetricFamily.saebench` (the SAEBench context with the eval's seed and grad mode, yielding
+  the prepared SAE copy), :meth:`~MetricFamily.llm_dtype`, :meth:`~MetricFamily.llm_batch_size`,
+  :meth:`~MetricFamily.model_cache_dir` (caches keyed on the model's fingerprint),
+  :meth:`~MetricFamily.eval_output_raw` (SAEBench's ``*EvalOutput`` with the run's provenance, made
+  JSON-able) and :meth:`~MetricFamily.result` / :meth:`~MetricFamily.skipped`. The registry
   (:mod:`sae_core.metrics.registry`) is a list of family objects.
+* :class:`MetricInputs` -- what a family runs on: the SAE, both model objects, the tokenizer and
+  where it may write (``artifacts_dir``, ``device``, ``scratch_dir``), built once by
+  :func:`~sae_core.metrics.registry.run_metric`. Why one object rather than the eight positional
+  parameters every ``run`` used to repeat: the families differ in which of these they read (RAVEL the
+  HF model, the others the ``HookedTransformer``; core the scratch folder, ...), not in what they are
+  given, so one frozen value with the derived names (``model_name``) keeps ``run(inputs, settings)``
+  the one short signature, and a new input reaches every family without touching each signature.
 * :class:`MetricResult` -- what every ``MetricFamily.run`` returns: SAEBench's own JSON-able output
   (``raw``), a short list of headline numbers, and ``status``/``reason`` ("ok" or "skipped").
 * :func:`prepare_sae` -- a private copy of the caller's SAE, standardised the way SAEBench's own
@@ -41,7 +56,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -105,15 +120,43 @@ class MetricResult(BaseModel):
         return {row["metric_name"]: row["value"] for row in self.headline}
 
 
+@dataclass(frozen=True)
+class MetricInputs:
+    """What one family runs on (built once by :func:`~sae_core.metrics.registry.run_metric`).
+
+    ``sae``: any ``sae_lens.SAE`` whose ``cfg.metadata.hook_name`` is a TransformerLens hook of
+    ``hooked_model``; it is copied, never modified. ``hooked_model``: ``HookedTransformer``;
+    ``hf_model``: ``transformers.PreTrainedModel`` with the same weights; ``tokenizer``: the HF
+    tokenizer (families read what ``model_kind`` says; models must already be on ``device``).
+    ``artifacts_dir``: where SAEBench may cache LLM-side artefacts; ``scratch_dir``: throw-away outputs.
+    """
+
+    sae: Any
+    hooked_model: Any
+    hf_model: Any
+    tokenizer: Any
+    artifacts_dir: str | Path = "artifacts"
+    device: str = "cpu"
+    scratch_dir: str | Path | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The model's label for SAEBench: the ``HookedTransformer``'s name, else the HF model's (last path part)."""
+        if self.hooked_model is not None or self.hf_model is None:
+            return hooked_model_name(self.hooked_model)
+        return str(getattr(self.hf_model.config, "_name_or_path", "") or "model").rstrip("/").split("/")[-1]
+
+
 class MetricFamily(abc.ABC):
     """One SAEBench metric family. A subclass states only what differs from the other families:
 
     ``name`` (the metric's name in configs, storage keys and reports), ``settings_cls`` with its
     ``toy_defaults`` and ``hub_defaults``, ``model_kind`` (which model object SAEBench's code runs on:
-    "hooked" -- the ``HookedTransformer``, or "hf" -- the ``transformers`` model), and :meth:`run`,
+    "hooked" -- the ``HookedTransformer``, or "hf" -- the ``transformers`` model), ``needs_pad_token``
+    (SAEBench's probing evals pad and mask: checked before :meth:`run`), and :meth:`run`,
     the adapter around SAEBench's own evaluation, which also picks the headline numbers and their
     ``higher_is_better``. The "real" profile is ``hub_defaults`` with ``real_overrides`` (sizes
-    only), given when the family is registered.
+    only), given when the family is registered. Everything else is here, shared.
     """
 
     name: ClassVar[str]
@@ -121,6 +164,7 @@ class MetricFamily(abc.ABC):
     toy_defaults: ClassVar[MetricSettings]
     hub_defaults: ClassVar[MetricSettings]
     model_kind: ClassVar[str] = "hooked"
+    needs_pad_token: ClassVar[bool] = False
 
     def __init__(self, real_overrides: Mapping[str, Any] | None = None) -> None:
         self.real_overrides: dict[str, Any] | None = dict(real_overrides) if real_overrides else None
@@ -155,41 +199,88 @@ class MetricFamily(abc.ABC):
         raise TypeError(f"settings for {self.name!r} must be {self.settings_cls.__name__}, a dict or None, "
                         f"got {type(settings).__name__}")
 
-    @abc.abstractmethod
-    def run(
-        self,
-        sae: Any,
-        hooked_model: Any,
-        hf_model: Any,
-        tokenizer: Any,
-        settings: MetricSettings | None = None,
-        artifacts_dir: str | Path = "artifacts",
-        device: str = "cpu",
-        scratch_dir: str | Path | None = None,
-    ) -> MetricResult:
-        """Run SAEBench's evaluation of this family on ``sae`` and the given model objects.
+    # -- what a family states -------------------------------------------------------------------
 
-        ``sae``: any ``sae_lens.SAE`` whose ``cfg.metadata.hook_name`` is a TransformerLens hook of
-        ``hooked_model``; it is copied, never modified. ``hooked_model``: ``HookedTransformer``;
-        ``hf_model``: ``transformers.PreTrainedModel`` with the same weights; ``tokenizer``: the HF
-        tokenizer (families read what ``model_kind`` says; models must already be on ``device``).
-        ``settings``: this family's settings object (``None``: ``hub_defaults``). ``artifacts_dir``:
-        where SAEBench may cache LLM-side artefacts; ``scratch_dir``: throw-away outputs. Datasets are
-        whatever :func:`~sae_core.datasets.mirror.dataset_overrides` serves at the time
+    @abc.abstractmethod
+    def run(self, inputs: MetricInputs, config: MetricSettings) -> MetricResult:
+        """Run SAEBench's evaluation of this family on ``inputs`` with ``config`` (this family's
+        settings object) and return :meth:`result` or :meth:`skipped`; :meth:`evaluate` times it.
+
+        Datasets are whatever :func:`~sae_core.datasets.mirror.dataset_overrides` serves at the time
         (:func:`~sae_core.metrics.registry.run_metric` sets them up per profile).
         """
 
-    def result(self, raw: dict[str, Any], rows: list[dict[str, Any]], *, timer: Timer) -> MetricResult:
-        """The family's "ok" result: SAEBench's ``raw`` output and the headline ``rows``, timed by ``timer``."""
-        return MetricResult(metric=self.name, status="ok", raw=raw, headline=rows, seconds=timer.seconds)
+    # -- the plumbing every family shares -------------------------------------------------------
 
-    def skipped(self, reason: str, raw: dict[str, Any] | None = None, *, timer: Timer) -> MetricResult:
-        """The family's "skipped" result, with the reason (never silently)."""
-        return MetricResult.skipped(self.name, reason, raw=raw, seconds=timer.seconds)
+    def evaluate(self, inputs: MetricInputs, settings: MetricSettings | dict[str, Any] | None = None) -> MetricResult:
+        """:meth:`run` with ``settings`` resolved (``None``: ``hub_defaults``), timed: the result's ``seconds``."""
+        config = self.resolve_settings(settings)
+        timer = Timer()
+        if self.needs_pad_token:
+            require_tokenizer_specials(inputs.hooked_model.tokenizer)
+        result = self.run(inputs, config)
+        return result.model_copy(update={"seconds": timer.seconds})
 
-    def cache_dir(self, artifacts_dir: str | Path, *key_parts: Any) -> Path:
+    def model(self, inputs: MetricInputs) -> Any:
+        """The model object SAEBench's code of this family runs on (``model_kind``)."""
+        return inputs.hf_model if self.model_kind == "hf" else inputs.hooked_model
+
+    def llm_dtype(self, inputs: MetricInputs, settings: MetricSettings) -> str:
+        """``settings.llm_dtype``, or (``None``) the dtype :meth:`model`'s weights are in."""
+        return resolve_llm_dtype(settings.llm_dtype, self.model(inputs))
+
+    @staticmethod
+    def llm_batch_size(inputs: MetricInputs, setting: int | None) -> int:
+        """``setting``, or (``None``) SAEBench's ``LLM_NAME_TO_BATCH_SIZE`` for the model (32 if unknown)."""
+        return setting or default_llm_batch_size(inputs.model_name)
+
+    @contextlib.contextmanager
+    def saebench(self, inputs: MetricInputs, dtype: str, *, seed: int | None = None, grad: bool | None = None,
+                 reseed: bool = False, context_size: int | None = None) -> Iterator[Any]:
+        """The block SAEBench runs in; yields the prepared SAE copy (:func:`prepare_sae`).
+
+        :func:`sae_bench_context` with ``seed`` (global state restored, jaxtyping checks off, SAEBench's
+        draws from ``random`` private); then ``grad=False`` -> ``torch.no_grad()``, ``grad=True`` ->
+        ``torch.set_grad_enabled(True)``; ``reseed`` -> ``random.seed(seed)`` and
+        ``torch.manual_seed(seed)`` (as SAEBench's own ``run_eval`` of absorption does); then the SAE is
+        copied to ``inputs.device`` / ``dtype`` (``context_size`` filled in where it lacks one).
+        """
+        import torch
+
+        with sae_bench_context(seed), (torch.no_grad() if grad is False else contextlib.nullcontext()):
+            if grad is True:
+                torch.set_grad_enabled(True)
+            if reseed:
+                random.seed(seed)
+                torch.manual_seed(seed)
+            yield prepare_sae(inputs.sae, model_name=inputs.model_name, device=inputs.device, dtype=dtype,
+                              context_size=context_size)
+
+    def cache_dir(self, inputs: MetricInputs, *key_parts: Any) -> Path:
         """:func:`cache_dir` of this family: ``artifacts_dir/<name>/<hash(key_parts)>``, created."""
-        return cache_dir(artifacts_dir, self.name, *key_parts)
+        return cache_dir(inputs.artifacts_dir, self.name, *key_parts)
+
+    def model_cache_dir(self, inputs: MetricInputs, *key_parts: Any) -> Path:
+        """:meth:`cache_dir` keyed first on :func:`model_fingerprint` of :meth:`model` (a pruned model
+        shares its parent's name, never its caches)."""
+        return self.cache_dir(inputs, model_fingerprint(self.model(inputs)), *key_parts)
+
+    @staticmethod
+    def eval_output_raw(output_cls: type, sae: Any, **fields: Any) -> dict[str, Any]:
+        """SAEBench's ``output_cls(**fields)`` (an ``*EvalOutput``) with the run's provenance
+        (:func:`eval_output_provenance` of the prepared ``sae``), as JSON-able ``raw``."""
+        return to_jsonable(asdict(output_cls(**fields, **eval_output_provenance(sae))))
+
+    def result(self, raw: dict[str, Any], rows: list[dict[str, Any]]) -> MetricResult:
+        """The family's "ok" result: SAEBench's ``raw`` output and the headline ``rows`` (``seconds``: :meth:`evaluate`)."""
+        return MetricResult(metric=self.name, status="ok", raw=raw, headline=rows)
+
+    def skipped(self, reason: str, raw: dict[str, Any] | None = None, *, eval_config: Any = None) -> MetricResult:
+        """The family's "skipped" result, with the reason (never silently); ``eval_config`` (SAEBench's
+        config object) goes first into ``raw``."""
+        if eval_config is not None:
+            raw = {"eval_config": to_jsonable(asdict(eval_config)), **(raw or {})}
+        return MetricResult.skipped(self.name, reason, raw=raw)
 
 
 def headline(metric_name: str, value: Any, higher_is_better: bool | None) -> dict[str, Any]:
@@ -435,6 +526,13 @@ class Timer:
     @property
     def seconds(self) -> float:
         return round(time.perf_counter() - self.started, 3)
+
+
+def default_llm_batch_size(model_name: str, fallback: int = 32) -> int:
+    """SAEBench's ``LLM_NAME_TO_BATCH_SIZE`` for ``model_name``, else ``fallback``."""
+    import sae_bench.sae_bench_utils.activation_collection as activation_collection
+
+    return activation_collection.LLM_NAME_TO_BATCH_SIZE.get(model_name, fallback)
 
 
 def hooked_model_name(hooked_model: Any) -> str:

@@ -18,25 +18,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sae_core.metrics.base import (
-    MetricFamily,
-    MetricResult,
-    MetricSettings,
-    Timer,
-    headline,
-    hooked_model_name,
-    prepare_sae,
-    resolve_llm_dtype,
-    sae_bench_context,
-    sae_bench_version,
-    sae_lens_version,
-)
-
-if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
-    import torch
-
+from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline
+from sae_core.metrics.base import sae_bench_version, sae_lens_version
 
 
 class CoreSettings(MetricSettings):
@@ -79,27 +64,22 @@ class Core(MetricFamily):
     toy_defaults = TOY_DEFAULTS
     hub_defaults = HUB_DEFAULTS
 
-    def run(self, sae: Any, hooked_model: Any, hf_model: Any, tokenizer: Any, settings: CoreSettings | None = None,
-            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
-        """Core metrics of ``sae`` spliced into ``hooked_model`` (``hf_model``/``tokenizer`` unused)."""
-        import torch
+    def run(self, inputs: MetricInputs, config: CoreSettings) -> MetricResult:
+        """Core metrics of the SAE spliced into the ``HookedTransformer`` (HF model / tokenizer unused)."""
         from sae_lens.training.activations_store import ActivationsStore
 
         import sae_bench.evals.core.main as core_main
         from sae_bench.evals.core.eval_config import CoreEvalConfig
         from sae_bench.sae_bench_utils import get_eval_uuid
 
-        config = settings or self.hub_defaults
-        timer = Timer()
-        llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
-        model_name = hooked_model_name(hooked_model)
-        out_dir = Path(scratch_dir) if scratch_dir is not None else Path(artifacts_dir) / self.name
+        hooked_model, device = inputs.hooked_model, inputs.device
+        llm_dtype = self.llm_dtype(inputs, config)
+        out_dir = Path(inputs.scratch_dir) if inputs.scratch_dir is not None else Path(inputs.artifacts_dir) / self.name
         out_dir.mkdir(parents=True, exist_ok=True)
 
-        with sae_bench_context(), torch.no_grad():
-            sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype, context_size=config.context_size)
+        with self.saebench(inputs, llm_dtype, grad=False, context_size=config.context_size) as sae:
             eval_config = CoreEvalConfig(
-                model_name=model_name,
+                model_name=inputs.model_name,
                 llm_dtype=llm_dtype,
                 batch_size_prompts=config.batch_size_prompts,
                 n_eval_reconstruction_batches=config.n_eval_reconstruction_batches,
@@ -161,7 +141,7 @@ class Core(MetricFamily):
                 cleaned, get_eval_uuid(), sae_lens_version(), f"sae-bench=={sae_bench_version()}", str(json_path), sae
             )
         raw = json.loads(json_path.read_text())
-        return self.result(raw, headline_rows, timer=timer)
+        return self.result(raw, headline_rows)
 
 
 _HEADLINE = (

@@ -42,26 +42,11 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sae_core.metrics.base import (
-    MetricFamily,
-    MetricResult,
-    MetricSettings,
-    Timer,
-    eval_output_provenance,
-    headline,
-    hooked_model_name,
-    model_fingerprint,
-    prepare_sae,
-    resolve_llm_dtype,
-    sae_bench_context,
-    to_jsonable,
-)
 from sae_core.lazy_torch import no_grad
-from sae_core.metrics.sparse_probing import default_llm_batch_size
+from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline
 
 if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
     import torch
@@ -285,34 +270,29 @@ class Ravel(MetricFamily):
     hub_defaults = HUB_DEFAULTS
     model_kind = "hf"  # SAEBench's RAVEL runs on the transformers model
 
-    def run(self, sae: Any, hooked_model: Any, hf_model: Any, tokenizer: Any, settings: RavelSettings | None = None,
-            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
-        """RAVEL on ``hf_model`` (``hooked_model`` only supplies the model's name label; may be None)."""
+    def run(self, inputs: MetricInputs, config: RavelSettings) -> MetricResult:
+        """RAVEL on the HF model (the ``HookedTransformer`` only supplies the model's name label and the
+        residual view; may be None)."""
         import sae_bench.evals.ravel.main as ravel_main
         from sae_bench.evals.ravel.eval_config import RAVELEvalConfig
         from sae_bench.evals.ravel.eval_output import RAVELEvalOutput, RAVELMetricCategories, RAVELMetricResults
 
-        config = settings or self.hub_defaults
-        timer = Timer()
-        if hooked_model is not None:
-            model_name = hooked_model_name(hooked_model)
-        else:
-            model_name = str(getattr(hf_model.config, "_name_or_path", "") or "model").rstrip("/").split("/")[-1]
-        llm_dtype = resolve_llm_dtype(config.llm_dtype, hf_model)
-        batch_size = config.llm_batch_size or max(1, default_llm_batch_size(model_name) // 4)
-        hook_name = str(sae.cfg.metadata.hook_name)
+        hooked_model, hf_model, tokenizer, device = inputs.hooked_model, inputs.hf_model, inputs.tokenizer, inputs.device
+        llm_dtype = self.llm_dtype(inputs, config)
+        batch_size = config.llm_batch_size or max(1, self.llm_batch_size(inputs, None) // 4)  # SAEBench: default // 4
+        hook_name = str(inputs.sae.cfg.metadata.hook_name)
         if not hook_name.startswith("blocks.") or not hook_name.endswith("hook_resid_post"):
             return self.skipped(f"SAEBench's RAVEL reads and patches decoder-layer outputs (blocks.L.hook_resid_post); "
-                                f"this SAE reads {hook_name!r}", timer=timer)
+                                f"this SAE reads {hook_name!r}")
         view = "raw" if hooked_model is None else residual_view(hooked_model, hf_model, hook_name, tokenizer, device)
         if view == "mismatch":
             warnings.warn(f"RAVEL: the HookedTransformer's {hook_name} matches neither the HF decoder-layer output nor its "
                           "centred version; running on the raw HF output", stacklevel=2)
-        with sae_bench_context(config.random_seed), ravel_model_compat(hf_model, tokenizer, center=view == "centered"):
-            sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype)
+        with self.saebench(inputs, llm_dtype, seed=config.random_seed) as sae, \
+                ravel_model_compat(hf_model, tokenizer, center=view == "centered"):
             sae.requires_grad_(False)
-            folder = self.cache_dir(artifacts_dir, model_fingerprint(hf_model), sae.cfg.hook_name,
-                                    config.model_dump(exclude={"learning_rate", "num_epochs", "train_mdas"}))
+            folder = self.model_cache_dir(inputs, sae.cfg.hook_name,
+                                          config.model_dump(exclude={"learning_rate", "num_epochs", "train_mdas"}))
             eval_config = RAVELEvalConfig(
                 entity_attribute_selection={k: list(v) for k, v in config.entity_attribute_selection.items()},
                 top_n_entities=config.top_n_entities,
@@ -321,7 +301,7 @@ class Ravel(MetricFamily):
                 num_pairs_per_attribute=config.num_pairs_per_attribute,
                 train_test_split=config.train_test_split,
                 force_dataset_recompute=config.force_dataset_recompute,
-                model_name=model_name,
+                model_name=inputs.model_name,
                 llm_dtype=llm_dtype,
                 llm_batch_size=batch_size,
                 learning_rate=config.learning_rate,
@@ -337,11 +317,11 @@ class Ravel(MetricFamily):
                     "SAEBench's RAVEL cannot run on this model: " + "; ".join(problems)
                     + " (RAVEL keeps only prompts the model completes correctly; it needs >= 2 distinct attribute values "
                     "and at least one validation batch per attribute)",
-                    raw={"eval_config": to_jsonable(asdict(eval_config))},
-                    timer=timer,
+                    eval_config=eval_config,
                 )
             results, per_class = ravel_main.run_eval_single_sae(eval_config, sae, hf_model, device, str(folder))
-            eval_output = RAVELEvalOutput(
+            raw = self.eval_output_raw(
+                RAVELEvalOutput, sae,
                 eval_config=eval_config,
                 eval_result_metrics=RAVELMetricCategories(
                     ravel=RAVELMetricResults(
@@ -352,9 +332,7 @@ class Ravel(MetricFamily):
                 ),
                 eval_result_details=[],
                 eval_result_unstructured=per_class,
-                **eval_output_provenance(sae),
             )
-        raw = to_jsonable(asdict(eval_output))
         raw["sae_transfer_residual_view"] = view
         rows = [
             headline("disentanglement_score", results["disentangle_score"], True),
@@ -366,6 +344,6 @@ class Ravel(MetricFamily):
             return self.skipped(
                 f"SAEBench's RAVEL produced NaN for {bad}: the model answered too few prompts correctly to fill "
                 "a validation batch (raise num_pairs_per_attribute / lower llm_batch_size, or the model lacks the facts)",
-                raw=raw, timer=timer,
+                raw=raw,
             )
-        return self.result(raw, rows, timer=timer)
+        return self.result(raw, rows)

@@ -2,17 +2,18 @@
 
 Every family has the one signature of :meth:`MetricFamily.run <sae_core.metrics.base.MetricFamily.run>`::
 
-    family.run(sae, hooked_model, hf_model, tokenizer, settings: <Metric>Settings | None,
-               artifacts_dir: str | Path, device: str, scratch_dir: str | Path | None) -> MetricResult
+    family.run(inputs: MetricInputs, config: <Metric>Settings) -> MetricResult
 
-``sae``: any ``sae_lens.SAE`` (standard/ReLU, TopK, JumpReLU, ...) whose ``cfg.metadata.hook_name``
-is a TransformerLens hook of ``hooked_model``; it is copied, never modified.
-``hooked_model``: ``HookedTransformer`` (core, absorption, scr, tpp, sparse_probing, autointerp);
-``hf_model``: ``transformers.PreTrainedModel`` with the same weights (ravel, ``model_kind="hf"``);
-``tokenizer``: the HF tokenizer (ravel; the others use ``hooked_model.tokenizer``). Models must
-already be on ``device``. ``artifacts_dir``: where SAEBench may write caches / outputs (see each module).
-:func:`run_metric` is the entry point: it resolves the settings of a profile and serves the
-profile's datasets around ``family.run``.
+called through :meth:`MetricFamily.evaluate <sae_core.metrics.base.MetricFamily.evaluate>` (settings
+defaulted, timing). :class:`~sae_core.metrics.base.MetricInputs` holds ``sae``: any ``sae_lens.SAE``
+(standard/ReLU, TopK, JumpReLU, ...) whose ``cfg.metadata.hook_name`` is a TransformerLens hook of
+``hooked_model``; it is copied, never modified. ``hooked_model``: ``HookedTransformer`` (core,
+absorption, scr, tpp, sparse_probing, autointerp); ``hf_model``: ``transformers.PreTrainedModel``
+with the same weights (ravel, ``model_kind="hf"``); ``tokenizer``: the HF tokenizer (ravel; the
+others use ``hooked_model.tokenizer``). Models must already be on ``device``. ``artifacts_dir``:
+where SAEBench may write caches / outputs (see each module); ``scratch_dir``: throw-away outputs.
+:func:`run_metric` is the entry point: it resolves the settings of a profile, builds the inputs once
+and serves the profile's datasets around ``family.evaluate``.
 
 Profiles: ``toy_defaults`` are tiny CPU settings for the offline toy world (use together with
 ``dataset_overrides(build_eval_datasets(...))``); "real" is ``hub_defaults`` with CPU-sized sizes
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_core.metrics import absorption, autointerp, core, ravel, scr_tpp, sparse_probing
-from sae_core.metrics.base import PROFILES, MetricFamily, MetricResult, MetricSettings, sae_bench_version
+from sae_core.metrics.base import PROFILES, MetricFamily, MetricInputs, MetricResult, MetricSettings, sae_bench_version
 
 
 # The "real" profile: SAEBench's own settings and thresholds with only the *sizes* cut, so that all
@@ -77,7 +78,7 @@ FAMILIES: tuple[MetricFamily, ...] = tuple(
 METRICS: dict[str, MetricFamily] = {family.name: family for family in FAMILIES}
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 
-__all__ = ["FAMILIES", "METRICS", "METRIC_NAMES", "PROFILES", "REAL_OVERRIDES", "MetricFamily", "get_metric",
+__all__ = ["FAMILIES", "METRICS", "METRIC_NAMES", "PROFILES", "REAL_OVERRIDES", "MetricFamily", "MetricInputs", "get_metric",
            "real_dataset_paths", "run_metric", "sae_bench_version", "settings_for", "toy_dataset_paths"]
 
 
@@ -177,4 +178,6 @@ def run_metric(
         if scratch_dir is None:
             scratch_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"sae-bench-{name}-"))
         stack.enter_context(dataset_overrides(overrides))
-        return family.run(sae, hooked_model, hf_model, tokenizer, config, artifacts_dir, device, scratch_dir=scratch_dir)
+        inputs = MetricInputs(sae=sae, hooked_model=hooked_model, hf_model=hf_model, tokenizer=tokenizer,
+                              artifacts_dir=artifacts_dir, device=device, scratch_dir=scratch_dir)
+        return family.evaluate(inputs, config)

@@ -13,26 +13,9 @@ for class_set1 and amazon reviews). Offline it is served by
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any, ClassVar
 
-from sae_core.metrics.base import (
-    MetricFamily,
-    MetricResult,
-    MetricSettings,
-    Timer,
-    eval_output_provenance,
-    headline,
-    hooked_model_name,
-    model_fingerprint,
-    prepare_sae,
-    require_tokenizer_specials,
-    resolve_llm_dtype,
-    sae_bench_context,
-    to_jsonable,
-)
-from sae_core.metrics.sparse_probing import default_llm_batch_size
+from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline, to_jsonable
 
 SCR_PAIRS_BIOS = [("professor", "nurse"), ("architect", "journalist"), ("surgeon", "psychologist"), ("attorney", "teacher")]
 SCR_PAIRS_AMAZON = [
@@ -101,9 +84,9 @@ class ScrTpp(MetricFamily):
     """SCR and TPP: one SAEBench eval (``run_eval_single_sae``); ``perform_scr`` selects the metric."""
 
     perform_scr: ClassVar[bool]
+    needs_pad_token = True
 
-    def run(self, sae: Any, hooked_model: Any, hf_model: Any, tokenizer: Any, settings: ScrTppSettings | None = None,
-            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
+    def run(self, inputs: MetricInputs, config: ScrTppSettings) -> MetricResult:
         import sae_bench.evals.scr_and_tpp.main as st_main
         from sae_bench.evals.scr_and_tpp.eval_config import ScrAndTppEvalConfig
         from sae_bench.evals.scr_and_tpp.eval_output import (
@@ -119,12 +102,9 @@ class ScrTpp(MetricFamily):
             TppResultDetail,
         )
 
-        config = settings or self.hub_defaults
         metric, perform_scr = self.name, self.perform_scr
-        timer = Timer()
-        require_tokenizer_specials(hooked_model.tokenizer)
-        model_name = hooked_model_name(hooked_model)
-        llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
+        hooked_model, device = inputs.hooked_model, inputs.device
+        llm_dtype = self.llm_dtype(inputs, config)
         eval_config = ScrAndTppEvalConfig(
             random_seed=config.random_seed,
             dataset_names=list(config.dataset_names),
@@ -139,44 +119,38 @@ class ScrTpp(MetricFamily):
             probe_lr=config.probe_lr,
             probe_l1_penalty=config.probe_l1_penalty,
             sae_batch_size=config.sae_batch_size,
-            llm_batch_size=config.llm_batch_size or default_llm_batch_size(model_name),
+            llm_batch_size=self.llm_batch_size(inputs, config.llm_batch_size),
             llm_dtype=llm_dtype,
             lower_vram_usage=config.lower_vram_usage,
-            model_name=model_name,
+            model_name=inputs.model_name,
             n_values=list(config.n_values),
             column1_vals_lookup={k: [tuple(p) for p in v] for k, v in config.column1_vals_lookup.items()},
         )
-        with sae_bench_context(config.random_seed):
-            sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype, context_size=config.context_length)
+        with self.saebench(inputs, llm_dtype, seed=config.random_seed, context_size=config.context_length) as sae:
             too_many = [n for n in config.n_values if n > sae.cfg.d_sae]
             if too_many:
                 raise ValueError(f"{metric}: n_values {too_many} exceed the SAE width d_sae={sae.cfg.d_sae}")
-            folder = self.cache_dir(artifacts_dir, model_fingerprint(hooked_model), sae.cfg.hook_name, config)
+            folder = self.model_cache_dir(inputs, sae.cfg.hook_name, config)
             results, per_dataset_class = st_main.run_eval_single_sae(
                 eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
-            )
-            common = dict(
-                eval_config=eval_config,
-                **eval_output_provenance(sae),
             )
             scalars = {k: v for k, v in results.items() if not isinstance(v, dict)}
             details = {k: v for k, v in results.items() if isinstance(v, dict)}
             if perform_scr:
-                eval_output = ScrEvalOutput(
-                    eval_type_id=EVAL_TYPE_ID_SCR,
-                    eval_result_metrics=ScrMetricCategories(scr_metrics=ScrMetrics(**_known(ScrMetrics, scalars))),
-                    eval_result_details=[ScrResultDetail(dataset_name=name, **_known(ScrResultDetail, r)) for name, r in details.items()],
-                    **common,
-                )
+                output_cls, type_id, detail_cls, unstructured = ScrEvalOutput, EVAL_TYPE_ID_SCR, ScrResultDetail, {}
+                metrics = ScrMetricCategories(scr_metrics=ScrMetrics(**_known(ScrMetrics, scalars)))
             else:
-                eval_output = TppEvalOutput(
-                    eval_type_id=EVAL_TYPE_ID_TPP,
-                    eval_result_metrics=TppMetricCategories(tpp_metrics=TppMetrics(**_known(TppMetrics, scalars))),
-                    eval_result_details=[TppResultDetail(dataset_name=name, **_known(TppResultDetail, r)) for name, r in details.items()],
-                    eval_result_unstructured=per_dataset_class,
-                    **common,
-                )
-        raw = to_jsonable(asdict(eval_output))
+                output_cls, type_id, detail_cls = TppEvalOutput, EVAL_TYPE_ID_TPP, TppResultDetail
+                metrics = TppMetricCategories(tpp_metrics=TppMetrics(**_known(TppMetrics, scalars)))
+                unstructured = dict(eval_result_unstructured=per_dataset_class)
+            raw = self.eval_output_raw(
+                output_cls, sae,
+                eval_config=eval_config,
+                eval_type_id=type_id,
+                eval_result_metrics=metrics,
+                eval_result_details=[detail_cls(dataset_name=name, **_known(detail_cls, r)) for name, r in details.items()],
+                **unstructured,
+            )
         # SAEBench's output schema only has fields for its default thresholds; keep every computed number.
         raw["sae_transfer_all_thresholds"] = to_jsonable(scalars)
         rows = []
@@ -187,7 +161,7 @@ class ScrTpp(MetricFamily):
                 rows.append(headline(f"tpp_threshold_{n}_total_metric", scalars.get(f"tpp_threshold_{n}_total_metric"), True))
                 rows.append(headline(f"tpp_threshold_{n}_intended_diff_only", scalars.get(f"tpp_threshold_{n}_intended_diff_only"), True))
                 rows.append(headline(f"tpp_threshold_{n}_unintended_diff_only", scalars.get(f"tpp_threshold_{n}_unintended_diff_only"), False))
-        return self.result(raw, rows, timer=timer)
+        return self.result(raw, rows)
 
 
 class Scr(ScrTpp):

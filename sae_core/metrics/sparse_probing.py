@@ -13,25 +13,7 @@ Data: the bias-in-bios class sets come from ``LabHC/bias_in_bios`` (served offli
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
-
-from sae_core.metrics.base import (
-    MetricFamily,
-    MetricResult,
-    MetricSettings,
-    Timer,
-    eval_output_provenance,
-    headline,
-    hooked_model_name,
-    model_fingerprint,
-    prepare_sae,
-    require_tokenizer_specials,
-    resolve_llm_dtype,
-    sae_bench_context,
-    to_jsonable,
-)
+from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline
 
 
 SAEBENCH_DATASETS = [
@@ -77,20 +59,14 @@ TOY_DEFAULTS = SparseProbingSettings(
 HUB_DEFAULTS = SparseProbingSettings()
 
 
-def default_llm_batch_size(model_name: str, fallback: int = 32) -> int:
-    import sae_bench.sae_bench_utils.activation_collection as activation_collection
-
-    return activation_collection.LLM_NAME_TO_BATCH_SIZE.get(model_name, fallback)
-
-
 class SparseProbing(MetricFamily):
     name = "sparse_probing"
     settings_cls = SparseProbingSettings
     toy_defaults = TOY_DEFAULTS
     hub_defaults = HUB_DEFAULTS
+    needs_pad_token = True
 
-    def run(self, sae: Any, hooked_model: Any, hf_model: Any, tokenizer: Any, settings: SparseProbingSettings | None = None,
-            artifacts_dir: str | Path = "artifacts", device: str = "cpu", scratch_dir: str | Path | None = None) -> MetricResult:
+    def run(self, inputs: MetricInputs, config: SparseProbingSettings) -> MetricResult:
         import sae_bench.evals.sparse_probing.main as sp_main
         from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
         from sae_bench.evals.sparse_probing.eval_output import (
@@ -101,11 +77,8 @@ class SparseProbing(MetricFamily):
             SparseProbingSaeMetrics,
         )
 
-        config = settings or self.hub_defaults
-        timer = Timer()
-        require_tokenizer_specials(hooked_model.tokenizer)
-        model_name = hooked_model_name(hooked_model)
-        llm_dtype = resolve_llm_dtype(config.llm_dtype, hooked_model)
+        hooked_model, device = inputs.hooked_model, inputs.device
+        llm_dtype = self.llm_dtype(inputs, config)
         eval_config = SparseProbingEvalConfig(
             random_seed=config.random_seed,
             dataset_names=list(config.dataset_names),
@@ -113,19 +86,19 @@ class SparseProbing(MetricFamily):
             probe_test_set_size=config.probe_test_set_size,
             context_length=config.context_length,
             sae_batch_size=config.sae_batch_size,
-            llm_batch_size=config.llm_batch_size or default_llm_batch_size(model_name),
+            llm_batch_size=self.llm_batch_size(inputs, config.llm_batch_size),
             llm_dtype=llm_dtype,
-            model_name=model_name,
+            model_name=inputs.model_name,
             k_values=list(config.k_values),
             lower_vram_usage=config.lower_vram_usage,
         )
-        with sae_bench_context(config.random_seed):
-            sae = prepare_sae(sae, model_name=model_name, device=device, dtype=llm_dtype, context_size=config.context_length)
-            folder = self.cache_dir(artifacts_dir, model_fingerprint(hooked_model), sae.cfg.hook_name, config)
+        with self.saebench(inputs, llm_dtype, seed=config.random_seed, context_size=config.context_length) as sae:
+            folder = self.model_cache_dir(inputs, sae.cfg.hook_name, config)
             results, per_class = sp_main.run_eval_single_sae(
                 eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
             )
-            eval_output = SparseProbingEvalOutput(
+            raw = self.eval_output_raw(
+                SparseProbingEvalOutput, sae,
                 eval_config=eval_config,
                 eval_result_metrics=SparseProbingMetricCategories(
                     llm=SparseProbingLlmMetrics(
@@ -141,12 +114,10 @@ class SparseProbing(MetricFamily):
                     if isinstance(result, dict)
                 ],
                 eval_result_unstructured=per_class,
-                **eval_output_provenance(sae),
             )
-        raw = to_jsonable(asdict(eval_output))
         rows = [
             headline(name, value, True)
             for name, value in results.items()
             if not isinstance(value, dict) and (name.startswith("sae_") or name.startswith("llm_"))
         ]
-        return self.result(raw, rows, timer=timer)
+        return self.result(raw, rows)

@@ -567,3 +567,55 @@ def test_one_row_builder_serves_every_family():
     outcome = SimpleNamespace(metric="feature_fidelity", status="ok", reason="",
                               headline=[{"metric_name": "survived_pct", "value": 90.0, "higher_is_better": True}])
     assert metric_rows(outcome, variant, {}, "exp", run_id="r1").iloc[0]["metric_family"] == "feature_fidelity"
+
+
+def test_a_new_family_is_one_subclass_and_one_registry_entry(tmp_path, monkeypatch):
+    """Adding a family (sae_core.metrics docstring): a ``MetricFamily`` subclass with its name, settings
+    class, defaults per profile and ``run``, registered in ``registry.FAMILIES``; ``run_metric`` builds its
+    inputs, resolves its settings and times it, and ``metric_rows`` gives its tidy rows."""
+    from sae_core.metrics import registry
+    from sae_core.metrics.base import MetricFamily, MetricInputs, MetricSettings, headline
+    from sae_core.metrics.rows import METRIC_COLUMNS, metric_rows
+
+    class FakeSettings(MetricSettings):
+        scale: float = 2.0
+
+    seen = {}
+
+    class Fake(MetricFamily):
+        name = "fake"
+        settings_cls = FakeSettings
+        toy_defaults = FakeSettings(scale=0.5)
+        hub_defaults = FakeSettings()
+
+        def run(self, inputs: MetricInputs, config: FakeSettings):
+            seen.update(inputs=inputs, config=config)
+            if inputs.sae is None:
+                return self.skipped("no SAE")
+            return self.result({"scale": config.scale}, [headline("scaled", config.scale * inputs.sae, True),
+                                                         headline("width", 3, None)])
+
+    families = (*registry.FAMILIES, Fake(real_overrides={"scale": 4.0}))
+    monkeypatch.setattr(registry, "FAMILIES", families)
+    monkeypatch.setattr(registry, "METRICS", {family.name: family for family in families})
+
+    result = run_metric("fake", sae=10.0, hooked_model=None, hf_model=None, tokenizer=None, settings={"scale": 3.0},
+                        profile="hub", artifacts_dir=tmp_path, device="cpu", seed=0)
+    assert result.status == "ok" and result.metric == "fake" and result.seconds is not None
+    assert result.headline_dict() == {"scaled": 30.0, "width": 3.0}
+    inputs = seen["inputs"]
+    assert isinstance(inputs, MetricInputs) and inputs.sae == 10.0 and inputs.artifacts_dir == tmp_path
+    assert inputs.scratch_dir is not None and inputs.model_name == "model"  # a temporary folder; no model: "model"
+    assert seen["config"] == FakeSettings(scale=3.0)
+    assert registry.settings_for("fake", "real") == {"scale": 4.0}
+
+    variant = {"llm": {"prefix": "models/toy", "base_model": "toy"}, "hook": HOOK, "variant": "base", "sae_prefix": "saes/base/x"}
+    rows = metric_rows(result, variant, result.raw, "exp", run_id="r1", timestamp="t")
+    assert list(rows.columns) == list(METRIC_COLUMNS)
+    assert rows[["metric_family", "metric_name", "value", "status", "layer"]].values.tolist() == [
+        ["fake", "scaled", 30.0, "ok", 1], ["fake", "width", 3.0, "ok", 1]]
+    assert rows["higher_is_better"].iloc[0] == True and rows["higher_is_better"].isna().iloc[1]  # noqa: E712 (nullable bool)
+
+    skipped = run_metric("fake", None, None, None, None, artifacts_dir=tmp_path)
+    assert (skipped.status, skipped.reason, skipped.raw) == ("skipped", "no SAE", {})
+    assert metric_rows(skipped, variant, {}, "exp", run_id="r1").iloc[0][["status", "reason"]].tolist() == ["skipped", "no SAE"]
