@@ -243,3 +243,28 @@ def test_report_task_renders_with_and_without_variant_spec(tmp_path, monkeypatch
     else:
         assert "frontier.png" not in out["plots"] and not storage.exists(f"{out['prefix']}/frontier.parquet")
         assert "What it costs to fix the SAE" not in summary
+
+
+def test_results_script_prints_the_frontier_of_a_storage_root(tmp_path, capsys):
+    """benchmarks/repair_results.py: the doc's tables come from a root's Parquet, not typed by hand."""
+    import importlib.util
+    from pathlib import Path
+
+    from sae_core.storage import Storage
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "repair_results.py"
+    spec = importlib.util.spec_from_file_location("repair_results", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    storage = Storage(f"file://{tmp_path}")
+    assert script.main(["--storage", storage.url]) == 1  # an empty root: says so, no traceback
+    for i, row in enumerate(_rows(SEP, SEP_TOKENS).to_dict(orient="records")):
+        storage.put_parquet(f"variants/{i:03d}.parquet", pd.DataFrame([row]))
+    storage.put_parquet("metrics/feature_identity/a.parquet", pd.DataFrame([
+        {"metric_family": "feature_identity", "metric_name": "identity_kept_fraction", "value": 0.97, "status": "ok",
+         "sae_prefix": f"saes/finetune:0.1/{s}", "model_prefix": "compressed_models/wanda:0.5"} for s in range(3)]))
+    capsys.readouterr()
+    assert script.main(["--storage", storage.url, "--plot", str(tmp_path / "f.png")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("## What it costs to fix the SAE") and "`finetune:0.1`" in out and "| 0.97 |" in out
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
