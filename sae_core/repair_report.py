@@ -199,7 +199,10 @@ def frontier_table(variants: pd.DataFrame, identity: pd.DataFrame | None = None)
             transfer, retrain = _per_seed(group, "transfer", column), _per_seed(group, "retrain", column)
             seeds = sorted(set(transfer.index) | set(retrain.index))
             if transfer.empty or retrain.empty:
-                gaps[column] = (None, None, "no transfer / retrain rows")
+                missing = [name for name, ref in (("transfer", transfer), ("retrain", retrain)) if ref.empty]
+                measured = group[column].notna().any()
+                gaps[column] = (None if transfer.empty else transfer, None if retrain.empty else retrain,
+                                f"no {' or '.join(missing)} rows" if measured else "not measured")
                 continue
             t, r = _reference(transfer, seeds), _reference(retrain, seeds)
             # two single, seed-independent references are one observation, whatever their seed labels
@@ -233,16 +236,20 @@ def _paired(spec: str, fix: pd.Series, transfer, retrain, resolved: str, short: 
     row = {f"{short}_minus_transfer": nan, f"{short}_minus_retrain": nan, f"{short}_separated_from_transfer": "",
            f"{short}_separated_from_retrain": "", f"{short}_gap_resolved": resolved, f"{short}_gap_closed": nan,
            f"{short}_gap_closed_sd": nan, f"{short}_gap_closed_n": 0, f"{short}_gap_closed_text": ""}
-    if transfer is None or fix.empty:
-        if transfer is None:
-            row[f"{short}_gap_closed_text"] = resolved
+    if fix.empty:
+        return row
+    for name, ref in (("transfer", transfer), ("retrain", retrain)):  # either may be missing: marks against the other
+        if ref is None:
+            continue
+        other = "retrain" if name == "transfer" else "transfer"
+        diff = (fix - _reference(ref, fix.index)).dropna()
+        row[f"{short}_minus_{name}"] = _mean_sd(diff.values)[0]
+        row[f"{short}_separated_from_{name}"] = SELF if spec == name else resolved if spec == other else separation(diff.values)
+    if transfer is None or retrain is None:
+        row[f"{short}_gap_closed_text"] = resolved
         return row
     t, r = _reference(transfer, fix.index), _reference(retrain, fix.index)
-    to_transfer, to_retrain, gap = (fix - t).dropna(), (fix - r).dropna(), (r - t)
-    row[f"{short}_minus_transfer"] = _mean_sd(to_transfer.values)[0]
-    row[f"{short}_minus_retrain"] = _mean_sd(to_retrain.values)[0]
-    row[f"{short}_separated_from_transfer"] = SELF if spec == "transfer" else resolved if spec == "retrain" else separation(to_transfer.values)
-    row[f"{short}_separated_from_retrain"] = SELF if spec == "retrain" else resolved if spec == "transfer" else separation(to_retrain.values)
+    gap = r - t
     if resolved == "no":
         row[f"{short}_gap_closed_text"] = GAP_NOT_RESOLVED
         return row
@@ -406,7 +413,8 @@ def _display_table(group: pd.DataFrame) -> pd.DataFrame:
             if rec["variant_spec"] in ("transfer", "retrain") and np.isfinite(rec[f"{short}_gap_closed"]):
                 closed = "0 (reference)" if rec["variant_spec"] == "transfer" else "1 (reference)"
             row[f"{name} gap closed"] = closed
-            row[f"{name} sep. transfer / retrain"] = f"{rec[f'{short}_separated_from_transfer']} / {rec[f'{short}_separated_from_retrain']}"
+            marks = (rec[f"{short}_separated_from_transfer"], rec[f"{short}_separated_from_retrain"])
+            row[f"{name} sep. transfer / retrain"] = " / ".join(marks) if any(marks) else ""
         row["identity kept"] = _num(rec["identity_kept_fraction"])
         row["survived %"] = _num(rec["survived_pct"])
         rows.append(row)
@@ -438,7 +446,7 @@ def _verdict(group: pd.DataFrame, hook: str, compression: str) -> str:
         elif resolved == "no":
             parts.append(f"on {name}, transfer and retrain are not separated (gap not resolved): no fix is needed or claimed")
         elif resolved != "yes":
-            parts.append(f"on {name}, {resolved}")
+            parts.append(f"on {name}, {resolved}: no gap to close")
         else:
             best = cheapest_fix(group, short)
             if best is None:
@@ -468,7 +476,8 @@ def frontier_markdown(table: pd.DataFrame, budget: pd.DataFrame | None = None) -
     for (hook, compression), group in table.groupby(GROUP, sort=False):
         lines += [f"### {hook} — {compression}", "", _markdown_table(_display_table(group)), "", _verdict(group, hook, compression), ""]
         if budget is not None and not budget.empty:
-            rows = budget[(budget["hook"] == hook) & (budget["compression"] == compression) & (budget["budget_50pct"] != "no fine-tune points")]
+            rows = budget[(budget["hook"] == hook) & (budget["compression"] == compression) & (budget["budget_50pct"] != "no fine-tune points")
+                          & budget["gap_resolved"].isin(["yes", "no", ONE_SEED])]
             for rec in rows.to_dict(orient="records"):
                 display = QUALITY[rec["measure"]][1].split(" ")[0]
                 lines.append(f"- Fine-tune budget on {display} (retrain: {_count(rec['retrain_tokens'])} tokens): 50% of the gap at "

@@ -268,3 +268,15 @@ def test_results_script_prints_the_frontier_of_a_storage_root(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("## What it costs to fix the SAE") and "`finetune:0.1`" in out and "| 0.97 |" in out
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_references_or_measures_do_not_crash():
+    """No retrain rows: marks against transfer still come, gap closed says why it is absent; ΔCE not measured."""
+    values = {spec: SEP[spec] for spec in ("transfer", "refit_decoder", "finetune:0.1")}
+    variants = _rows(values, SEP_TOKENS).assign(ce_delta=float("nan"))
+    table = rr.frontier_table(variants, None)
+    refit = _one(table, "refit_decoder")
+    assert refit["ev_separated_from_transfer"] == "yes" and refit["ev_gap_closed_text"] == "no retrain rows"
+    assert math.isnan(refit["ce_delta_mean"]) and refit["ce_delta_gap_closed_text"] == ""
+    assert "on EV, no retrain rows: no gap to close" in rr.frontier_markdown(table, rr.finetune_budget(variants))
+    assert rr.frontier_plot(variants)[:4] == b"\x89PNG"
