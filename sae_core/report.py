@@ -30,6 +30,11 @@ def plotted_metrics(names: list[str], limit: int) -> list[str]:
 
 
 def variant_label(row) -> str:
+    """``original`` / ``retrained`` / ``pruned-RULE-S%`` as always; the new fixes (``finetune``, ``affine``, ...)
+    by their spec text when the row carries one (``finetune:0.05``: two fractions are two variants)."""
+    spec = row.get("variant_spec") if hasattr(row, "get") else None
+    if row["sae_variant"] not in VARIANT_ORDER and isinstance(spec, str) and spec:
+        return spec
     if row["sae_variant"] != "pruned":
         return str(row["sae_variant"])
     return f"pruned-{row['sae_scoring_rule']}-{int(round(100 * float(row['sae_sparsity'])))}%"

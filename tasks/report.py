@@ -9,6 +9,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from sae_core import compression_report as crep
+from sae_core import repair_report as rrep
 from sae_core import report as rep
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
@@ -33,12 +34,16 @@ def write_report(experiment_name: str, config: dict, compressed_llms: list[dict]
     audits = [r for r in metric_results if r.get("kind") == "feature_fidelity"]  # the feature audit's manifests
     plots = _rendered_plots(storage, prefix, metrics, variant_rows, metric_results, audits)
     storage.put_parquet(f"{prefix}/variants.parquet", variant_rows)
+    frontier = rrep.report_section(variant_rows, metrics)  # None for rows without variant_spec
+    if frontier is not None:
+        storage.put_parquet(f"{prefix}/frontier.parquet", frontier[0])
+        storage.put_parquet(f"{prefix}/frontier_budget.parquet", frontier[1])
     if not metrics.empty:
         storage.put_parquet(f"{prefix}/metrics.parquet", metrics)
         headline = rep.headline_table(metrics)
         storage.put_parquet(f"{prefix}/headline.parquet", headline)
     summary = (rep.markdown_summary(metrics, variant_rows, compressed_llms, sorted(plots), controls=controls, base_model=base_model)
-               + "\n" + crep.markdown_section(metric_results, metrics))
+               + "\n" + crep.markdown_section(metric_results, metrics) + ("\n" + frontier[2] if frontier is not None else ""))
     storage.put_bytes(f"{prefix}/summary.md", summary.encode())
     storage.put_json(f"{prefix}/config.json", config)
 
@@ -66,7 +71,7 @@ def _rendered_plots(storage: Storage, prefix: str, metrics: pd.DataFrame, varian
     before (a cached re-run), drawn and stored otherwise. Drawing is most of the report's time."""
     render_key = config_hash(sorted(str(r.get("rows_key") or r.get("table_key")) for r in metric_results),
                              variant_rows.to_json(orient="records", double_precision=15),
-                             code_fingerprint(__name__))
+                             code_fingerprint(__name__), *rrep.cache_inputs(variant_rows, metrics))
     index_key = f"{prefix}/plots.json"
     if storage.exists(index_key):
         index = storage.get_json(index_key)
@@ -76,6 +81,9 @@ def _rendered_plots(storage: Storage, prefix: str, metrics: pd.DataFrame, varian
     cost_png = rep.cost_plot(variant_rows)
     if cost_png:
         plots["cost_per_variant.png"] = cost_png
+    frontier_png = rrep.frontier_plot(variant_rows, rrep.identity_rows(metrics))  # None without variant_spec
+    if frontier_png:
+        plots["frontier.png"] = frontier_png
     if audits:
         plots.update(crep.compression_plots(audits, {a["table_key"]: storage.get_parquet(a["table_key"]) for a in audits}, metrics))
     for name, png in plots.items():
