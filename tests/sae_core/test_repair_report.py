@@ -252,7 +252,7 @@ def test_results_script_prints_the_frontier_of_a_storage_root(tmp_path, capsys):
 
     from sae_core.storage import Storage
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "repair_results.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "repair_results.py"
     spec = importlib.util.spec_from_file_location("repair_results", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
