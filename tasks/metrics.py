@@ -28,7 +28,8 @@ from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, 
 
 METRIC_COLUMNS = ["run_id", "experiment", "model", "compression", "strength", "hook", "layer", "sae_variant",
                   "sae_scoring_rule", "sae_sparsity", "metric_family", "metric_name", "value", "higher_is_better",
-                  "status", "reason", "eval_config_hash", "sae_bench_version", "sae_prefix", "model_prefix", "timestamp"]
+                  "status", "reason", "eval_config_hash", "sae_bench_version", "sae_prefix", "model_prefix", "timestamp",
+                  "variant_spec"]
 
 
 def metric_key(metric: str, variant: dict, settings: dict, profile: str) -> str:
@@ -115,6 +116,7 @@ def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, ex
 
 def tidy_rows(result, variant: dict, settings: dict, experiment: str, key: str) -> pd.DataFrame:
     from sae_core.metrics.registry import sae_bench_version
+    from sae_core.variants.registry import label_spec
 
     llm = variant["llm"]
     hook = variant["hook"]
@@ -128,6 +130,8 @@ def tidy_rows(result, variant: dict, settings: dict, experiment: str, key: str) 
         "status": result.status, "reason": result.reason or "", "eval_config_hash": config_hash(settings),
         "sae_bench_version": sae_bench_version(), "sae_prefix": variant["sae_prefix"],
         "model_prefix": model_key(llm), "timestamp": datetime.now(timezone.utc).isoformat(),
+        # which variant (two finetune fractions share the label "finetune"); rows of old manifests: from the label
+        "variant_spec": variant.get("spec") or label_spec(variant["variant"], variant.get("rule"), variant.get("sparsity"))[0],
     }
     headline = result.headline or [{"metric_name": "skipped", "value": float("nan"), "higher_is_better": None}]
     rows = [{**base, "metric_name": h["metric_name"], "value": float(h["value"]),
