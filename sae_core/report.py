@@ -73,7 +73,7 @@ EXPLAINED_VARIANCE_NOTE = (
     "x̄ the per-dimension mean; `core/explained_variance` (headline table) is SAEBench core's own figure, "
     "computed by its code with its own formula and batches. They differ slightly for the same SAE.")
 # Variant-table columns people compare, in reading order; storage keys and the rest come after.
-VARIANT_DISPLAY_COLUMNS = ["hook", "compression", "strength", "variant", "achieved_sparsity", "wall_time_s", "tokens_used",
+VARIANT_DISPLAY_COLUMNS = ["hook", "compression", "strength", "variant", "achieved_sparsity", "wall_time_s", "tokens_used", "gradient_steps",
                            "mse", "explained_variance_centred", "l0", "dead_latents", "d_sae", "ce_loss_score", "ce_delta"]
 
 
@@ -142,8 +142,10 @@ def variants_for_display(variants: pd.DataFrame) -> pd.DataFrame:
     frame = current_columns(variants).copy()
     frame["variant"] = frame.apply(variant_label, axis=1)
     first = [c for c in VARIANT_DISPLAY_COLUMNS if c in frame]
-    dropped = {"sae_variant", "sae_scoring_rule", "sae_sparsity"}  # folded into `variant`
-    return frame[first + [c for c in frame.columns if c not in first and c not in dropped]]
+    dropped = {"sae_variant", "sae_scoring_rule", "sae_sparsity"}  # folded into `variant` (variant_spec / variant_method stay)
+    rest = [c for c in frame.columns if c not in first and c not in dropped]
+    keys = [c for c in rest if c.endswith("_prefix")]  # storage keys last
+    return frame[first + [c for c in rest if c not in keys] + keys]
 
 
 def rounded(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
