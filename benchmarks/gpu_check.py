@@ -110,8 +110,8 @@ def flow_figures(storage_root: Path, hooks: list[str]) -> dict:
     figures["metrics"] = metrics[["hook", "sae_variant", "sae_scoring_rule", "sae_sparsity", "metric_family", "metric_name",
                                   "value", "status"]].to_dict(orient="records")
     variants = storage.read_parquet_prefix("variants")
-    keep = [c for c in ("hook", "sae_variant", "sae_scoring_rule", "sae_sparsity", "achieved_sparsity", "tokens_used",
-                        "wall_time_s", "mse", "explained_variance_centred", "explained_variance", "l0", "ce_loss_score")
+    keep = [c for c in ("hook", "variant_spec", "sae_variant", "sae_scoring_rule", "sae_sparsity", "achieved_sparsity", "tokens_used",
+                        "gradient_steps", "wall_time_s", "mse", "explained_variance_centred", "explained_variance", "l0", "ce_loss_score")
             if c in variants]
     figures["variants"] = variants[keep].to_dict(orient="records")
     compressed = [storage.manifest(k.rsplit("/", 1)[0]) for k in storage.list("compressed_models") if k.endswith("manifest.json")]

@@ -14,6 +14,7 @@ from flows.runners import check_runner
 from sae_core.compression import METHODS
 from sae_core.config import KNOWN_METRICS, SAE_PRUNING_RULES, _check_fraction, build_config, preset_names
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage, StorageError
+from sae_core.variants import METHODS as VARIANT_METHODS
 
 
 def _floats(text: str) -> list[float]:
@@ -37,8 +38,8 @@ def _names(text: str) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m flows.full",
-        description="Run the SAE-transfer experiment (compress an LLM, by default WANDA 50%, compare original / retrained / "
-        "pruned SAEs on the compressed model with SAEBench metrics) as a cached Prefect flow.",
+        description="Run the SAE-transfer experiment (compress an LLM, by default WANDA 50%, compare SAE variants (transfer, "
+        "retrain, prune, cheap fixes) on the compressed model with SAEBench metrics) as a cached Prefect flow.",
     )
     p.add_argument("--preset", default="toy", help=f"experiment preset, one of {preset_names()} (default: toy, offline)")
     p.add_argument("--storage", default=DEFAULT_STORAGE_URL, help="storage root: file://PATH or s3://bucket/prefix (default: ./artifacts)")
@@ -49,8 +50,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compress", type=_names, metavar="SPECS",
                    help="compressions of the LLM, e.g. wanda:0.5,sparsegpt:0.5,magnitude:0.5,wanda:2:4,rtn:8,rtn:4g128 "
                         f"(methods: {', '.join(METHODS)}); replaces --model-sparsities")
-    p.add_argument("--sae-sparsities", type=_floats, help="sparsities of the pruned SAEs, e.g. 0.25,0.5,0.75")
-    p.add_argument("--sae-rules", type=_names, help=f"SAE pruning rules from {list(SAE_PRUNING_RULES)}")
+    p.add_argument("--variants", type=_names, metavar="SPECS",
+                   help="SAE variants built for each compressed model, e.g. transfer,recalibrate,refit_decoder,affine,"
+                        "finetune:0.01,finetune:0.05,finetune:0.2,prune:wanda:0.5,retrain (methods: "
+                        f"{', '.join(VARIANT_METHODS)}; finetune:F trains F x retrained_sae.train_tokens; default: transfer, "
+                        "retrain if retrained_sae.enabled, prune:RULE:S for --sae-rules x --sae-sparsities)")
+    p.add_argument("--sae-sparsities", type=_floats, help="sparsities of the pruned SAEs, e.g. 0.25,0.5,0.75 (the variants' "
+                   "prune:RULE:S entries become --sae-rules x these)")
+    p.add_argument("--sae-rules", type=_names, help=f"SAE pruning rules from {list(SAE_PRUNING_RULES)} (as --sae-sparsities)")
     p.add_argument("--tokens", type=int, help="activation tokens cached per hook (also the SAE training budget)")
     p.add_argument("--metrics", type=_names, help=f"metrics from {list(KNOWN_METRICS)}")
     p.add_argument("--device", help="cpu, cuda, cuda:N")
@@ -81,6 +88,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         put("compression", [f"wanda:{s!r}" for s in _check_fraction(args.model_sparsities, "LLM sparsity")])
     if args.compress is not None:
         put("compression", args.compress)
+    if args.variants is not None:
+        put("variants", args.variants)
     if args.sae_sparsities is not None:
         put("pruned_sae.sparsities", args.sae_sparsities)
     if args.sae_rules is not None:
@@ -96,7 +105,20 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         put(key.strip(), yaml.safe_load(value))
+    if args.variants is None and (args.sae_sparsities is not None or args.sae_rules is not None) and "variants" not in overrides:
+        put("variants", _with_prune_grid(args.preset, overrides))
     return overrides
+
+
+def _with_prune_grid(preset: str, overrides: dict[str, Any]) -> list[str] | None:
+    """--sae-rules / --sae-sparsities without --variants: the preset's variants with their prune entries
+    replaced by rules x sparsities (where the first stood), every other variant kept."""
+    config = build_config(preset, overrides)
+    prunes = [f"prune:{rule}:{s!r}" for rule in config.pruned_sae.rules for s in config.pruned_sae.sparsities]
+    texts = [v.text for v in config.variants]
+    at = next((i for i, v in enumerate(config.variants) if v.method == "prune"), len(texts))
+    kept = [t for t in texts if not t.startswith("prune:")]
+    return kept[:at] + prunes + kept[at:]
 
 
 def check_references(config) -> None:

@@ -2,12 +2,14 @@
 
 For each hook: the original SAE (trained on the dense model) -> compress the LLM (each spec of
 ``compression``: WANDA, SparseGPT, magnitude, RTN, GPTQ) -> cache the compressed model's
-activations -> the SAE variants (original, retrained, pruned at each rule x sparsity) -> every
-SAEBench metric on the compressed model -> one table and a report.
+activations -> the SAE variants (``variants``: transfer, retrain, prune:RULE:S, finetune:F,
+recalibrate, refit_decoder, affine) and their feature identity -> every SAEBench metric on the
+compressed model -> one table and a report.
 
     python -m flows.full                     # toy preset, offline, ./artifacts
     python -m flows.full --preset gpt2-small --storage s3://bucket/run1
     python -m flows.full --compress wanda:0.5,sparsegpt:0.5,rtn:4
+    python -m flows.full --variants transfer,recalibrate,refit_decoder,affine,finetune:0.05,retrain
     python -m flows.full --help
 """
 
@@ -27,11 +29,11 @@ from sae_core.model_ref import pre_rename_note
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage
 from tasks.activations import cache_activations_task
 from tasks.compression import compress_llm, match_compression
-from tasks.feature_audit import feature_fidelity, feature_overlap
+from tasks.feature_audit import feature_fidelity, feature_identity, feature_overlap
 from tasks.controls import dense_patch_control
 from tasks.metrics import evaluate_metric
 from tasks.report import write_report
-from tasks.saes import original_sae, prune_sae_task, retrain_sae, transfer_sae
+from tasks.saes import original_sae, sae_variant_task, variant_task_name
 from tasks.world import base_model
 
 
@@ -45,13 +47,21 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
         dense_llm = base_model.submit(config.model, config.toy_world, store)
 
         # 1. The SAEs trained on the dense model ("original"), one per hook.
-        originals = {}
+        originals, dense_caches = {}, {}
         for hook in config.hook_names():
             dense_acts = cache_activations_task.submit(dense_llm, train_spec(config, hook), {}, store, *on_device) if config.original_sae.train else None
+            dense_caches[hook] = dense_acts
             originals[hook] = original_sae.submit(dense_llm, hook, config.original_sae_source(hook), config.original_sae.train and config.original_sae.train.model_dump(),
                                                   dense_acts, store, config.device, config.seed)
 
-        variants, metric_results, compressed_llms, audits, controls = [], [], [], [], []
+        variants, metric_results, compressed_llms, audits, controls, identities = [], [], [], [], [], []
+        dense_for_variants: dict[tuple, Any] = {}  # the dense model's caches the variants read, one per (hook, kind)
+
+        def dense_cache(hook: str, kind: str, submit):
+            if (hook, kind) not in dense_for_variants:
+                dense_for_variants[hook, kind] = submit()
+            return dense_for_variants[hook, kind]
+
         for spec in config.compression:
             # 2. Compress the LLM (WANDA, SparseGPT, magnitude, RTN, ... e.g. "wanda:0.5"); every SAE is then judged on it.
             compressed_llm = compress_llm.submit(dense_llm, spec, config.calibration.model_dump(), store, *on_device)  # spec: a CompressionSpec
@@ -61,15 +71,19 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                 train_acts = cache_activations_task.submit(compressed_llm, train_spec(config, hook), processing, store, *on_device)
                 held_out = cache_activations_task.submit(compressed_llm, held_out_spec(config, hook), processing, store, *on_device)
 
-                # 3. The three ways to get an SAE for the compressed model.
-                hook_variants = [transfer_sae.submit(original, compressed_llm, held_out, quality, config.dataset, store, *on_device)]
-                if config.retrained_sae.enabled:
-                    hook_variants.append(retrain_sae.submit(original, compressed_llm, train_acts, held_out, config.retrained_sae.model_dump(), quality,
-                                                            config.dataset, store, *on_device, config.seed))
-                for rule in config.pruned_sae.rules:
-                    for sae_sparsity in config.pruned_sae.sparsities:
-                        hook_variants.append(prune_sae_task.submit(original, compressed_llm, train_acts, held_out, rule, sae_sparsity,
-                                                                   config.pruned_sae.calibration_tokens, quality, config.dataset, store, *on_device))
+                # 3. Every way to get an SAE for the compressed model (config.variants: transfer, retrain, prune:wanda:0.5,
+                #    finetune:0.05, recalibrate, refit_decoder, affine), each one cached task; some fixes also read the
+                #    dense model's activations on the same tokens, and every variant's feature identity is measured.
+                dense_train = (dense_cache(hook, "train", lambda: dense_train_acts(config, hook, dense_llm, dense_caches[hook], processing, store, on_device))
+                               if config.needs_dense_variant_activations() else None)
+                hook_variants = [sae_variant_task.with_options(name=variant_task_name(variant)).submit(
+                    variant, original, compressed_llm, train_acts, dense_train, held_out, config.variant_settings(variant), quality,
+                    config.dataset, store, *on_device, config.seed) for variant in config.variants]
+                if config.repair.identity or config.feature_audit.enabled:
+                    dense_held_out = dense_cache(hook, "held_out", lambda: cache_activations_task.submit(
+                        dense_llm, held_out_spec(config, hook), processing, store, *on_device))
+                    identities += [feature_identity.submit(variant, original, dense_held_out, held_out, config.name, store, config.device)
+                                   for variant in hook_variants]
                 variants += hook_variants
                 if config.feature_audit.enabled:  # what compression did to each feature of the original SAE
                     audits.append(feature_fidelity.submit(original, dense_llm, compressed_llm, audit_settings(config, hook), config.dataset, config.name,
@@ -104,14 +118,17 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
     done_audits, failed_audits = finished(audits)
     done_audits = list({audit["rows_key"]: audit for audit in done_audits}.values())  # a matched reference is audited twice
     failed_metrics += failed_audits
+    done_identities, failed_identities = finished(identities)
+    failed_metrics += failed_identities
     done_controls, failed_controls = finished(controls)
     failed += failed_controls
-    report = write_report(config.name, config.model_dump(mode="json"), done_llms, done_variants, done_metrics + done_audits, store,
+    report = write_report(config.name, config.model_dump(mode="json"), done_llms, done_variants, done_metrics + done_audits + done_identities, store,
                           controls=done_controls, base_model=dense_llm.result())
     if failed or failed_metrics:
         raise RuntimeError(f"{len(failed)} compression / SAE variant task(s) and {len(failed_metrics)} metric task(s) failed "
                            f"(report of the rest: {report['uri']}): " + "; ".join((failed + failed_metrics)[:5]))
-    return {"report": report, "n_variants": len(done_variants), "n_metric_results": len(done_metrics), "n_feature_audits": len(done_audits)}
+    return {"report": report, "n_variants": len(done_variants), "n_metric_results": len(done_metrics), "n_feature_audits": len(done_audits),
+            "n_feature_identities": len(done_identities)}
 
 
 def _logger():
@@ -139,6 +156,14 @@ def train_spec(config: ExperimentConfig, hook: str) -> ActivationCacheSpec:
     return ActivationCacheSpec(hook_name=hook, dataset=config.dataset, **config.activations.model_dump())
 
 
+def dense_train_acts(config: ExperimentConfig, hook: str, dense_llm, dense_acts, processing: dict, store: str, on_device: tuple):
+    """The dense model's activations on the compressed training tokens (same spec, same processing, read in order).
+    A trained original's training cache is exactly that when its processing matches: reused, not cached twice."""
+    if dense_acts is not None and processing == {}:  # the original's training cache was taken with no processing
+        return dense_acts
+    return cache_activations_task.submit(dense_llm, train_spec(config, hook), processing, store, *on_device)
+
+
 def held_out_spec(config: ExperimentConfig, hook: str) -> ActivationCacheSpec:
     """Held-out activations: the windows right after the training ones."""
     acts = config.activations
@@ -158,7 +183,7 @@ def audit_settings(config: ExperimentConfig, hook: str) -> dict:
 @flow(name="sae-transfer", log_prints=True, result_serializer="json")
 def full(preset: str = "toy", overrides: dict[str, Any] | None = None, storage_url: str = DEFAULT_STORAGE_URL,
          runner: str = "threads") -> dict[str, Any]:
-    """Compress the LLM (WANDA by default), build original / retrained / pruned SAEs, evaluate them with
+    """Compress the LLM (WANDA by default), build the SAE variants (transfer / retrain / prune / cheap fixes), evaluate them with
     SAEBench (and the feature audit) on the compressed model, and write one table and a report.
     Everything is validated before any work starts.
 
@@ -166,7 +191,7 @@ def full(preset: str = "toy", overrides: dict[str, Any] | None = None, storage_u
         preset: Experiment preset: toy (offline, CPU, minutes), gemma-3-270m (a real model from PyPI, offline, CPU),
             gpt2-small or gemma-2-2b (GPU and model hub).
         overrides: Any config field, nested, applied on top of the preset, e.g.
-            {"pruned_sae": {"sparsities": [0.25, 0.5]}, "metrics": ["core"]}. See `python -m flows.full --print-config`.
+            {"variants": ["transfer", "affine", "finetune:0.05"], "metrics": ["core"]}. See `python -m flows.full --print-config`.
         storage_url: Storage root for every artifact and cached result: file://PATH (relative to the worker's
             directory) or s3://bucket/prefix. Runs against the same root reuse each other's finished steps.
         runner: threads (one process) or ray (every heavy task a Ray task; see README "Ray runner").

@@ -22,6 +22,8 @@ from sae_core.metrics.registry import METRIC_NAMES as KNOWN_METRICS  # light: no
 from sae_core.model_sources import is_packaged_model, packaged_model
 from sae_core.sae_prune_rules import RULES as SAE_PRUNING_RULES  # pruned_sae.rules
 from sae_core.toy.world import TOY_MODEL, ToyWorldConfig
+from sae_core.variants import METHODS as VARIANT_METHODS  # light: spec text, parser, method table (no torch)
+from sae_core.variants import VariantSpec
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -212,6 +214,21 @@ class PrunedSAESettings(_Frozen):
         return _check_fraction(values, "SAE sparsity")
 
 
+class RepairSettings(_Frozen):
+    """The gradient-free SAE fixes (``recalibrate``, ``refit_decoder``, ``affine``; sae_core/variants) and the
+    feature-identity rows of every variant. Training fixes (``retrain``, ``finetune:F``) take their budget and
+    optimiser from ``retrained_sae``; ``prune:RULE:S`` its calibration budget from ``pruned_sae``."""
+
+    # Compressed-model activations (and dense ones on the same tokens) the fixes fit on; None: as many as
+    # pruned_sae.calibration_tokens (prune's calibration budget), capped by the cached training activations.
+    n_tokens: int | None = Field(None, gt=0, le=10_000_000_000)
+    ridge: float = Field(1e-6, ge=0.0)  # refit_decoder / affine: ridge strength, relative to the mean squared input
+    rescale: bool = True  # recalibrate: match the total variance too, not only the mean (needs dense activations)
+    # Feature identity (metrics/feature_identity/): decoder cosines, matching and per-latent code fidelity of every
+    # variant against the original, on the dense and compressed models' held-out activations (same tokens).
+    identity: bool = True
+
+
 class QualitySettings(_Frozen):
     n_tokens: int = Field(20_000, gt=0)
     ce_sequences: int = Field(32, gt=0)
@@ -279,6 +296,11 @@ class ExperimentConfig(_Frozen):
     original_sae: OriginalSAESettings
     retrained_sae: RetrainSettings
     pruned_sae: PrunedSAESettings
+    # The SAE variants built for each (hook, compressed model): "transfer", "retrain", "prune:wanda:0.5",
+    # "finetune:0.05", "recalibrate", "refit_decoder", "affine" (sae_core/variants), parsed here, once, and written
+    # out as canonical text. Not given: derived from retrained_sae.enabled and pruned_sae.rules x sparsities.
+    variants: list[VariantSpec] | None = None
+    repair: RepairSettings = RepairSettings()
     quality: QualitySettings = QualitySettings()
     feature_audit: FeatureAuditSettings = FeatureAuditSettings()
     metrics: list[str] = list(KNOWN_METRICS)
@@ -305,6 +327,31 @@ class ExperimentConfig(_Frozen):
         if len(set(texts)) != len(texts):
             raise ValueError(f"compression has duplicates: {texts}")
         return values
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, values: list[VariantSpec] | None) -> list[VariantSpec] | None:
+        if values is None:
+            return None
+        if not values:
+            raise ValueError(f"variants is empty; give at least one SAE variant spec, e.g. 'transfer' (known: {sorted(VARIANT_METHODS)})")
+        texts = [v.text for v in values]  # canonical: 'finetune:0.050' and 'finetune:0.05' are one spec
+        duplicates = sorted({t for t in texts if texts.count(t) > 1})
+        if duplicates:
+            raise ValueError(f"variants has duplicates: {duplicates} (in {texts})")
+        return values
+
+    @field_serializer("variants")
+    def _variants_text(self, values: list[VariantSpec] | None) -> list[str] | None:
+        return None if values is None else [v.text for v in values]
+
+    @model_validator(mode="after")
+    def _derived_variants(self):
+        if self.variants is None:  # today's three kinds, in the flow's order, from their own sections
+            derived = ["transfer"] + (["retrain"] if self.retrained_sae.enabled else [])
+            derived += [f"prune:{rule}:{sparsity!r}" for rule in self.pruned_sae.rules for sparsity in self.pruned_sae.sparsities]
+            object.__setattr__(self, "variants", [VariantSpec.model_validate(text) for text in derived])  # frozen: set once, here
+        return self
 
     @field_serializer("compression")
     def _compression_text(self, values: list[CompressionSpec]) -> list[str]:
@@ -386,6 +433,27 @@ class ExperimentConfig(_Frozen):
         return values
 
     # ------------------------------------------------------------ derived views
+    def variant_settings(self, spec: VariantSpec) -> dict[str, Any]:
+        """What building ``spec`` reads from this config (and so what its stored SAE is keyed on): the retrain
+        budget and trainer settings for a training fix, a token cap for the others, the ``repair:`` options the
+        method's registry entry names."""
+        entry = VARIANT_METHODS[spec.method]
+        settings: dict[str, Any] = {}
+        if entry.trains:
+            settings["train"] = self.retrained_sae.model_dump(exclude={"enabled"})
+        elif spec.method == "prune":
+            settings["n_tokens"] = self.pruned_sae.calibration_tokens
+        elif entry.needs_compressed_activations or entry.needs_dense_activations:
+            settings["n_tokens"] = self.repair.n_tokens or self.pruned_sae.calibration_tokens
+        options = self.repair.model_dump()
+        settings["options"] = {name: options[name] for name in entry.options}
+        return settings
+
+    def needs_dense_variant_activations(self) -> bool:
+        """Whether some variant reads the dense model's activations on the compressed training tokens."""
+        return any(VARIANT_METHODS[v.method].needs_dense_activations or VARIANT_METHODS[v.method].uses_dense_activations
+                   for v in self.variants)
+
     def metric_settings(self, metric: str) -> dict[str, Any]:
         """The metric's full settings: the profile's defaults (toy, real or hub) plus this config's overrides."""
         from sae_core.metrics.registry import settings_for

@@ -13,8 +13,7 @@ import pandas as pd
 
 from sae_core.model_ref import compression_of
 
-VARIANT_ORDER = ("original", "retrained", "pruned")
-KEY_COLUMNS = ["hook", "compression", "strength", "sae_variant", "sae_scoring_rule", "sae_sparsity"]
+KEY_COLUMNS = ["hook", "compression", "strength", "variant_spec", "sae_variant", "sae_scoring_rule", "sae_sparsity"]
 # The paper's headline numbers, plotted first; other families contribute their first metric.
 PREFERRED = ["core/ce_loss_score", "core/explained_variance", "core/l0", "scr/scr_metric_threshold_20",
              "tpp/tpp_threshold_20_total_metric", "sparse_probing/sae_top_1_test_accuracy",
@@ -30,14 +29,14 @@ def plotted_metrics(names: list[str], limit: int) -> list[str]:
 
 
 def variant_label(row) -> str:
-    """``original`` / ``retrained`` / ``pruned-RULE-S%`` as always; the new fixes (``finetune``, ``affine``, ...)
-    by their spec text when the row carries one (``finetune:0.05``: two fractions are two variants)."""
+    """What a row's variant is called in tables and plots: ``original``, ``retrained``, ``pruned-wanda-50%`` for
+    the paper's three, the spec text (``finetune:0.05``, ``affine``, ...) for every other variant the rows name."""
+    if row["sae_variant"] == "pruned":
+        return f"pruned-{row['sae_scoring_rule']}-{int(round(100 * float(row['sae_sparsity'])))}%"
     spec = row.get("variant_spec") if hasattr(row, "get") else None
-    if row["sae_variant"] not in VARIANT_ORDER and isinstance(spec, str) and spec:
+    if isinstance(spec, str) and spec and row["sae_variant"] not in ("original", "retrained"):
         return spec
-    if row["sae_variant"] != "pruned":
-        return str(row["sae_variant"])
-    return f"pruned-{row['sae_scoring_rule']}-{int(round(100 * float(row['sae_sparsity'])))}%"
+    return str(row["sae_variant"])
 
 
 def model_keys(metrics: pd.DataFrame) -> list[str]:
@@ -74,7 +73,7 @@ EXPLAINED_VARIANCE_NOTE = (
     "x̄ the per-dimension mean; `core/explained_variance` (headline table) is SAEBench core's own figure, "
     "computed by its code with its own formula and batches. They differ slightly for the same SAE.")
 # Variant-table columns people compare, in reading order; storage keys and the rest come after.
-VARIANT_DISPLAY_COLUMNS = ["hook", "compression", "strength", "variant", "achieved_sparsity", "wall_time_s", "tokens_used",
+VARIANT_DISPLAY_COLUMNS = ["hook", "compression", "strength", "variant", "achieved_sparsity", "wall_time_s", "tokens_used", "gradient_steps",
                            "mse", "explained_variance_centred", "l0", "dead_latents", "d_sae", "ce_loss_score", "ce_delta"]
 
 
@@ -92,9 +91,10 @@ def current_columns(table: pd.DataFrame) -> pd.DataFrame:
     Tables under today's names pass unchanged; a mix of old and new rows is merged column by column.
     """
     present = [c for c in LEGACY_COLUMNS if c in table]
+    frame = _with_variant_specs(table)
     if not present:
-        return table
-    frame = table.copy()
+        return frame
+    frame = frame.copy()
     for old in present:
         new = LEGACY_COLUMNS[old]
         frame[new] = frame[new].where(frame[new].notna(), frame[old]) if new in frame else frame[old]
@@ -102,6 +102,26 @@ def current_columns(table: pd.DataFrame) -> pd.DataFrame:
     if "model_sparsity" in present and "compression" in frame:
         frame["compression"] = frame["compression"].replace("", "none")
         frame["strength"] = [_legacy_strength(spec, value) for spec, value in zip(frame["compression"], frame["strength"])]
+    return frame
+
+
+def _with_variant_specs(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows from before variant specs (``sae_variant`` only) get ``variant_spec`` (and, in a variants table,
+    ``variant_method``) from their label: ``original`` -> ``transfer``, ``pruned`` -> ``prune:RULE:S``, ..."""
+    if "sae_variant" not in table or table.empty:
+        return table
+    wanted = ["variant_spec"] + ([] if "metric_family" in table else ["variant_method"])
+    if all(c in table and table[c].notna().all() for c in wanted):
+        return table
+    from sae_core.variants.registry import label_spec
+
+    frame = table.copy()
+    rules = frame["sae_scoring_rule"] if "sae_scoring_rule" in frame else pd.Series("", index=frame.index)
+    sparsities = frame["sae_sparsity"] if "sae_sparsity" in frame else pd.Series(0.0, index=frame.index)
+    derived = [label_spec(str(v), r or None, s) for v, r, s in zip(frame["sae_variant"], rules, sparsities)]
+    for position, column in enumerate(wanted):
+        values = pd.Series([d[position] for d in derived], index=frame.index)
+        frame[column] = frame[column].where(frame[column].notna(), values) if column in frame else values
     return frame
 
 
@@ -122,8 +142,10 @@ def variants_for_display(variants: pd.DataFrame) -> pd.DataFrame:
     frame = current_columns(variants).copy()
     frame["variant"] = frame.apply(variant_label, axis=1)
     first = [c for c in VARIANT_DISPLAY_COLUMNS if c in frame]
-    dropped = {"sae_variant", "sae_scoring_rule", "sae_sparsity"}  # folded into `variant`
-    return frame[first + [c for c in frame.columns if c not in first and c not in dropped]]
+    dropped = {"sae_variant", "sae_scoring_rule", "sae_sparsity"}  # folded into `variant` (variant_spec / variant_method stay)
+    rest = [c for c in frame.columns if c not in first and c not in dropped]
+    keys = [c for c in rest if c.endswith("_prefix")]  # storage keys last
+    return frame[first + [c for c in rest if c not in keys] + keys]
 
 
 def rounded(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
@@ -161,7 +183,7 @@ def metric_vs_sparsity_plots(metrics: pd.DataFrame, max_metrics: int = 12) -> di
     """The paper's figure: each headline metric against SAE sparsity, per hook.
 
     Pruned variants are lines (one per scoring rule) starting at the original SAE (sparsity 0);
-    the retrained SAE is a dashed horizontal reference.
+    the retrained SAE is a dashed horizontal reference, every other variant the rows name a dotted one.
     """
     import matplotlib
 
@@ -193,6 +215,10 @@ def metric_vs_sparsity_plots(metrics: pd.DataFrame, max_metrics: int = 12) -> di
             retrained = data[data["sae_variant"] == "retrained"]["value"].mean()
             if not pd.isna(retrained):
                 ax.axhline(retrained, color="gray", linestyle="--", label="retrained")
+            others = data[~data["sae_variant"].isin(["original", "retrained", "pruned"])]  # every other fix the rows name
+            if len(others):
+                for i, (label, other) in enumerate(others.groupby(others.apply(variant_label, axis=1))):
+                    ax.axhline(other["value"].mean(), linestyle=":", color=f"C{(3 + i) % 10}", label=label)
             higher = data["higher_is_better"].iloc[0] if "higher_is_better" in data and len(data) else None
             arrow = " ↑" if higher is True else " ↓" if higher is False else ""
             ax.set_title(f"{name}{arrow}", fontsize=9)

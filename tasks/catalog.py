@@ -35,8 +35,10 @@ def stored_variants(storage_url: str) -> list[dict]:
             model_manifest = storage.manifest(model_prefix)
             llm.update(compression=compression_of(model_manifest), base_model=model_manifest.get("base_model_name"),
                        content_hash=model_manifest.get("content_hash"))
+        # What the row says it is (rows from before variant specs get theirs from their label: current_columns).
         found[identity] = {"kind": "sae_variant", "sae_prefix": sae_prefix, "sae_uri": storage.uri(sae_prefix),
-                           "variant": row["sae_variant"], "rule": row["sae_scoring_rule"] or None,
-                           "sparsity": row["sae_sparsity"] if row["sae_variant"] == "pruned" else None, "hook": row["hook"],
+                           "variant": row["sae_variant"], "spec": row["variant_spec"], "method": row["variant_method"],
+                           "rule": row["sae_scoring_rule"] or None,
+                           "sparsity": row["sae_sparsity"] if row["variant_method"] == "prune" else None, "hook": row["hook"],
                            "llm": llm, "row": row, "row_uri": storage.uri(key), "processing": sae_manifest.get("processing", {})}
     return sorted(found.values(), key=lambda v: (v["hook"], v["sae_prefix"], model_key(v["llm"]) or ""))

@@ -90,9 +90,13 @@ def _imported_names(path: Path) -> tuple[set[str], bool]:
     return _parsed_imports(path, stat.st_mtime_ns, stat.st_size)
 
 
+_AST_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=None)
 def _parsed_imports(path: Path, mtime_ns: int, size: int) -> tuple[frozenset[str], bool]:  # keyed on the file's version
-    tree = ast.parse(path.read_text(), filename=str(path))
+    with _AST_LOCK:  # CPython 3.11's ast.parse is not safe from two threads at once ("AST constructor recursion depth mismatch")
+        tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
     computed = False
     for node in ast.walk(tree):

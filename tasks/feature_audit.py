@@ -118,3 +118,60 @@ def feature_overlap(reference_audit: dict, matched_audit: dict, experiment: str,
             "hook": matched_audit["hook"], "reference": labels[0], "matched": labels[1],
             "perplexity": {labels[0]: reference_audit["audit_perplexity"], labels[1]: matched_audit["audit_perplexity"]},
             "overlap": _clean({r["metric_name"]: float(r["value"]) for _, r in rows.iterrows()})}
+
+
+IDENTITY_FAMILY = "feature_identity"
+
+
+@task(name="feature-identity", **ARTIFACT_TASK_OPTIONS)
+def feature_identity(variant: dict, original: dict, dense_held_out: dict, held_out: dict, experiment: str, storage_url: str,
+                     device: str = "cpu") -> dict:
+    """Does each latent of the ``variant`` (a ``sae-variant`` result) still mean what it meant in the ``original``?
+
+    Decoder cosines with the same latent (index-wise) and after a one-to-one matching
+    (``sae_core.variants.identity``), and per-latent Pearson r between the original's codes on the
+    dense model and the variant's codes on the compressed model over the same held-out tokens
+    (``dense_held_out`` and ``held_out``: one spec, one processing). Rows under
+    ``metrics/feature_identity/<key>.parquet``, like every metric family (written last: they commit)."""
+    from sae_core.variants.registry import METHODS
+
+    ml_stack()
+    storage = Storage(storage_url)
+    method = variant.get("method") or "transfer"
+    keeps_identity = METHODS[method].keeps_identity if method in METHODS else True
+    key = config_hash(IDENTITY_FAMILY, variant["sae_prefix"], original["prefix"], dense_held_out["prefix"], held_out["prefix"],
+                      keeps_identity, code_fingerprint(__name__))
+    rows_key = f"metrics/{IDENTITY_FAMILY}/{key}.parquet"
+    if not storage.exists(rows_key):
+        headline = _identity_headline(storage, variant, original, dense_held_out, held_out, keeps_identity, device)
+        outcome = SimpleNamespace(metric=IDENTITY_FAMILY, status="ok", reason="", headline=headline)
+        settings = {"dense_held_out": dense_held_out["prefix"], "held_out": held_out["prefix"], "keeps_identity": keeps_identity}
+        storage.put_parquet(rows_key, metric_rows(outcome, variant, settings, experiment, run_id=flow_run_id()))
+    rows = storage.get_parquet(rows_key)
+    return {"kind": IDENTITY_FAMILY, "metric": IDENTITY_FAMILY, "status": "ok", "rows_key": rows_key, "uri": storage.uri(rows_key),
+            "hook": variant["hook"], "sae_prefix": variant["sae_prefix"], "model_prefix": model_key(variant["llm"]),
+            "spec": variant.get("spec"), "headline": {r["metric_name"]: float(r["value"]) for _, r in rows.iterrows()}}
+
+
+def _identity_headline(storage, variant, original, dense_held_out, held_out, keeps_identity, device) -> list[dict]:
+    from sae_core.variants.identity import code_fidelity, decoder_identity, match_latents
+    from tasks.common import activation_batches
+
+    original_sae = load_stored_sae(storage, original["prefix"], device)
+    variant_sae = load_stored_sae(storage, variant["sae_prefix"], device)
+    with compute_lock():
+        index_wise = decoder_identity(original_sae, variant_sae)
+        matched = match_latents(original_sae, variant_sae)
+        permutation = None if keeps_identity else matched["permutation"]
+        _, summary = code_fidelity(original_sae, variant_sae, activation_batches(storage, dense_held_out),
+                                   activation_batches(storage, held_out), permutation=permutation)
+    figures = [
+        ("decoder_cosine_kept_fraction", index_wise["kept_frac"], True), ("decoder_mean_cosine", index_wise["mean_cosine"], True),
+        ("matched_fraction", matched["matched_frac"], True),
+        ("identity_kept_fraction", index_wise["kept_frac"] if keeps_identity else matched["matched_frac"], True),
+        ("mean_r", summary["mean_r"], True), ("median_r", summary["median_r"], True),
+        ("survived_pct", 100 * summary["survived_frac"], True), ("degraded_pct", 100 * summary["degraded_frac"], None),
+        ("damaged_pct", 100 * summary["damaged_frac"], False), ("dead_after_pct", 100 * summary["dead_after_frac"], False),
+        ("n_active", summary["n_active"], None), ("n_tokens", summary["n_tokens"], None),
+    ]
+    return [{"metric_name": name, "value": float(value), "higher_is_better": better} for name, value, better in figures]

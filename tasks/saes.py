@@ -1,9 +1,12 @@
-"""The SAE variants as tasks: original (transfer), retrained on the pruned model, pruned SAE.
+"""The SAEs as tasks: the original (trained on the dense model), and one task kind, ``sae-variant``,
+for every way to get an SAE for a compressed model (``sae_core.variants``: transfer, retrain,
+prune:RULE:S, finetune:F, recalibrate, refit_decoder, affine, ...).
 
-Each variant task stores (once) its checkpoint in sae-lens' folder format under
-``saes/<variant>/<hash>/`` and one Parquet row under ``variants/<hash>.parquet``: what it is,
-what it cost (tokens, wall time) and how well it reconstructs the *pruned* model's held-out
-activations (MSE, explained variance, L0, dead latents, CE loss with the SAE spliced in).
+A variant task stores (once) its checkpoint in sae-lens' folder format under
+``saes/<folder>/<hash>/`` (the folder from the method's registry entry; transfer stores none: its
+SAE is the original's) and one Parquet row under ``variants/<hash>.parquet``: what it is, what it
+cost (tokens, gradient steps, wall time) and how well it reconstructs the *compressed* model's
+held-out activations (MSE, explained variance, L0, dead latents, CE loss with the SAE spliced in).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from sae_core.datasets import token_batch
 from sae_core.hashing import config_hash
 from sae_core.model_ref import compression_label, compression_strength, model_identity, model_key
 from sae_core.storage import Storage
-from tasks.common import (ARTIFACT_TASK_OPTIONS, activation_batches, code_fingerprint, compute_lock, load_model_ref, load_stored_sae,
-                          ml_stack, sae_processing, store_sae)
+from tasks.common import (ARTIFACT_TASK_OPTIONS, activation_batches, code_fingerprint, compute_lock, is_transient, load_model_ref,
+                          load_stored_sae, ml_stack, sae_processing, store_sae)
 from tasks.progress import report_progress
 
 
@@ -52,7 +55,7 @@ def _quality(storage: Storage, sae, llm: dict, held_out: dict, quality: dict, da
 VARIANT_COLUMN_NAMES = {"explained_variance": "explained_variance_centred"}
 
 
-def _variant_result(storage, key, sae_manifest, prefix, llm, held_out, compute_quality) -> dict:
+def _variant_result(storage, key, sae_manifest, prefix, llm, held_out, seed, compute_quality) -> dict:
     """Write (once) the variant's Parquet row; ``compute_quality`` runs only if the row is new."""
     row_key = f"variants/{key}.parquet"
     if storage.exists(row_key):
@@ -61,10 +64,12 @@ def _variant_result(storage, key, sae_manifest, prefix, llm, held_out, compute_q
         row = {
             "hook": held_out["hook_name"], "model_prefix": model_key(llm),
             "compression": compression_label(llm), "strength": compression_strength(llm),
+            "variant_spec": sae_manifest["variant_spec"], "variant_method": sae_manifest["variant_method"],
             "sae_variant": sae_manifest["variant"], "sae_scoring_rule": sae_manifest.get("rule") or "",
             "sae_sparsity": float(sae_manifest.get("sparsity") or 0.0),
             "achieved_sparsity": float(sae_manifest.get("achieved_sparsity") or 0.0),
-            "tokens_used": int(sae_manifest.get("tokens_used") or 0),
+            "seed": int(seed), "tokens_used": int(sae_manifest.get("tokens_used") or 0),
+            "gradient_steps": int(sae_manifest.get("gradient_steps") or 0),
             "wall_time_s": float(sae_manifest.get("wall_time_s") or 0.0),
             "sae_prefix": prefix, "d_sae": int(sae_manifest["d_sae"]), **compute_quality(),
         }
@@ -73,6 +78,7 @@ def _variant_result(storage, key, sae_manifest, prefix, llm, held_out, compute_q
         storage.put_parquet(row_key, pd.DataFrame([row]))
     row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
     return {"kind": "sae_variant", "sae_prefix": prefix, "sae_uri": storage.uri(prefix), "variant": sae_manifest["variant"],
+            "spec": sae_manifest["variant_spec"], "method": sae_manifest["variant_method"],
             "rule": sae_manifest.get("rule"), "sparsity": sae_manifest.get("sparsity"), "hook": held_out["hook_name"],
             "llm": llm, "row": row, "row_uri": storage.uri(row_key), "processing": sae_manifest.get("processing", {})}
 
@@ -112,69 +118,120 @@ def original_sae(dense: dict, hook_name: str, source: dict | None, train: dict |
             "architecture": manifest["architecture"], "d_in": manifest["d_in"], "d_sae": manifest["d_sae"]}
 
 
-# ------------------------------------------------------------------ variants on the pruned model
-@task(name="transfer-sae", **ARTIFACT_TASK_OPTIONS)
-def transfer_sae(original: dict, llm: dict, held_out: dict, quality: dict, dataset: str, storage_url: str,
-                 device: str = "cpu", dtype: str = "float32") -> dict:
-    """Variant 1: the original SAE, unchanged, read on the pruned model."""
+# ------------------------------------------------------------------ every variant on the compressed model
+def variant_task_name(spec) -> str:
+    """The task-run name a variant shows under: ``transfer-sae``, ``retrain-sae``, ``prune-sae``, ``finetune-sae``, ..."""
+    return f"{spec.method.replace('_', '-')}-sae"
+
+
+def variant_inputs_used(spec, compressed_acts: dict | None, dense_acts: dict | None) -> tuple[dict | None, dict | None]:
+    """The activation caches building ``spec`` actually reads (the others are not part of its key)."""
+    from sae_core.variants.registry import METHODS
+
+    entry = METHODS[spec.method]
+    needs_compressed = entry.needs_compressed_activations and not (spec.method == "prune" and spec.rule == "magnitude")
+    wants_dense = entry.needs_dense_activations or entry.uses_dense_activations
+    if entry.needs_dense_activations and dense_acts is None:
+        raise ValueError(f"SAE variant {spec.text!r} needs the dense model's activations on the compressed training tokens")
+    return (compressed_acts if needs_compressed else None), (dense_acts if wants_dense else None)
+
+
+@task(name="sae-variant", **ARTIFACT_TASK_OPTIONS)
+def sae_variant_task(spec, original: dict, llm: dict, compressed_acts: dict | None, dense_acts: dict | None, held_out: dict,
+                     settings: dict, quality: dict, dataset: str, storage_url: str, device: str = "cpu", dtype: str = "float32",
+                     seed: int = 0) -> dict:
+    """One SAE variant of ``original`` for the compressed model ``llm`` (``spec``: a parsed
+    ``sae_core.variants.VariantSpec``), stored once, and its row of the variants table.
+
+    ``compressed_acts``: the compressed model's training activations; ``dense_acts``: the dense
+    model's on the same tokens (for the fixes that need or use them); ``settings``:
+    ``ExperimentConfig.variant_settings(spec)``. Every check of the method runs before any work.
+    """
     ml_stack()
+    from sae_core.variants.registry import METHODS
+
     storage = Storage(storage_url)
-    key = config_hash("transfer", original["prefix"], llm.get("prefix"), held_out["prefix"], quality, code_fingerprint(__name__))
-    manifest = {**storage.manifest(original["prefix"]), "variant": "original", "tokens_used": 0, "wall_time_s": 0.0}
-    return _variant_result(storage, key, manifest, original["prefix"], llm, held_out, lambda: _quality(
-        storage, load_stored_sae(storage, original["prefix"], device), llm, held_out, quality, dataset, device, dtype))
+    entry = METHODS[spec.method]
+    compressed_acts, dense_acts = variant_inputs_used(spec, compressed_acts, dense_acts)
+    trained_with_seed = seed if entry.trains else None
+    key = config_hash(spec.text, original["prefix"], compressed_acts and compressed_acts["prefix"], dense_acts and dense_acts["prefix"],
+                      settings, trained_with_seed, code_fingerprint(__name__))
+    folder = entry.storage_folder(spec.method)
+    prefix = original["prefix"] if folder is None else f"saes/{folder}/{key}"
+    if folder is None:
+        manifest = {**storage.manifest(original["prefix"]), "tokens_used": 0, "gradient_steps": 0, "wall_time_s": 0.0}
+    else:
+        if not storage.is_committed(prefix):
+            _build_and_store(storage, spec, original, compressed_acts, dense_acts, settings, prefix, device, seed)
+        manifest = storage.manifest(prefix)
+    manifest = {**manifest, "variant": entry.display_label(spec.method), "variant_spec": spec.text, "variant_method": spec.method}
+    if spec.method == "prune":
+        manifest = {**manifest, "rule": spec.rule, "sparsity": spec.sparsity}
+    quality_key = config_hash(key, llm.get("prefix"), held_out["prefix"], quality, seed)
+    return _variant_result(storage, quality_key, manifest, prefix, llm, held_out, seed, lambda: _quality(
+        storage, load_stored_sae(storage, prefix, device), llm, held_out, quality, dataset, device, dtype))
 
 
-@task(name="retrain-sae", **ARTIFACT_TASK_OPTIONS)
-def retrain_sae(original: dict, llm: dict, train_acts: dict, held_out: dict, retrain: dict, quality: dict, dataset: str,
-                storage_url: str, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> dict:
-    """Variant 2: a fresh SAE of the original's architecture, width and k, trained on the pruned model."""
-    ml_stack()
+class VariantFailed(RuntimeError):
+    """A fix that could not be built (the failure names the variant; nothing of it is stored)."""
+
+
+def _build_and_store(storage: Storage, spec, original: dict, compressed_acts, dense_acts, settings: dict, prefix: str,
+                     device: str, seed: int) -> None:
     from sae_core.sae_train import train_sae
+    from sae_core.variants import VariantInputs, method_for
 
-    storage = Storage(storage_url)
-    key = config_hash("retrain", original["prefix"], train_acts["prefix"], retrain, seed, code_fingerprint(__name__))
-    prefix = f"saes/retrained/{key}"
-    if not storage.is_committed(prefix):
-        like = load_stored_sae(storage, original["prefix"], device)
-        started = time.perf_counter()
-        # Same architecture, width and k as the original: a sparsity-matched, fair baseline.
+    method = method_for(spec)
+    sae = load_stored_sae(storage, original["prefix"], device)
+    method.check(sae)  # an architecture / hook / normalisation the fix cannot carry: this variant fails, before any work
+    trains = method.entry.trains
+    # Training reads shuffled batches (as the original's training did); the fits read both models' caches in order, row for row.
+    compressed = None if compressed_acts is None else activation_batches(storage, compressed_acts, shuffle=trains, seed=seed,
+                                                                         max_tokens=settings.get("n_tokens"))
+    dense = None if dense_acts is None else activation_batches(storage, dense_acts, max_tokens=settings.get("n_tokens"))
+    train = None
+    if trains:
+        retrain = settings["train"]
+        train = {"train_tokens": retrain["train_tokens"], "lr": retrain["lr"], "batch_size": retrain["batch_size"],
+                 **_training_options(retrain)}
+    inputs = VariantInputs(compressed=compressed, dense=dense, n_tokens=settings.get("n_tokens"), train=train, train_fn=train_sae,
+                           seed=seed, progress=True, options=dict(settings.get("options") or {}))
+    try:
         with compute_lock(), report_progress():
-            sae, report = train_sae(like, activation_batches(storage, train_acts, shuffle=True, seed=seed), retrain["train_tokens"],
-                                    lr=retrain["lr"], batch_size=retrain["batch_size"], seed=seed,
-                                    **_training_options(retrain))
-        store_sae(storage, sae, prefix, {"variant": "retrained", "hook": original["hook"], "parent": original["prefix"],
-                                          "trained_on": train_acts["prefix"], "processing": original["processing"],
-                                          "tokens_used": int(report["tokens_used"]), "wall_time_s": round(time.perf_counter() - started, 3)})
-    quality_key = config_hash(key, llm.get("prefix"), held_out["prefix"], quality)
-    return _variant_result(storage, quality_key, storage.manifest(prefix), prefix, llm, held_out, lambda: _quality(
-        storage, load_stored_sae(storage, prefix, device), llm, held_out, quality, dataset, device, dtype))
+            variant, report = method.build(sae, inputs)
+    except Exception as err:  # noqa: BLE001 - named and re-raised; storage / network trouble stays retryable
+        if is_transient(err):
+            raise
+        raise VariantFailed(f"SAE variant {spec.text!r} of {original['prefix']} ({original['hook']}) failed: "
+                            f"{type(err).__name__}: {err}") from err
+    summary = report.summary()
+    details = summary.get("details") or {}
+    manifest = {"variant": method.entry.display_label(spec.method), "variant_spec": spec.text, "variant_method": spec.method,
+                "hook": original["hook"], "parent": original["prefix"], "processing": original["processing"],
+                "trained_on": compressed_acts and compressed_acts["prefix"], "dense_activations": dense_acts and dense_acts["prefix"],
+                "settings": settings, "seed": seed if trains else None, "report": summary,
+                "tokens_used": int(report.tokens), "gradient_steps": int(report.gradient_steps),
+                "wall_time_s": round(float(report.wall_time_s), 3)}
+    if spec.method == "prune":
+        prune_report = details.get("prune_report", {})
+        manifest.update(rule=spec.rule, sparsity=spec.sparsity, calibration=compressed_acts and compressed_acts["prefix"],
+                        prune_report=prune_report, achieved_sparsity=float(prune_report.get(
+                            "achieved_sparsity", prune_report.get("achieved_overall_sparsity", spec.sparsity))))
+    store_sae(storage, variant, prefix, _json_safe(manifest))  # the manifest commits the checkpoint, last
 
 
-@task(name="prune-sae", **ARTIFACT_TASK_OPTIONS)
-def prune_sae_task(original: dict, llm: dict, calibration_acts: dict, held_out: dict, rule: str, sparsity: float,
-                   calibration_tokens: int, quality: dict, dataset: str, storage_url: str,
-                   device: str = "cpu", dtype: str = "float32") -> dict:
-    """Variant 3: the original SAE's encoder and decoder pruned by ``rule`` at ``sparsity``."""
-    ml_stack()
-    from sae_core.sae_prune import accumulate_sae_norms, prune_sae
+def _json_safe(value):
+    """Manifest values as JSON (a report's numpy / torch scalars become plain numbers, NaN None)."""
+    import math
 
-    storage = Storage(storage_url)
-    key = config_hash("prune", original["prefix"], calibration_acts["prefix"], rule, sparsity, calibration_tokens, code_fingerprint(__name__))
-    prefix = f"saes/pruned/{key}"
-    if not storage.is_committed(prefix):
-        sae = load_stored_sae(storage, original["prefix"], device)
-        started = time.perf_counter()
-        norms = None
-        with compute_lock():
-            if rule != "magnitude":  # magnitude needs no activations
-                norms = accumulate_sae_norms(sae, activation_batches(storage, calibration_acts, max_tokens=calibration_tokens))
-            pruned, report = prune_sae(sae, rule, sparsity, norms)
-        store_sae(storage, pruned, prefix, {
-            "variant": "pruned", "hook": original["hook"], "parent": original["prefix"], "rule": rule, "sparsity": sparsity,
-            "achieved_sparsity": float(report.get("achieved_sparsity", report.get("achieved_overall_sparsity", sparsity))),
-            "prune_report": report, "calibration": calibration_acts["prefix"], "processing": original["processing"],
-            "tokens_used": int(norms.n_tokens) if norms is not None else 0, "wall_time_s": round(time.perf_counter() - started, 3)})
-    quality_key = config_hash(key, llm.get("prefix"), held_out["prefix"], quality)
-    return _variant_result(storage, quality_key, storage.manifest(prefix), prefix, llm, held_out, lambda: _quality(
-        storage, load_stored_sae(storage, prefix, device), llm, held_out, quality, dataset, device, dtype))
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

@@ -119,6 +119,7 @@ TINY_FLOW_OVERRIDES = {
     "original_sae": {"train": {"architecture": "topk", "d_sae": 128, "k": 8, "train_tokens": 8000, "lr": 0.003, "batch_size": 256}},
     "retrained_sae": {"train_tokens": 8000, "lr": 0.003, "batch_size": 256},
     "pruned_sae": {"rules": ["wanda", "magnitude"], "sparsities": [0.5], "calibration_tokens": 2000},
+    "variants": None,  # derived from retrained_sae / pruned_sae: transfer, retrain, prune:wanda:0.5, prune:magnitude:0.5
     "quality": {"n_tokens": 2000, "ce_sequences": 4},
     "metrics": ["core"],
     "feature_audit": {"n_tokens": 4000},

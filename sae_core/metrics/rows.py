@@ -16,12 +16,13 @@ from typing import Any
 from sae_core.hashing import config_hash
 from sae_core.metrics.base import MetricResult, sae_bench_version
 from sae_core.model_ref import compression_label, compression_strength, model_key
+from sae_core.variants.registry import label_spec
 
 COLUMNS: tuple[str, ...] = ("metric_family", "metric_name", "value", "higher_is_better")
 METRIC_COLUMNS: tuple[str, ...] = (
     "run_id", "experiment", "model", "compression", "strength", "hook", "layer", "sae_variant", "sae_scoring_rule",
     "sae_sparsity", "metric_family", "metric_name", "value", "higher_is_better", "status", "reason", "eval_config_hash",
-    "sae_bench_version", "sae_prefix", "model_prefix", "timestamp")
+    "sae_bench_version", "sae_prefix", "model_prefix", "timestamp", "variant_spec")
 
 __all__ = ["COLUMNS", "METRIC_COLUMNS", "flatten_result", "flatten_results", "headline_rows", "metric_rows", "results_frame",
            "sae_bench_version"]
@@ -76,6 +77,8 @@ def metric_rows(result: Any, variant: dict, settings: dict, experiment: str, run
         "status": result.status, "reason": result.reason or "", "eval_config_hash": config_hash(settings),
         "sae_bench_version": sae_bench_version(), "sae_prefix": variant["sae_prefix"],
         "model_prefix": model_key(llm), "timestamp": timestamp or datetime.now(timezone.utc).isoformat(),
+        # which variant (two finetune fractions share the label "finetune"); manifests without a spec: from the label
+        "variant_spec": variant.get("spec") or label_spec(variant["variant"], variant.get("rule"), variant.get("sparsity"))[0],
     }
     headline = result.headline or [{"metric_name": "skipped", "value": float("nan"), "higher_is_better": None}]
     rows = [{**base, "metric_name": h["metric_name"], "value": float(h["value"]), "higher_is_better": h["higher_is_better"]}

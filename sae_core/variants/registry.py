@@ -15,11 +15,10 @@ import importlib
 import math
 from typing import Iterable, NamedTuple
 
+from sae_core.sae_prune_rules import RULES as PRUNE_RULES  # light: no torch at import
 from sae_core.variants.spec import VariantSpec
 
-__all__ = ["METHODS", "MethodEntry", "PRUNE_RULES", "method_class", "parse_variant", "parse_variants"]
-
-PRUNE_RULES = ("wanda", "paper", "magnitude")  # sae_core.sae_prune.RULES (kept here: no torch at import)
+__all__ = ["METHODS", "MethodEntry", "PRUNE_RULES", "label_spec", "method_class", "parse_variant", "parse_variants"]
 
 
 class MethodEntry(NamedTuple):
@@ -30,16 +29,33 @@ class MethodEntry(NamedTuple):
     trains: bool = False  # takes gradient steps (needs train settings)
     keeps_identity: bool = True  # latent j keeps meaning what it meant, by construction
     argument: str = ""  # "" | "prune" (RULE:SPARSITY) | "fraction"
+    # Where the pipeline stores it: ``saes/<folder>/<hash>/`` ("": the method's name; None: it stores
+    # no SAE of its own, e.g. transfer, whose SAE is the original's). ``label``: the variants table's
+    # ``sae_variant`` ("": the method's name). ``options``: the ``repair:`` settings it reads
+    # (``VariantInputs.options``); the pipeline keys the stored variant on exactly these.
+    folder: str | None = ""
+    label: str = ""
+    options: tuple[str, ...] = ()
+
+    def storage_folder(self, name: str) -> str | None:
+        return None if self.folder is None else (self.folder or name)
+
+    def display_label(self, name: str) -> str:
+        return self.label or name
 
 
 METHODS: dict[str, MethodEntry] = {
-    "transfer": MethodEntry("sae_core.variants.transfer:TransferMethod", needs_compressed_activations=False),
-    "retrain": MethodEntry("sae_core.variants.retrain:RetrainMethod", True, trains=True, keeps_identity=False),
-    "prune": MethodEntry("sae_core.variants.prune:PruneMethod", True, argument="prune"),
-    "finetune": MethodEntry("sae_core.variants.finetune:FinetuneMethod", True, trains=True, argument="fraction"),
-    "recalibrate": MethodEntry("sae_core.variants.recalibrate:RecalibrateMethod", True, uses_dense_activations=True),
-    "refit_decoder": MethodEntry("sae_core.variants.refit_decoder:RefitDecoderMethod", True),
-    "affine": MethodEntry("sae_core.variants.affine:AffineMethod", True, needs_dense_activations=True),
+    "transfer": MethodEntry("sae_core.variants.transfer:TransferMethod", needs_compressed_activations=False,
+                            folder=None, label="original"),
+    "retrain": MethodEntry("sae_core.variants.retrain:RetrainMethod", True, trains=True, keeps_identity=False,
+                           folder="retrained", label="retrained"),
+    "prune": MethodEntry("sae_core.variants.prune:PruneMethod", True, argument="prune", folder="pruned", label="pruned"),
+    "finetune": MethodEntry("sae_core.variants.finetune:FinetuneMethod", True, trains=True, argument="fraction",
+                            folder="finetuned"),
+    "recalibrate": MethodEntry("sae_core.variants.recalibrate:RecalibrateMethod", True, uses_dense_activations=True,
+                               folder="recalibrated", options=("rescale",)),
+    "refit_decoder": MethodEntry("sae_core.variants.refit_decoder:RefitDecoderMethod", True, options=("ridge",)),
+    "affine": MethodEntry("sae_core.variants.affine:AffineMethod", True, needs_dense_activations=True, options=("ridge",)),
 }
 # Considered and left out (ValueError says why): a residual "boost" SAE adds latents (d_sae changes)
 # and a second encoder, so its output is not one SAE of the original's architecture.
@@ -47,6 +63,17 @@ NOT_IMPLEMENTED = {
     "boost": "SAE Boost adds a second SAE on the first one's error (more latents, two encoders): the result is not "
              "one sae-lens SAE of the original's architecture and width, which every variant here must be",
 }
+
+
+def label_spec(label: str, rule: str | None = None, sparsity: float | None = None) -> tuple[str, str]:
+    """``(variant_spec, variant_method)`` of a row that names only its ``sae_variant`` label (rows written
+    before specs: ``original`` / ``retrained`` / ``pruned``; a method name otherwise)."""
+    for name, entry in METHODS.items():
+        if label == entry.display_label(name):
+            if entry.argument == "prune":
+                return f"prune:{rule}:{float(sparsity or 0.0)!r}" if rule else name, name
+            return name, name
+    return str(label), str(label).split(":")[0]
 
 
 def method_class(name: str) -> type:

@@ -63,7 +63,7 @@ def test_flow_produces_every_artifact(first_run):
     assert sorted(variants["sae_variant"]) == ["original", "pruned", "pruned", "retrained"]
     assert variants[["mse", "explained_variance_centred", "l0", "ce_loss_score"]].notna().all().all()
     metrics = storage.read_parquet_prefix("metrics")
-    assert set(metrics["metric_family"]) == {"core", "feature_fidelity"} and summary["n_feature_audits"] == 1
+    assert set(metrics["metric_family"]) == {"core", "feature_fidelity", "feature_identity"} and summary["n_feature_audits"] == 1
     assert metrics[metrics["metric_family"] == "core"]["value"].notna().all()
     for prefix in ("toy_world", "compressed_models", "saes/original", "saes/retrained", "saes/pruned", "activations"):
         assert any(k.endswith("manifest.json") for k in storage.list(prefix)), prefix
@@ -128,8 +128,8 @@ def test_changing_one_knob_recomputes_only_what_depends_on_it(first_run):
     assert summary["n_variants"] == 6
     runs = task_runs_since(since)
     computed = sorted(r.name.rsplit("-", 1)[0] for r in runs if r.state.name == "Completed" and r.name.rsplit("-", 1)[0] != "sae-transfer-experiment")
-    # Only the two new pruned SAEs, their metrics, and the (always fresh) report did work.
-    assert computed == ["metric-core", "metric-core", "prune-sae", "prune-sae", "report"], computed
+    # Only the two new pruned SAEs, their metrics and feature identity, and the (always fresh) report did work.
+    assert computed == ["feature-identity", "feature-identity", "metric-core", "metric-core", "prune-sae", "prune-sae", "report"], computed
 
 
 def test_every_task_and_artifact_is_on_the_run_page_itself(first_run):

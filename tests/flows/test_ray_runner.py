@@ -18,7 +18,7 @@ from tests.conftest import TINY_FLOW_OVERRIDES
 from tests.flows.test_flow import states_by_name, task_runs_since
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY_TASKS = {"base-model", "cache-activations", "original-sae", "compress-llm", "transfer-sae", "retrain-sae",
+HEAVY_TASKS = {"base-model", "cache-activations", "original-sae", "compress-llm", "transfer-sae", "retrain-sae", "feature-identity",
                "prune-sae", "metric-core"}
 
 
@@ -49,7 +49,7 @@ def test_experiment_runs_on_a_local_ray_cluster_and_shares_its_cache(prefect_har
     variants = storage.read_parquet_prefix("variants")
     assert sorted(variants["sae_variant"]) == ["original", "pruned", "pruned", "retrained"]
     metrics = storage.read_parquet_prefix("metrics")
-    assert set(metrics["metric_family"]) == {"core", "feature_fidelity"}
+    assert set(metrics["metric_family"]) == {"core", "feature_fidelity", "feature_identity"}
     assert metrics[metrics["metric_family"] == "core"]["value"].notna().all()
 
     # The thread runner on the same prefix (think: another machine) reuses every Ray result.

@@ -92,7 +92,7 @@ def test_specs_parse_round_trip_and_reject_bad_parts():
     from sae_core.sae_prune import RULES
     from sae_core.variants.registry import PRUNE_RULES
 
-    assert PRUNE_RULES == RULES  # the light registry's copy of sae_prune's rules
+    assert PRUNE_RULES == RULES  # one source: sae_core.sae_prune_rules
     assert set(METHODS) == {"transfer", "retrain", "prune", "finetune", "recalibrate", "refit_decoder", "affine"}
     assert METHODS["affine"].needs_dense_activations and not METHODS["recalibrate"].needs_dense_activations
     assert METHODS["retrain"].trains and not METHODS["retrain"].keeps_identity and METHODS["finetune"].trains
