@@ -8,6 +8,11 @@ context_size, dataset)``, shuffled with seed 42), calls ``run_evals``, adds SAEB
 ``calculate_misc_metrics`` (frac_alive, ...) and lets SAEBench's ``save_single_eval_result`` write
 its ``CoreEvalOutput`` JSON, which becomes ``MetricResult.raw``.
 
+Several SAE variants on one model: ``run_evals``' SAE-independent work (token draws, clean and
+zero-ablated forwards, hook activations) is recorded by the first SAE and replayed for the next ones
+(:mod:`sae_core.metrics.shared_work`, under ``artifacts_dir/core/``; identical results, bit for bit);
+``Core.share_model_work = False`` runs SAEBench exactly as before.
+
 Data: ``settings.dataset`` (default ``Skylion007/openwebtext``) is fetched with
 ``datasets.load_dataset`` inside SAE Lens; offline it is served by
 :func:`sae_core.datasets.mirror.dataset_overrides`.
