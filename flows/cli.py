@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sae-sparsities", type=_floats, help="sparsities of the pruned SAEs, e.g. 0.25,0.5,0.75 (the variants' "
                    "prune:RULE:S entries become --sae-rules x these)")
     p.add_argument("--sae-rules", type=_names, help=f"SAE pruning rules from {list(SAE_PRUNING_RULES)} (as --sae-sparsities)")
+    p.add_argument("--seeds", type=_ints, help="SAE seeds of this run, e.g. 0,1,2: every trained SAE, variant and metric once per "
+                   "seed, so the tables show spread (default: the config's seed)")
     p.add_argument("--tokens", type=int, help="activation tokens cached per hook (also the SAE training budget)")
     p.add_argument("--metrics", type=_names, help=f"metrics from {list(KNOWN_METRICS)}")
     p.add_argument("--device", help="cpu, cuda, cuda:N")
@@ -94,6 +96,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         put("pruned_sae.sparsities", args.sae_sparsities)
     if args.sae_rules is not None:
         put("pruned_sae.rules", args.sae_rules)
+    if args.seeds is not None:
+        put("seeds", args.seeds)
     if args.tokens is not None:
         put("activations.n_tokens", args.tokens)
     if args.metrics is not None:

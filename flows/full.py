@@ -46,13 +46,17 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
     with accelerator_request(config.device):
         dense_llm = base_model.submit(config.model, config.toy_world, store)
 
-        # 1. The SAEs trained on the dense model ("original"), one per hook.
+        # 1. The SAEs trained on the dense model ("original"), one per hook and seed (a released SAE is one for every seed).
+        seeds = config.run_seeds()
         originals, dense_caches = {}, {}
         for hook in config.hook_names():
             dense_acts = cache_activations_task.submit(dense_llm, train_spec(config, hook), {}, store, *on_device) if config.original_sae.train else None
             dense_caches[hook] = dense_acts
-            originals[hook] = original_sae.submit(dense_llm, hook, config.original_sae_source(hook), config.original_sae.train and config.original_sae.train.model_dump(),
-                                                  dense_acts, store, config.device, config.seed)
+            source = config.original_sae_source(hook)
+            for seed in seeds:
+                originals[hook, seed] = originals[hook, seeds[0]] if source is not None and seed != seeds[0] else original_sae.submit(
+                    dense_llm, hook, source, config.original_sae.train and config.original_sae.train.model_dump(), dense_acts, store,
+                    config.device, seed)
 
         variants, metric_results, compressed_llms, audits, controls, identities = [], [], [], [], [], []
         dense_for_variants: dict[tuple, Any] = {}  # the dense model's caches the variants read, one per (hook, kind)
@@ -66,36 +70,39 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
             # 2. Compress the LLM (WANDA, SparseGPT, magnitude, RTN, ... e.g. "wanda:0.5"); every SAE is then judged on it.
             compressed_llm = compress_llm.submit(dense_llm, spec, config.calibration.model_dump(), store, *on_device)  # spec: a CompressionSpec
             compressed_llms.append(compressed_llm)
-            for hook, original in originals.items():
-                processing = original.result()["processing"]  # the weight processing this SAE family expects
+            for hook in config.hook_names():
+                processing = originals[hook, seeds[0]].result()["processing"]  # the weight processing this SAE family expects
                 train_acts = cache_activations_task.submit(compressed_llm, train_spec(config, hook), processing, store, *on_device)
                 held_out = cache_activations_task.submit(compressed_llm, held_out_spec(config, hook), processing, store, *on_device)
-
-                # 3. Every way to get an SAE for the compressed model (config.variants: transfer, retrain, prune:wanda:0.5,
-                #    finetune:0.05, recalibrate, refit_decoder, affine), each one cached task; some fixes also read the
-                #    dense model's activations on the same tokens, and every variant's feature identity is measured.
-                dense_train = (dense_cache(hook, "train", lambda: dense_train_acts(config, hook, dense_llm, dense_caches[hook], processing, store, on_device))
-                               if config.needs_dense_variant_activations() else None)
-                hook_variants = [sae_variant_task.with_options(name=variant_task_name(variant)).submit(
-                    variant, original, compressed_llm, train_acts, dense_train, held_out, config.variant_settings(variant), quality,
-                    config.dataset, store, *on_device, config.seed) for variant in config.variants]
-                if config.repair.identity or config.feature_audit.enabled:
-                    dense_held_out = dense_cache(hook, "held_out", lambda: cache_activations_task.submit(
-                        dense_llm, held_out_spec(config, hook), processing, store, *on_device))
-                    identities += [feature_identity.submit(variant, original, dense_held_out, held_out, config.name, store, config.device)
-                                   for variant in hook_variants]
-                variants += hook_variants
-                if config.feature_audit.enabled:  # what compression did to each feature of the original SAE
-                    audits.append(feature_fidelity.submit(original, dense_llm, compressed_llm, audit_settings(config, hook), config.dataset, config.name,
-                                                          store, *on_device))
                 # How to read CE-based transfer numbers: the compressed LM reading the dense LM's own activations.
                 controls.append(dense_patch_control.submit(dense_llm, compressed_llm, held_out, quality, config.dataset, store, *on_device))
+                dense_train = (dense_cache(hook, "train", lambda: dense_train_acts(config, hook, dense_llm, dense_caches[hook], processing, store, on_device))
+                               if config.needs_dense_variant_activations() else None)
+                measure_identity = config.repair.identity or config.feature_audit.enabled
+                dense_held_out = dense_cache(hook, "held_out", lambda: cache_activations_task.submit(
+                    dense_llm, held_out_spec(config, hook), processing, store, *on_device)) if measure_identity else None
 
-                # 4. Every SAEBench metric, each its own cached task, on the compressed model.
-                for variant in hook_variants:
-                    for metric in config.metrics:
-                        metric_results.append(evaluate_metric.with_options(name=f"metric-{metric}").submit(
-                            metric, variant, config.metric_settings(metric), config.metric_profile, config.name, store, *on_device, config.seed))
+                for seed in seeds:
+                    original = originals[hook, seed]
+                    # 3. Every way to get an SAE for the compressed model (config.variants: transfer, retrain, prune:wanda:0.5,
+                    #    finetune:0.05, recalibrate, refit_decoder, affine), each one cached task; some fixes also read the
+                    #    dense model's activations on the same tokens, and every variant's feature identity is measured.
+                    hook_variants = [sae_variant_task.with_options(name=variant_task_name(variant)).submit(
+                        variant, original, compressed_llm, train_acts, dense_train, held_out, config.variant_settings(variant), quality,
+                        config.dataset, store, *on_device, seed) for variant in config.variants]
+                    if measure_identity:
+                        identities += [feature_identity.submit(variant, original, dense_held_out, held_out, config.name, store, config.device)
+                                       for variant in hook_variants]
+                    variants += hook_variants
+                    if config.feature_audit.enabled and (seed == seeds[0] or config.original_sae.train):  # what compression did to each feature
+                        audits.append(feature_fidelity.submit(original, dense_llm, compressed_llm, audit_settings(config, hook), config.dataset,
+                                                              config.name, store, *on_device))
+
+                    # 4. Every SAEBench metric, each its own cached task, on the compressed model.
+                    for variant in hook_variants:
+                        for metric in config.metrics:
+                            metric_results.append(evaluate_metric.with_options(name=f"metric-{metric}").submit(
+                                metric, variant, config.metric_settings(metric), config.metric_profile, config.name, store, *on_device, seed))
 
         # Matched perplexity: tune a method's sparsity until its perplexity matches a reference's, then compare damaged features.
         by_spec = {spec.text: llm for spec, llm in zip(config.compression, compressed_llms)}
@@ -103,7 +110,8 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
             reference = by_spec.get(match.reference.text) or compress_llm.submit(dense_llm, match.reference, config.calibration.model_dump(),
                                                                                  store, *on_device)
             tuned = match_compression.submit(dense_llm, match.model_dump(), reference, config.calibration.model_dump(), store, *on_device)
-            for hook, original in originals.items():
+            for hook in config.hook_names():
+                original = originals[hook, seeds[0]]
                 pair = [feature_fidelity.submit(original, dense_llm, llm, audit_settings(config, hook), config.dataset, config.name, store, *on_device)
                         for llm in (reference, tuned)]
                 audits += [*pair, feature_overlap.submit(*pair, config.name, store)]

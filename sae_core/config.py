@@ -310,6 +310,26 @@ class ExperimentConfig(_Frozen):
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     seed: int = 0
+    # SAE seeds of one run (trained SAEs, their batch order, SAEBench's draws): every variant and metric is
+    # built once per seed, so tables show spread over seeds. Not given: [seed].
+    seeds: list[int] | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, values: list[int] | None) -> list[int] | None:
+        if values is None:
+            return values
+        if not values:
+            raise ValueError("seeds is empty; give at least one, e.g. [0, 1, 2]")
+        if len(set(values)) != len(values):
+            raise ValueError(f"seeds has duplicates: {values}")
+        if any(v < 0 for v in values):
+            raise ValueError(f"seeds must be non-negative integers, got {values}")
+        return values
+
+    def run_seeds(self) -> list[int]:
+        """The SAE seeds this run builds every variant for: ``seeds``, or ``[seed]``."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
 
     @model_validator(mode="before")
     @classmethod

@@ -273,3 +273,31 @@ def test_a_new_fix_is_one_file_and_one_registry_entry(ladder_run, monkeypatch):
     assert (row["variant_spec"], row["variant_method"], row["sae_variant"]) == ("shift", "shift", "shift")
     assert row["tokens_used"] == config.pruned_sae.calibration_tokens and row["gradient_steps"] == 0
     assert storage.manifest(result["sae_prefix"])["report"]["details"]["shift_tokens"] == row["tokens_used"]
+
+
+# ------------------------------------------------------------------ several SAE seeds in one run
+@pytest.mark.parametrize("seeds, message", [([0, 0], "duplicates"), ([], "empty"), ([-1], "non-negative")])
+def test_bad_seed_lists_are_config_errors(seeds, message):
+    with pytest.raises(ValueError, match=message):
+        build_config("toy", {"seeds": seeds})
+
+
+def test_one_run_builds_every_variant_once_per_seed(prefect_harness, tmp_path):
+    """--seeds 0,1: two original SAEs, each with its own variants (trained ones differ, one row per seed), so the
+    frontier shows spread; the compressed model and its activations are built once."""
+    from flows.full import full
+    from sae_core.repair_report import frontier_table
+
+    storage = Storage(f"file://{tmp_path}")
+    overrides = {**copy.deepcopy(OVERRIDES), "variants": ["transfer", "recalibrate", "retrain"], "seeds": [0, 1]}
+    result = full(preset="toy", overrides=overrides, storage_url=storage.url)
+    assert result["n_variants"] == 6 and result["n_feature_identities"] == 6
+    rows = storage.read_parquet_prefix("variants")
+    assert sorted(rows["seed"]) == [0, 0, 0, 1, 1, 1]
+    retrained = rows[rows["variant_spec"] == "retrain"]
+    assert retrained["sae_prefix"].nunique() == 2  # each seed's own SAE
+    originals = rows[rows["variant_spec"] == "transfer"]["sae_prefix"]
+    assert originals.nunique() == 2  # the original SAE is trained once per seed
+    assert len({k for k in storage.list("compressed_models") if k.endswith("manifest.json")}) == 1
+    table = frontier_table(rows, None)
+    assert set(table["n_seeds"]) == {2}
