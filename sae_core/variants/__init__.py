@@ -9,9 +9,10 @@ explain a compressed copy again? Methods (``registry.METHODS``):
 - ``finetune:FRACTION``: warm start from the original, trained for FRACTION of the retrain budget;
 - ``recalibrate``: no gradient steps; decoder bias (and, with dense activations, the input frame
   and JumpReLU thresholds) re-estimated from N compressed-model activations;
-- ``refit_decoder``: encoder frozen, decoder weights and bias by closed-form ridge least squares;
-- ``affine``: a least-squares affine map compressed -> dense activations folded into the encoder,
-  then the decoder refit.
+- ``refit_decoder``: encoder frozen, decoder weights and bias by closed-form least squares shrunk towards
+  the original rows (shrinkage chosen on held-back fitting tokens);
+- ``affine``: an affine map compressed -> dense activations (least squares shrunk towards the identity)
+  folded into the encoder, then the decoder refit.
 
 Every output is a NEW sae-lens SAE of the original's architecture and width with unit-norm
 decoder rows (the original is never modified); ``identity`` measures which latents keep their

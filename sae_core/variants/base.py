@@ -46,7 +46,8 @@ class VariantInputs:
     train_sae keywords}`` (retrain trains on ``train_tokens``, finetune on FRACTION of them).
     ``train_fn``: the trainer, ``train_fn(like, batches, total_tokens, **kwargs) -> (sae, report)``
     (default :func:`sae_core.sae_train.train_sae`; a task may wrap it, e.g. with a lock).
-    ``options``: method knobs (``ridge`` for refit_decoder / affine, ``rescale`` for recalibrate).
+    ``options``: method knobs (``ridge``, ``shrink`` for refit_decoder / affine, ``affine_shrink`` for affine,
+    ``rescale`` for recalibrate; ``shrink`` / ``affine_shrink`` default to ``"auto"``).
     """
 
     compressed: Iterable[torch.Tensor] | None = None

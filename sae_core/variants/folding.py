@@ -1,4 +1,6 @@
-"""Exact weight surgery shared by the gradient-free fixes, and the streaming least squares they use.
+"""Exact weight surgery shared by the gradient-free fixes, and the streaming shrinkage least squares
+they use (:class:`NormalEquations`, :func:`validation_rows`, :func:`choose_shrink`: one estimator for
+the decoder refit and the affine map, see :mod:`~sae_core.variants.refit_decoder`).
 
 Conventions (sae-lens 6, ``a`` = ``cfg.apply_b_dec_to_input`` as 0/1): every architecture here
 computes the pre-activation ``pre = (x - a b_dec) W_enc + b_enc`` (TopK with
@@ -25,8 +27,9 @@ from sae_lens import SAE
 
 from sae_core.sae_io import flat_sae_inputs
 
-__all__ = ["NormalEquations", "decoder_input", "fold_affine_into_encoder", "limited_batches", "paired_batches",
-           "set_b_dec", "unit_norm_decoder"]
+__all__ = ["NormalEquations", "VALIDATION_EVERY", "VALIDATION_MAX_TOKENS", "VALIDATION_MIN_TOKENS", "choose_shrink",
+           "decoder_input", "fold_affine_into_encoder", "limited_batches", "paired_batches", "set_b_dec",
+           "unit_norm_decoder", "validation_rows"]
 
 
 def _a(sae: SAE[Any]) -> float:
@@ -125,13 +128,33 @@ def paired_batches(sae: SAE[Any], first: Iterable[torch.Tensor], second: Iterabl
             return
 
 
-# ------------------------------------------------------------------ ridge least squares
+# ------------------------------------------------------------------ shrinkage least squares
+#: Every ``VALIDATION_EVERY``-th streamed row (global row index ``t % 5 == 4``) is held out of the
+#: fit to choose the shrinkage, up to ``VALIDATION_MAX_TOKENS`` rows (kept in memory); the final
+#: solve then uses every row. Fewer than ``VALIDATION_MIN_TOKENS`` validation rows: a fixed rule.
+VALIDATION_EVERY = 5
+VALIDATION_MAX_TOKENS = 8192
+VALIDATION_MIN_TOKENS = 256
+
+
+def validation_rows(start: int, n: int, taken: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Bool mask of the validation rows among global rows ``start .. start + n - 1`` (``taken``:
+    validation rows chosen before this batch; the cap is applied in order)."""
+    index = torch.arange(start, start + n, device=device)
+    mask = index % VALIDATION_EVERY == VALIDATION_EVERY - 1
+    room = max(0, VALIDATION_MAX_TOKENS - taken)
+    if int(mask.sum()) > room:
+        mask &= mask.cumsum(0) <= room
+    return mask
+
+
 class NormalEquations:
-    """Streaming float64 normal equations of ``Y ≈ F W + 1 b`` (ridge on W, not on b).
+    """Streaming float64 normal equations of ``Y ≈ F W + 1 b``, shrunk towards a prior on W (not on b).
 
     Accumulates ``G = [F 1]^T [F 1]``, ``R = [F 1]^T Y`` and ``Σ||Y||²`` over batches;
-    :meth:`solve` adds ``λ I`` to the F block only, with ``λ = ridge * mean_j (F^T F)_jj``
-    (scale-free: ``ridge`` is relative to the mean energy of one column of F).
+    :meth:`solve` minimises ``Σ||Y - F W - b||² + λ ||W - P||²_F`` (``P`` the prior, 0 when None):
+    ``([F 1]^T [F 1] + diag(λ, …, λ, 0)) [W; b] = [F 1]^T Y + [λ P; 0]``. With ``λ = 0`` it is
+    plain least squares (minimum-norm solution when singular).
     """
 
     def __init__(self, p: int, q: int, device: torch.device | str = "cpu"):
@@ -160,24 +183,43 @@ class NormalEquations:
         self.yy += float(Y64.pow(2).sum())
         self.n += int(F64.shape[0])
 
+    def merged(self, other: "NormalEquations") -> "NormalEquations":
+        """The normal equations of both row sets together (sums add)."""
+        out = NormalEquations(self.p, self.q, device=self.G.device)
+        out.G, out.R = self.G + other.G, self.R + other.R
+        out.yy, out.n = self.yy + other.yy, self.n + other.n
+        return out
+
+    def energies(self) -> torch.Tensor:
+        """``diag(F^T F)``: each column's energy (a latent's Σ_t f_tj²)."""
+        return torch.diagonal(self.G)[: self.p]
+
     def ridge_lambda(self, ridge: float) -> float:
-        diag = torch.diagonal(self.G)[: self.p]
+        """``ridge * mean_j (F^T F)_jj`` (scale-free)."""
+        diag = self.energies()
         mean = float(diag.mean()) if self.p else 0.0
         return float(ridge) * (mean if mean > 0 else 1.0)
 
-    def solve(self, ridge: float) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """``(W [p, q], b [q], λ)`` minimising ``Σ||Y - F W - b||² + λ ||W||²``."""
+    def median_energy(self) -> float:
+        """Median of ``(F^T F)_jj`` over the columns that are ever non-zero (1.0 if none)."""
+        diag = self.energies()
+        live = diag[diag > 0]
+        return float(torch.quantile(live, 0.5)) if live.numel() else 1.0  # the mean of the middle two when even
+
+    def solve(self, lam: float, prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W [p, q], b [q])`` minimising ``Σ||Y - F W - b||² + λ ||W - prior||²``."""
         if self.n == 0:
             raise ValueError("least squares got no activations")
-        lam = self.ridge_lambda(ridge)
-        G = self.G.clone()
+        G, R = self.G.clone(), self.R.clone()
         G.diagonal()[: self.p] += lam
+        if prior is not None and lam > 0:
+            R[: self.p] += lam * prior.detach().double().to(R.device)
         chol, info = torch.linalg.cholesky_ex(G)
         if int(info) == 0:
-            sol = torch.cholesky_solve(self.R, chol)
-        else:  # singular (ridge 0 and a column that is never non-zero): minimum-norm solution
-            sol = torch.linalg.lstsq(G.cpu(), self.R.cpu(), driver="gelsd").solution.to(G.device)
-        return sol[: self.p], sol[self.p], lam
+            sol = torch.cholesky_solve(R, chol)
+        else:  # singular (λ 0 and a column that is never non-zero): minimum-norm solution
+            sol = torch.linalg.lstsq(G.cpu(), R.cpu(), driver="gelsd").solution.to(G.device)
+        return sol[: self.p], sol[self.p]
 
     def sse(self, W: torch.Tensor, b: torch.Tensor) -> float:
         """``Σ||Y - F W - b||²`` over the accumulated rows, from the sums alone."""
@@ -187,6 +229,14 @@ class NormalEquations:
     def sst(self) -> float:
         """``Σ||Y - mean(Y)||²``."""
         return max(0.0, self.yy - float(self.R[self.p].pow(2).sum()) / max(self.n, 1))
+
+
+def choose_shrink(grid: tuple[float, ...], validation_sse) -> tuple[float, list[float]]:
+    """The grid value with the lowest validation error (ties: the larger, i.e. closer to the prior),
+    and every value's error. ``validation_sse(c) -> float``."""
+    scores = [float(validation_sse(c)) for c in grid]
+    best = min(range(len(grid)), key=lambda i: (scores[i], -grid[i]))
+    return float(grid[best]), scores
 
 
 def finite(value: float) -> float | None:
