@@ -37,6 +37,7 @@ TINY_FLOW_ARGS = [
     "--set", "original_sae.train.train_tokens=8000", "--set", "original_sae.train.d_sae=128", "--set", "original_sae.train.k=8",
     "--set", "retrained_sae.train_tokens=8000", "--set", "pruned_sae.calibration_tokens=2000",
     "--set", "retrained_sae.enabled=true", "--sae-rules", "wanda,magnitude",
+    "--variants", "transfer,retrain,prune:wanda:0.5,prune:magnitude:0.5",  # the toy preset's own list is the whole ladder
     "--set", "pruned_sae.sparsities=[0.5]", "--set", "quality.n_tokens=2000", "--set", "quality.ce_sequences=4",
     "--set", "calibration.n_samples=8", "--set", "calibration.seq_len=64",
 ]

@@ -59,7 +59,7 @@ def test_concurrent_runs_agree_on_every_artifact_and_variant_row(flow_scenario):
                 f"{prefix}: the stored files do not match the manifest's content hash"
     variants = storage.read_parquet_prefix("variants")
     files = [k for k in scn.objects if k.startswith("variants/") and k.endswith(".parquet")]
-    identity = ["hook", "compression", "strength", "sae_variant", "sae_scoring_rule", "sae_sparsity"]
+    identity = ["hook", "compression", "strength", "variant_spec", "sae_variant", "sae_scoring_rule", "sae_sparsity", "seed"]
     assert not variants.duplicated(identity).any(), f"duplicated variant rows:\n{variants[identity + ['model_prefix']]}"
     assert len(variants) == len(files) == TINY_FLOW_VARIANTS, (len(variants), files)
 
