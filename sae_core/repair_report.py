@@ -45,6 +45,7 @@ KEEPS_IDENTITY_AT = 0.9  # identity_kept_fraction at or above which the plot's m
 GROUP = ["hook", "compression"]
 ONE_SEED = "n/a (one seed)"
 GAP_NOT_RESOLVED = "gap not resolved"
+RETRAIN_WORSE = "retrain worse than transfer"  # a resolved gap pointing the wrong way: nothing to close
 SELF = "—"  # a reference compared with itself
 BUDGET_TARGETS = (0.5, 0.9)
 SEPARATION_RULE = (
@@ -195,7 +196,7 @@ def frontier_table(variants: pd.DataFrame, identity: pd.DataFrame | None = None)
     out = []
     for (hook, compression), group in frame.groupby(GROUP, sort=True):
         gaps = {}
-        for column, (short, _, _) in QUALITY.items():
+        for column, (short, _, better) in QUALITY.items():
             transfer, retrain = _per_seed(group, "transfer", column), _per_seed(group, "retrain", column)
             seeds = sorted(set(transfer.index) | set(retrain.index))
             if transfer.empty or retrain.empty:
@@ -210,6 +211,8 @@ def frontier_table(variants: pd.DataFrame, identity: pd.DataFrame | None = None)
             resolved = separation(gap.values)
             if resolved == ONE_SEED and len(gap) == 1 and gap.iloc[0] == 0:
                 resolved = "no"
+            if resolved == "yes" and better * float(gap.mean()) < 0:
+                resolved = RETRAIN_WORSE  # e.g. a fresh SAE with a worse spliced CE: fixes are compared with transfer only
             gaps[column] = (transfer, retrain, resolved)
         for spec, rows in group.groupby("variant_spec", sort=False):
             row = {"hook": hook, "compression": compression, "variant_spec": spec,
@@ -250,8 +253,8 @@ def _paired(spec: str, fix: pd.Series, transfer, retrain, resolved: str, short: 
         return row
     t, r = _reference(transfer, fix.index), _reference(retrain, fix.index)
     gap = r - t
-    if resolved == "no":
-        row[f"{short}_gap_closed_text"] = GAP_NOT_RESOLVED
+    if resolved in ("no", RETRAIN_WORSE):
+        row[f"{short}_gap_closed_text"] = GAP_NOT_RESOLVED if resolved == "no" else RETRAIN_WORSE
         return row
     closed = ((fix - t) / gap.where(gap != 0)).dropna()
     mean, sd, n = _mean_sd(closed.values)
@@ -445,6 +448,14 @@ def _verdict(group: pd.DataFrame, hook: str, compression: str) -> str:
             parts.append(f"on {name}, one seed only: no ordering is claimed")
         elif resolved == "no":
             parts.append(f"on {name}, transfer and retrain are not separated (gap not resolved): no fix is needed or claimed")
+        elif resolved == RETRAIN_WORSE:
+            sign = QUALITY[column][2]
+            better = [spec for spec, sep, diff in zip(group["variant_spec"], group[f"{short}_separated_from_transfer"],
+                                                       group[f"{short}_minus_transfer"])
+                      if spec not in ("transfer", "retrain") and sep == "yes" and sign * diff > 0]
+            parts.append(f"on {name}, retrain is worse than transfer (no gap to close); "
+                         + (f"better than transfer, separated: {', '.join(f'`{b}`' for b in better)}" if better
+                            else "no fix is separated from transfer in the better direction"))
         elif resolved != "yes":
             parts.append(f"on {name}, {resolved}: no gap to close")
         else:

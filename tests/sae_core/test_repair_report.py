@@ -281,3 +281,21 @@ def test_missing_references_or_measures_do_not_crash():
     assert math.isnan(refit["ce_delta_mean"]) and refit["ce_delta_gap_closed_text"] == ""
     assert "on EV, no retrain rows: no gap to close" in rr.frontier_markdown(table, rr.finetune_budget(variants))
     assert rr.frontier_plot(variants)[:4] == b"\x89PNG"
+
+
+def test_a_gap_pointing_the_wrong_way_is_named_not_turned_into_ratios():
+    """Retrain worse than transfer on ΔCE (seen on the toy preset): gap-closed ratios would flip sign and
+    read as nonsense (a fix better than transfer would 'close' a negative fraction); the table says so instead."""
+    rows = []
+    for seed in range(3):
+        for spec, ce in (("transfer", 0.027), ("affine", 0.023), ("retrain", 0.032)):
+            rows.append({"hook": HOOK, "compression": "wanda:0.5", "strength": 0.5, "variant_spec": spec,
+                         "variant_method": spec, "sae_variant": spec, "seed": seed, "explained_variance_centred": 0.9,
+                         "ce_delta": ce + 1e-4 * seed, "tokens_used": 0 if spec == "transfer" else 1000, "wall_time_s": 1.0,
+                         "gradient_steps": 0, "sae_prefix": f"saes/{spec}/{seed}", "model_prefix": "compressed_models/x"})
+    table = rr.frontier_table(pd.DataFrame(rows), None)
+    affine = table[table["variant_spec"] == "affine"].iloc[0]
+    assert affine["ce_delta_gap_resolved"] == "retrain worse than transfer"
+    assert affine["ce_delta_gap_closed_text"] == "retrain worse than transfer" and np.isnan(affine["ce_delta_gap_closed"])
+    markdown = rr.frontier_markdown(table, rr.finetune_budget(pd.DataFrame(rows)))
+    assert "retrain is worse than transfer (no gap to close); better than transfer, separated: `affine`" in markdown
