@@ -73,7 +73,8 @@ def check_table(done, storage: Storage, hooks: set[str]) -> pd.DataFrame:
     assert sorted(variants.groupby("hook")["sae_variant"].apply(sorted).iloc[0]) == ["original", "pruned", "retrained"]
     assert variants[["mse", "explained_variance_centred", "l0"]].notna().all().all()
     metrics = storage.read_parquet_prefix("metrics")
-    assert set(metrics["metric_family"]) == {"core"} and set(metrics["hook"]) == hooks
+    # core, and every variant's feature identity against its original (repair.identity, on by default)
+    assert set(metrics["metric_family"]) == {"core", "feature_identity"} and set(metrics["hook"]) == hooks
     assert (metrics["status"] == "ok").all(), metrics[["hook", "sae_variant", "status", "reason"]]
     assert metrics.loc[metrics["metric_name"] == "l0", "value"].notna().all()
     assert storage.exists(f"{summary['report']['prefix']}/summary.md")
