@@ -21,7 +21,8 @@ from sae_core.hashing import config_hash
 from sae_core.metrics.rows import metric_rows
 from sae_core.model_ref import compression_label, compression_of, model_identity, model_key
 from sae_core.storage import Storage
-from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint, compute_lock, flow_run_id, load_model_ref, load_stored_sae, ml_stack
+from tasks.common import (ARTIFACT_TASK_OPTIONS, activation_batches, code_fingerprint, compute_lock, flow_run_id, load_model_ref,
+                          load_stored_sae, ml_stack)
 
 FAMILY = "feature_fidelity"
 # (summary key, metric name, higher is better); None: neither direction is "better".
@@ -155,7 +156,6 @@ def feature_identity(variant: dict, original: dict, dense_held_out: dict, held_o
 
 def _identity_headline(storage, variant, original, dense_held_out, held_out, keeps_identity, device) -> list[dict]:
     from sae_core.variants.identity import code_fidelity, decoder_identity, match_latents
-    from tasks.common import activation_batches
 
     original_sae = load_stored_sae(storage, original["prefix"], device)
     variant_sae = load_stored_sae(storage, variant["sae_prefix"], device)
