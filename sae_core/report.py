@@ -197,28 +197,32 @@ def metric_vs_sparsity_plots(metrics: pd.DataFrame, max_metrics: int = 12) -> di
         group = group[group["value"].notna()]
         if group.empty:
             continue
-        names = plotted_metrics((group["metric_family"] + "/" + group["metric_name"]).drop_duplicates().tolist(), max_metrics)
+        names = plotted_metrics(_compared_metrics(group), max_metrics)
+        if not names:
+            continue
         cols = min(3, len(names))
         rows = -(-len(names) // cols)
         figure, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
         for ax, name in zip(axes.flat, names):
             family, metric = name.split("/", 1)
             data = group[(group["metric_family"] == family) & (group["metric_name"] == metric)]
-            original = data[data["sae_variant"] == "original"]["value"].mean()
+            original, original_sd = _mean_sd(data[data["sae_variant"] == "original"])
             for rule, pruned in data[data["sae_variant"] == "pruned"].groupby("sae_scoring_rule"):
-                curve = pruned.groupby("sae_sparsity")["value"].mean().sort_index()
-                xs = [0.0] + curve.index.tolist()
-                ys = [original] + curve.tolist()
-                ax.plot(xs, ys, marker="o", label=f"pruned ({rule})")
+                curve = [(x, *_mean_sd(points)) for x, points in pruned.groupby("sae_sparsity")]
+                xs = [0.0] + [c[0] for c in curve]
+                ys = [original] + [c[1] for c in curve]
+                sds = [original_sd] + [c[2] for c in curve]
+                ax.errorbar(xs, ys, yerr=_bars(sds), marker="o", capsize=3, label=f"pruned ({rule})")
             if not pd.isna(original):
-                ax.scatter([0.0], [original], color="black", zorder=5, label="original (transfer)")
-            retrained = data[data["sae_variant"] == "retrained"]["value"].mean()
+                ax.errorbar([0.0], [original], yerr=_bars([original_sd]), fmt="o", color="black", capsize=3, zorder=5,
+                            label="original (transfer)")
+            retrained, retrained_sd = _mean_sd(data[data["sae_variant"] == "retrained"])
             if not pd.isna(retrained):
-                ax.axhline(retrained, color="gray", linestyle="--", label="retrained")
+                _reference_line(ax, retrained, retrained_sd, color="gray", linestyle="--", label="retrained")
             others = data[~data["sae_variant"].isin(["original", "retrained", "pruned"])]  # every other fix the rows name
             if len(others):
                 for i, (label, other) in enumerate(others.groupby(others.apply(variant_label, axis=1))):
-                    ax.axhline(other["value"].mean(), linestyle=":", color=f"C{(3 + i) % 10}", label=label)
+                    _reference_line(ax, *_mean_sd(other), linestyle=":", color=f"C{(3 + i) % 10}", label=label)
             higher = data["higher_is_better"].iloc[0] if "higher_is_better" in data and len(data) else None
             arrow = " ↑" if higher is True else " ↓" if higher is False else ""
             ax.set_title(f"{name}{arrow}", fontsize=9)
@@ -229,11 +233,52 @@ def metric_vs_sparsity_plots(metrics: pd.DataFrame, max_metrics: int = 12) -> di
         handles, labels = axes.flat[0].get_legend_handles_labels()
         figure.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, bbox_to_anchor=(0.5, -0.02))
         compressed = f"compressed with {model[0]}" if model else f"pruned to {float(strength):.0%}"
-        figure.suptitle(f"{hook} — SAEs on the LLM {compressed}", fontsize=11)
+        spread = " (bars, bands: ± 1 s.d. over SAE seeds)" if _has_spread(group) else ""
+        figure.suptitle(f"{hook} — SAEs on the LLM {compressed}{spread}", fontsize=11)
         figure.tight_layout(rect=(0, 0.04, 1, 1))
         name = model[0].replace(":", "-") if model else f"llm{int(round(100 * float(strength)))}"
         plots[f"metrics_{hook}_{name}.png"] = _figure_to_png(figure)
     return plots
+
+
+def _compared_metrics(group: pd.DataFrame) -> list[str]:
+    """The metrics with something to draw against SAE sparsity: measured for more than one variant. A metric
+    of the original SAE alone (the feature audit's ``feature_fidelity/*``: dense vs compressed model, one
+    number) would be one point on a meaningless axis; the audit's own figures show it."""
+    names = group["metric_family"] + "/" + group["metric_name"]
+    variants = group.apply(variant_label, axis=1)
+    counts = variants.groupby(names).nunique()
+    return [n for n in names.drop_duplicates() if counts[n] > 1]
+
+
+def _seed_values(points: pd.DataFrame) -> pd.Series:
+    """One value per SAE (seed) of one variant at one x: repeated rows of one SAE are averaged first."""
+    for column in ("seed", "sae_prefix"):
+        if column in points and points[column].notna().all():
+            return points.groupby(column)["value"].mean()
+    return points["value"]
+
+
+def _mean_sd(points: pd.DataFrame) -> tuple[float, float]:
+    """Mean over seeds and their standard deviation (NaN with fewer than two seeds)."""
+    values = _seed_values(points)
+    return float(values.mean()) if len(values) else float("nan"), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
+
+def _bars(sds: list[float]) -> list[float] | None:
+    return [0.0 if pd.isna(s) else s for s in sds] if any(not pd.isna(s) for s in sds) else None
+
+
+def _reference_line(ax, mean: float, sd: float, **style) -> None:
+    """A horizontal reference (a variant without an x position) and its ± 1 s.d. band when there are seeds."""
+    line = ax.axhline(mean, **style)
+    if not pd.isna(sd):
+        ax.axhspan(mean - sd, mean + sd, color=line.get_color(), alpha=0.12, linewidth=0)
+
+
+def _has_spread(group: pd.DataFrame) -> bool:
+    keys = [c for c in ("metric_family", "metric_name", "sae_variant", "sae_scoring_rule", "sae_sparsity", "variant_spec") if c in group]
+    return any(len(_seed_values(points)) > 1 for _, points in group.groupby(keys, dropna=False))
 
 
 def cost_plot(variants: pd.DataFrame) -> bytes | None:

@@ -116,3 +116,45 @@ def test_a_cached_rerun_reads_the_plots_back_instead_of_drawing_them(tmp_path, m
     changed.loc[changed.index[0], changed.columns[-1]] = 12345
     report_task._rendered_plots(storage, "reports/x", metrics, changed, results, [])
     assert drawn == [1, 1]
+
+
+def _seeded_rows(seeds: int) -> pd.DataFrame:
+    """Core rows of ``seeds`` SAE seeds (one sae_prefix each) plus the feature audit's original-only rows."""
+    rows = []
+    for seed in range(seeds):
+        for variant, rule, sparsity in [("original", "", 0.0), ("pruned", "wanda", 0.5), ("retrained", "", 0.0)]:
+            rows.append({"hook": "h", "compression": "wanda:0.5", "strength": 0.5, "sae_variant": variant, "sae_scoring_rule": rule,
+                         "sae_sparsity": sparsity, "metric_family": "core", "metric_name": "explained_variance",
+                         "value": 0.9 - sparsity / 10 + 0.01 * seed, "status": "ok", "reason": "",
+                         "sae_prefix": f"saes/{variant}-{sparsity}-{seed}"})
+        rows.append({"hook": "h", "compression": "wanda:0.5", "strength": 0.5, "sae_variant": "original", "sae_scoring_rule": "",
+                     "sae_sparsity": 0.0, "metric_family": "feature_fidelity", "metric_name": "survived_frac", "value": 0.8,
+                     "status": "ok", "reason": "", "sae_prefix": f"saes/original-0.0-{seed}"})
+    return pd.DataFrame(rows)
+
+
+def test_metric_plot_draws_seed_spread_and_no_single_point_panel(monkeypatch):
+    """Several SAE seeds: error bars (the s.d. over seeds) on every plotted point, a band around the
+    retrained reference; a metric measured for the original SAE alone (feature_fidelity) gets no panel."""
+    import matplotlib.axes
+
+    bars, titles, bands = [], [], []
+    real_errorbar, real_title, real_span = matplotlib.axes.Axes.errorbar, matplotlib.axes.Axes.set_title, matplotlib.axes.Axes.axhspan
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, x, y, yerr=None, **kw: bars.append(yerr) or real_errorbar(self, x, y, yerr=yerr, **kw))
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, t, **kw: titles.append(t) or real_title(self, t, **kw))
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhspan", lambda self, lo, hi, **kw: bands.append(hi - lo) or real_span(self, lo, hi, **kw))
+
+    plots = rep.metric_vs_sparsity_plots(_seeded_rows(3))
+    assert list(plots) == ["metrics_h_wanda-0.5.png"]
+    assert titles == ["core/explained_variance"]  # no feature_fidelity panel
+    assert all(b is not None and all(abs(v - 0.01) < 1e-9 for v in b) for b in bars)  # s.d. of 0.00, 0.01, 0.02
+    assert len(bands) == 1 and abs(bands[0] - 0.02) < 1e-9
+
+    bars.clear(), bands.clear()
+    rep.metric_vs_sparsity_plots(_seeded_rows(1))  # one seed: no bars, no band (nothing to show)
+    assert bars and all(b is None for b in bars) and bands == []
+
+
+def test_original_only_metrics_alone_draw_no_figure():
+    rows = _seeded_rows(2)
+    assert rep.metric_vs_sparsity_plots(rows[rows["metric_family"] == "feature_fidelity"]) == {}
