@@ -447,9 +447,9 @@ def test_report_lists_every_compressed_model_and_keeps_specs_apart():
     assert "| rtn:4 | rtn per_channel | 4 | 4 bits | 10.000 → 10.500 |" in text
     assert "| wanda:0.5 | wanda unstructured | 0.5 | 0.500 | 10.000 → 12.000 | 2.0 | 0 |" in text
 
-    rows = [{"hook": "h", "compression": spec, "strength": float(spec[-1]), "sae_variant": "original", "sae_scoring_rule": "",
+    rows = [{"hook": "h", "compression": spec, "strength": float(spec[-1]), "sae_variant": variant, "sae_scoring_rule": "",
              "sae_sparsity": 0.0, "metric_family": "core", "metric_name": "ce_loss_score", "value": v,
-             "higher_is_better": True} for spec, v in (("rtn:8", 0.9), ("rtn:4", 0.5))]
+             "higher_is_better": True} for spec, v in (("rtn:8", 0.9), ("rtn:4", 0.5)) for variant in ("original", "retrained")]
     table = rep.headline_table(pd.DataFrame(rows))
     assert sorted(table["compression"]) == ["rtn:4", "rtn:8"]  # not averaged together
     assert sorted(rep.metric_vs_sparsity_plots(pd.DataFrame(rows))) == ["metrics_h_rtn-4.png", "metrics_h_rtn-8.png"]
