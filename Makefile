@@ -10,6 +10,8 @@ REAL_MODEL_PRESETS := gemma-3-270m
 NEEDS_REAL := $(strip $(foreach p,$(REAL_MODEL_PRESETS),$(findstring $(p),$(ARGS))))
 # Debian packages that ship the real English text of the real-model presets.
 CORPUS_PACKAGES := debian-handbook bible-kjv bible-kjv-text
+# The browser of the report page's test (tests/flows/test_report_page_browser.py): Debian's headless-capable Chromium.
+BROWSER_PACKAGES := chromium
 
 export UV_PYTHON_DOWNLOADS := never
 export HF_HUB_OFFLINE ?= 1
@@ -18,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: run test test-slow env env-real corpus clean-artifacts
+.PHONY: run test test-slow env env-real corpus chromium clean-artifacts
 
 env: $(VENV)/.synced
 
@@ -46,6 +48,15 @@ corpus:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# Installs Debian's chromium when missing (the report page's browser test opens the page in it).
+chromium:
+	@missing=$$(for p in $(BROWSER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
 run: env $(if $(NEEDS_REAL),env-real)
 	$(VENV)/bin/python -m flows.full $(ARGS)
 
@@ -53,9 +64,9 @@ run: env $(if $(NEEDS_REAL),env-real)
 test: env
 	$(VENV)/bin/python -m pytest -m "not slow and not real_model" $(ARGS)
 
-# Slower checks CI also runs: the real pretrained model, preset rehearsals, a real Prefect server.
+# Slower checks CI also runs: the real pretrained model, preset rehearsals, a real Prefect server, the report page in Chromium.
 # (pytest's exit 5, "no tests collected", is not a failure here.)
-test-slow: env-real
+test-slow: env-real chromium
 	$(VENV)/bin/python -m pytest -m "slow or real_model" $(ARGS); rc=$$?; [ $$rc = 5 ] && rc=0; exit $$rc
 
 clean-artifacts:
