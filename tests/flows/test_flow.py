@@ -69,6 +69,7 @@ def test_flow_produces_every_artifact(first_run):
         assert any(k.endswith("manifest.json") for k in storage.list(prefix)), prefix
     report = summary["report"]["prefix"]
     assert storage.exists(f"{report}/summary.md") and storage.exists(f"{report}/metrics.parquet")
+    assert summary["report"]["html_uri"] == storage.uri(f"{report}/report.html") and storage.exists(f"{report}/report.html")
     assert any(name.endswith(".png") for name in summary["report"]["plots"])
     # Every Prefect result is a small JSON manifest, never a pickle.
     results = [k for k in storage.list("prefect-results") if not k.endswith(".lock")]
