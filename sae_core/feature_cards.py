@@ -125,9 +125,11 @@ def latent_activations(hooked, sae, tokens, hook_name: str, features: list[int],
     with no_hook_z_reshaping(sae):
         for start in range(0, len(tokens), batch_sequences):
             batch = tokens[start:start + batch_sequences]
-            acts = hook_activations(hooked, batch, hook_name)
-            codes = sae.encode(flat_sae_inputs(sae, acts).to(sae.device, sae.dtype))
-            out.append(codes[:, columns.to(codes.device)].float().cpu().reshape(len(batch), batch.shape[1], len(features)))
+            flat = flat_sae_inputs(sae, hook_activations(hooked, batch, hook_name))
+            step = max(1, (1 << 22) // int(sae.cfg.d_sae))  # the full code, a few thousand rows at a time (~16 MB)
+            kept = [sae.encode(flat[i:i + step].to(sae.device, sae.dtype))[:, columns.to(sae.device)].float().cpu()
+                    for i in range(0, len(flat), step)]
+            out.append(torch.cat(kept).reshape(len(batch), batch.shape[1], len(features)))
     return torch.cat(out) if out else torch.zeros((0, tokens.shape[1], len(features)))
 
 
@@ -166,9 +168,10 @@ def promoted_tokens(hooked, sae, features: list[int], hook_name: str, k: int = P
     weight = getattr(getattr(hooked, "ln_final", None), "w", None)
     if isinstance(weight, torch.Tensor):
         directions = directions * weight.detach().float().cpu()
-    logits = directions @ hooked.W_U.detach().float().cpu()
-    values, ids = logits.topk(min(k, logits.shape[1]), dim=1)
-    return ids.numpy(), values.numpy(), ""
+    unembed = hooked.W_U.detach()  # [d_model, d_vocab]: used where it lies, in its dtype (no copy of a 262k vocabulary)
+    logits = directions.to(unembed.device, unembed.dtype) @ unembed
+    values, ids = logits.float().topk(min(k, logits.shape[1]), dim=1)
+    return ids.cpu().numpy(), values.cpu().numpy(), ""
 
 
 # ------------------------------------------------------------------ the cards
@@ -343,7 +346,7 @@ def histogram_svg(edges: list[float], dense: list[int], compressed: list[int], w
     first, last = nonzero[0], nonzero[-1]
     shown = list(range(first, last + 1))
     top = max(max(dense[i], compressed[i]) for i in shown)
-    pad_bottom, pad_top = 16, 4
+    pad_bottom, pad_top = 16, 13
     plot_h = height - pad_bottom - pad_top
     bar_w = width / len(shown)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
@@ -359,7 +362,7 @@ def histogram_svg(edges: list[float], dense: list[int], compressed: list[int], w
     parts.append(f'<text x="0" y="{height - 3}" font-size="10" fill="#555">{html.escape(_fmt(edges[first]))}</text>')
     parts.append(f'<text x="{width}" y="{height - 3}" font-size="10" fill="#555" text-anchor="end">{html.escape(_fmt(edges[last + 1]))}</text>')
     parts.append(f'<text x="{width / 2}" y="{height - 3}" font-size="10" fill="#555" text-anchor="middle">activation (log bins)</text>')
-    parts.append(f'<text x="{width}" y="10" font-size="10" fill="#555" text-anchor="end">max {top}</text>')
+    parts.append(f'<text x="0" y="10" font-size="10" fill="#555">tokens per bin (max {top})</text>')
     parts.append("</svg>")
     return "".join(parts)
 
