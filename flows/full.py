@@ -30,6 +30,7 @@ from sae_core.storage import DEFAULT_STORAGE_URL, Storage
 from tasks.activations import cache_activations_task
 from tasks.compression import compress_llm, match_compression
 from tasks.feature_audit import feature_fidelity, feature_identity, feature_overlap
+from tasks.feature_cards import feature_cards
 from tasks.controls import dense_patch_control
 from tasks.metrics import evaluate_metric
 from tasks.report import write_report
@@ -59,6 +60,7 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                     config.device, seed)
 
         variants, metric_results, compressed_llms, audits, controls, identities = [], [], [], [], [], []
+        cards = []  # one feature-cards task per audit (original SAE x compressed model)
         dense_for_variants: dict[tuple, Any] = {}  # the dense model's caches the variants read, one per (hook, kind)
 
         def dense_cache(hook: str, kind: str, submit):
@@ -97,6 +99,8 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                     if config.feature_audit.enabled and (seed == seeds[0] or config.original_sae.train):  # what compression did to each feature
                         audits.append(feature_fidelity.submit(original, dense_llm, compressed_llm, audit_settings(config, hook), config.dataset,
                                                               config.name, store, *on_device))
+                        cards.append(feature_cards.submit(audits[-1], original, dense_llm, compressed_llm, audit_settings(config, hook),
+                                                          config.dataset, store, *on_device))
 
                     # 4. Every SAEBench metric, each its own cached task, on the compressed model.
                     for variant in hook_variants:
@@ -115,6 +119,8 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                 pair = [feature_fidelity.submit(original, dense_llm, llm, audit_settings(config, hook), config.dataset, config.name, store, *on_device)
                         for llm in (reference, tuned)]
                 audits += [*pair, feature_overlap.submit(*pair, config.name, store)]
+                cards += [feature_cards.submit(audit, original, dense_llm, llm, audit_settings(config, hook), config.dataset, store, *on_device)
+                          for audit, llm in zip(pair, (reference, tuned))]
 
     # 5. One table, plots and a markdown report, in storage and as Prefect artifacts.
     #    A failed variant or metric does not stop the others; the report shows what finished,
@@ -130,13 +136,17 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
     failed_metrics += failed_identities
     done_controls, failed_controls = finished(controls)
     failed += failed_controls
-    report = write_report(config.name, config.model_dump(mode="json"), done_llms, done_variants, done_metrics + done_audits + done_identities, store,
+    done_cards, failed_cards = finished(cards)
+    done_cards = list({c["cards_key"]: c for c in done_cards}.values())  # a matched reference's cards, twice
+    failed_metrics += failed_cards
+    report = write_report(config.name, config.model_dump(mode="json"), done_llms, done_variants,
+                          done_metrics + done_audits + done_identities + done_cards, store,
                           controls=done_controls, base_model=dense_llm.result())
     if failed or failed_metrics:
         raise RuntimeError(f"{len(failed)} compression / SAE variant task(s) and {len(failed_metrics)} metric task(s) failed "
                            f"(report of the rest: {report['uri']}): " + "; ".join((failed + failed_metrics)[:5]))
     return {"report": report, "n_variants": len(done_variants), "n_metric_results": len(done_metrics), "n_feature_audits": len(done_audits),
-            "n_feature_identities": len(done_identities)}
+            "n_feature_identities": len(done_identities), "n_feature_cards": len(done_cards)}
 
 
 def _logger():

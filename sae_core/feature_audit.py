@@ -20,6 +20,11 @@ subset ``i mod n_subsets``) and the spread of survived % across them is reported
 figure. Each subset holds 1/n of the tokens, so that spread is an upper bound on the noise of the
 full-token figure (≈ √n larger).
 
+Feature cards (``sae_core.feature_cards``): with ``card_top_k > 0`` the same pass also records,
+per feature, its ``card_top_k`` highest dense activations (value, window, position, and the
+compressed model's activation at that very position) and histograms of its non-zero activations
+on both sides over fixed, shared log-spaced bins (``CardRecorder``); nothing else changes.
+
 Plain library: no prefect. Models are TransformerLens ``HookedTransformer`` objects.
 """
 
@@ -132,6 +137,90 @@ class FeatureMoments:
         frame.attrs["n_tokens"] = self.n
         return frame[TABLE_COLUMNS]
 
+# ------------------------------------------------------------------ what the feature cards need, in the same pass
+CARD_TOP_K = 10  # positions kept per feature (the cards show the first few)
+HIST_LOG10_RANGE = (-3.0, 3.0)  # non-zero activations in [1e-3, 1e3) get log-spaced bins; below / above: one bin each
+HIST_BINS_PER_DECADE = 12
+
+
+def histogram_edges() -> np.ndarray:
+    """The fixed bin edges every histogram shares: ``[0, 1e-3, ..., 1e3, inf]`` (log-spaced inside)."""
+    lo, hi = HIST_LOG10_RANGE
+    inner = np.logspace(lo, hi, int(round((hi - lo) * HIST_BINS_PER_DECADE)) + 1)
+    return np.concatenate([[0.0], inner, [np.inf]])
+
+
+@dataclass
+class CardRecorder:
+    """Per feature: the ``k`` largest dense activations seen so far, where they were (window, position)
+    and the compressed model's activation at those positions, plus histograms of the non-zero
+    activations on each side over ``histogram_edges()``. Memory: ``d_sae * (4k + 2 * bins)`` numbers
+    (16384 features, k = 10, 74 bins: ~23 MB), whatever the number of tokens."""
+
+    d_sae: int
+    k: int = CARD_TOP_K
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        import torch
+
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        n_bins = len(histogram_edges()) - 1
+        if not self.state:
+            self.state = {"value": torch.full((self.k, self.d_sae), -math.inf), "compressed": torch.full((self.k, self.d_sae), math.nan),
+                          "window": torch.full((self.k, self.d_sae), -1, dtype=torch.long),
+                          "position": torch.full((self.k, self.d_sae), -1, dtype=torch.long),
+                          "hist_dense": torch.zeros((self.d_sae, n_bins), dtype=torch.long),
+                          "hist_compressed": torch.zeros((self.d_sae, n_bins), dtype=torch.long)}
+
+    @no_grad
+    def update(self, x: torch.Tensor, y: torch.Tensor, window: torch.Tensor, position: torch.Tensor) -> None:
+        """Add token rows ``x`` (dense) and ``y`` (compressed), ``[tokens, d_sae]``, read at ``window[i], position[i]``."""
+        import torch
+
+        if x.shape != y.shape or x.ndim != 2 or x.shape[1] != self.d_sae or len(window) != len(x) or len(position) != len(x):
+            raise ValueError(f"card rows must be [tokens, {self.d_sae}] on both sides with one window / position each, got "
+                             f"{tuple(x.shape)}, {tuple(y.shape)}, {len(window)}, {len(position)}")
+        window, position = torch.as_tensor(window, dtype=torch.long).cpu(), torch.as_tensor(position, dtype=torch.long).cpu()
+        edges = torch.as_tensor(histogram_edges()[1:-1], dtype=torch.float64, device=x.device)
+        s = self.state
+        step = max(1, _CHUNK_ELEMENTS // self.d_sae)
+        for start in range(0, x.shape[0], step):  # selection and counting on x's device; only [k, d_sae] and counts move
+            xd, yd = x[start:start + step].float(), y[start:start + step].float()
+            value, row = xd.topk(min(self.k, len(xd)), dim=0)  # [k', d_sae]
+            row_cpu = row.cpu()
+            candidates = {"value": torch.cat([s["value"], value.cpu()]), "compressed": torch.cat([s["compressed"], yd.gather(0, row).cpu()]),
+                          "window": torch.cat([s["window"], window[start:start + step][row_cpu]]),
+                          "position": torch.cat([s["position"], position[start:start + step][row_cpu]])}
+            keep = candidates["value"].topk(self.k, dim=0).indices
+            for name, stacked in candidates.items():
+                s[name] = stacked.gather(0, keep)
+            for side, acts in (("hist_dense", xd), ("hist_compressed", yd)):
+                fired = acts > 0
+                feature = fired.nonzero()[:, 1]
+                bins = torch.bucketize(acts[fired].double(), edges, right=True)  # 0: (0, 1e-3); last: >= 1e3
+                n_bins = s[side].shape[1]
+                s[side] += torch.bincount(feature * n_bins + bins, minlength=s[side].numel()).view_as(s[side]).cpu()
+
+    def topk_table(self) -> pd.DataFrame:
+        """One row per (feature, rank) with a positive dense activation: ``feature, rank, dense_value,
+        compressed_value, window, position``; rank 0 is the feature's largest dense activation."""
+        s = {name: v.numpy() for name, v in self.state.items() if not name.startswith("hist")}
+        rank, feature = np.meshgrid(np.arange(self.k), np.arange(self.d_sae), indexing="ij")
+        frame = pd.DataFrame({"feature": feature.ravel(), "rank": rank.ravel(), "dense_value": s["value"].ravel().astype(np.float64),
+                              "compressed_value": s["compressed"].ravel().astype(np.float64),
+                              "window": s["window"].ravel(), "position": s["position"].ravel()})
+        frame = frame[frame["dense_value"] > 0]
+        return frame.sort_values(["feature", "rank"], kind="stable").reset_index(drop=True)
+
+    def histogram_table(self) -> pd.DataFrame:
+        """One row per feature: ``feature``, ``dense_counts`` and ``compressed_counts`` (lists over
+        ``histogram_edges()``'s bins; zeros are not counted: they are the firing rates' complement)."""
+        return pd.DataFrame({"feature": np.arange(self.d_sae),
+                             "dense_counts": list(self.state["hist_dense"].numpy()),
+                             "compressed_counts": list(self.state["hist_compressed"].numpy())})
+
 
 def classify(r: np.ndarray, active: np.ndarray) -> np.ndarray:
     """survived / degraded / damaged for active features, 'inactive' otherwise."""
@@ -166,6 +255,7 @@ class FeatureAudit:
     summary: dict[str, float]  # summarize() over all tokens, plus the subset spread and exclusions
     subset_summaries: list[dict[str, float]]
     perplexity: dict[str, float] | None = None  # {"dense", "compressed", "delta_pct"} on the audit tokens
+    cards: "CardRecorder | None" = None  # with card_top_k > 0: what the feature cards need, from the same pass
 
 
 ARCHITECTURE_FIELDS = ("original_architecture", "model_name", "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab",
@@ -222,7 +312,7 @@ def _forward(hooked, batch: torch.Tensor, hook_name: str, with_loss: bool) -> tu
 def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_name: str, *, exclude_ids: Iterable[int] = (),
                            batch_sequences: int = 16, n_subsets: int = 3, with_perplexity: bool = True,
                            on_batch: Callable[[int], None] | None = None, compressed_sae=None,
-                           latent_permutation=None) -> FeatureAudit:
+                           latent_permutation=None, card_top_k: int = 0) -> FeatureAudit:
     """Run both models on ``tokens`` ``[windows, seq]``, encode with ``sae`` and compare every feature.
 
     Positions holding an ``exclude_ids`` token (BOS / EOS / PAD, as in activation caching) are
@@ -233,6 +323,10 @@ def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_na
     variant fixed for the compressed model; ``latent_permutation`` (``perm[j]`` = the compressed
     side's latent compared with ``sae``'s latent j, e.g. from
     ``sae_core.variants.identity.match_latents``) reorders its codes first.
+
+    ``card_top_k > 0``: ``FeatureAudit.cards`` holds a ``CardRecorder`` filled in this same pass
+    (top-``card_top_k`` positions per feature by dense activation, both sides' histograms); window
+    indices are rows of ``tokens``. It changes none of the other outputs.
     """
     import torch
 
@@ -246,6 +340,8 @@ def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_na
         raise ValueError(f"{len(tokens)} token windows cannot be split into {n_subsets} subsets")
     if batch_sequences < 1:
         raise ValueError(f"batch_sequences must be >= 1, got {batch_sequences}")
+    if card_top_k < 0:
+        raise ValueError(f"card_top_k must be >= 0, got {card_top_k}")
     check_same_architecture(dense, compressed, hook_name)  # before any heavy work
     check_sae_matches_hook(sae, dense, hook_name)
     other = sae if compressed_sae is None else compressed_sae
@@ -259,6 +355,7 @@ def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_na
     excluded = torch.tensor(sorted(set(int(i) for i in exclude_ids)), dtype=torch.long)
     d_sae = int(sae.cfg.d_sae)
     subsets = [FeatureMoments(d_sae) for _ in range(n_subsets)]
+    cards = CardRecorder(d_sae, card_top_k) if card_top_k > 0 else None
     nll = {"dense": 0.0, "compressed": 0.0}
     n_predicted = n_excluded = 0
     with no_hook_z_reshaping(sae), no_hook_z_reshaping(other):
@@ -281,6 +378,9 @@ def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_na
                     if perm is not None:
                         y = y[:, perm.to(y.device)]
                     moments.update(x, y.to(x.device))
+                    if cards is not None:  # rows come out of the boolean mask in row-major (window, position) order
+                        where = rows.nonzero().cpu()
+                        cards.update(x, y.to(x.device), where[:, 0] + start, where[:, 1])
             if on_batch is not None:
                 on_batch(len(batch))
     total = subsets[0]
@@ -293,7 +393,7 @@ def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_na
     if with_perplexity:
         ppl_x, ppl_y = math.exp(nll["dense"] / n_predicted), math.exp(nll["compressed"] / n_predicted)
         perplexity = {"dense": ppl_x, "compressed": ppl_y, "delta_pct": 100.0 * (ppl_y / ppl_x - 1.0), "tokens": n_predicted}
-    return FeatureAudit(table=table, summary=summary, subset_summaries=subset_summaries, perplexity=perplexity)
+    return FeatureAudit(table=table, summary=summary, subset_summaries=subset_summaries, perplexity=perplexity, cards=cards)
 
 
 def subset_spread(subset_summaries: list[dict[str, float]]) -> dict[str, float]:

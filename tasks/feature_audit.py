@@ -4,6 +4,9 @@ Stores, under one content-hashed key:
 - ``feature_audit/<key>.parquet``: one row per SAE feature (r, firing rates, class, ...);
 - ``feature_audit/<key>.json``: the summary, the per-subset summaries, the perplexities on the
   audit tokens and the survival-predictor AUC;
+- ``feature_audit/<key>.topk.parquet`` and ``feature_audit/<key>.hist.parquet``: what the feature
+  cards (task ``feature-cards``) need, recorded in the same pass: per feature its top dense
+  activations (window, position, the compressed model's value there) and both sides' histograms;
 - ``metrics/feature_fidelity/<key>.parquet``: the headline figures as metric rows in the
   schema of every other metric (``sae_core.metrics.rows.metric_rows``), so one
   ``pd.read_parquet("<root>/metrics")`` reads them beside SAEBench's. Written last: it commits.
@@ -60,16 +63,25 @@ def feature_fidelity(original: dict, dense: dict, compressed: dict, audit: dict,
                          table_key, summary_key, rows_key)
     stored = storage.get_json(summary_key)
     return {"kind": FAMILY, "metric": FAMILY, "status": "ok", "rows_key": rows_key, "table_key": table_key, "summary_key": summary_key,
+            "topk_key": topk_key(key), "histogram_key": histogram_key(key),
             "uri": storage.uri(rows_key), "hook": original["hook"], "sae_prefix": original["prefix"],
             "model_prefix": model_key(compressed), "compression": compression_of(compressed),
             "perplexity": compressed.get("perplexity"), "audit_perplexity": stored["perplexity"],
             "summary": stored["summary"], "auc": stored["auc"]}
 
 
+def topk_key(key: str) -> str:
+    return f"feature_audit/{key}.topk.parquet"
+
+
+def histogram_key(key: str) -> str:
+    return f"feature_audit/{key}.hist.parquet"
+
+
 def _audit_and_store(storage, original, dense, compressed, audit, dataset, experiment, device, dtype, key,
                      table_key, summary_key, rows_key) -> None:
     from sae_core.activations import special_token_ids
-    from sae_core.feature_audit import audit_feature_fidelity, check_same_hf_config, survival_auc
+    from sae_core.feature_audit import CARD_TOP_K, audit_feature_fidelity, check_same_hf_config, survival_auc
 
     dense_model = load_model_ref(storage, dense, device, dtype)
     compressed_model = load_model_ref(storage, compressed, device, dtype)
@@ -82,8 +94,10 @@ def _audit_and_store(storage, original, dense, compressed, audit, dataset, exper
             return
         result = audit_feature_fidelity(dense_model.hooked(processing), compressed_model.hooked(processing), sae, tokens,
                                         original["hook"], exclude_ids=special_token_ids(dense_model.tokenizer),
-                                        batch_sequences=audit["batch_sequences"], n_subsets=audit["subsets"])
+                                        batch_sequences=audit["batch_sequences"], n_subsets=audit["subsets"], card_top_k=CARD_TOP_K)
     auc = survival_auc(result.table)
+    storage.put_parquet(topk_key(key), result.cards.topk_table())
+    storage.put_parquet(histogram_key(key), result.cards.histogram_table())
     storage.put_parquet(table_key, result.table)
     storage.put_json(summary_key, _clean({"summary": result.summary, "subsets": result.subset_summaries,
                                           "perplexity": result.perplexity, "auc": auc, "audit": audit, "dataset": dataset}))

@@ -19,14 +19,10 @@ from sae_core import compression_report as crep
 from sae_core import html_report as hrep
 from sae_core import repair_report as rrep
 from sae_core import report as rep
+from sae_core.feature_cards import CARDS_CSS, render_cards
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
 from tasks.common import ARTIFACT_TASK_OPTIONS, code_fingerprint
-
-try:  # the cards helper's renderer (contract, issue 22); the guard goes when its branch is merged
-    from sae_core.feature_cards import CARDS_CSS, render_cards
-except ImportError:
-    CARDS_CSS, render_cards = "", None
 
 
 def collect_metrics(storage: Storage, metric_results: list[dict], problems: list[str] | None = None) -> pd.DataFrame:
@@ -166,8 +162,6 @@ def write_page(storage: Storage, prefix: str, experiment_name: str, config: dict
 
 def _card_fragment(storage: Storage, manifest: dict) -> str:
     where = html.escape(f"{manifest.get('hook', '?')}, {manifest.get('compression', '?')}")
-    if render_cards is None:
-        return f'<p class="rp-message">Feature cards for {where}: no renderer in this code version.</p>'
     try:
         return render_cards(storage, manifest)
     except Exception as exc:  # noqa: BLE001 - one bad audit does not hide the rest of the page

@@ -65,6 +65,7 @@ def test_flow_produces_every_artifact(first_run):
     metrics = storage.read_parquet_prefix("metrics")
     assert set(metrics["metric_family"]) == {"core", "feature_fidelity", "feature_identity"} and summary["n_feature_audits"] == 1
     assert metrics[metrics["metric_family"] == "core"]["value"].notna().all()
+    assert summary["n_feature_cards"] == 1 and any(k.endswith(".parquet") for k in storage.list("feature_cards"))  # one per audit
     for prefix in ("toy_world", "compressed_models", "saes/original", "saes/retrained", "saes/pruned", "activations"):
         assert any(k.endswith("manifest.json") for k in storage.list(prefix)), prefix
     report = summary["report"]["prefix"]

@@ -21,26 +21,9 @@ from tests.helpers.browser import chromium_path, inspect_page
 pytestmark = pytest.mark.slow
 
 
-def _stand_in_cards(storage: Storage, manifest: dict) -> str:
-    """Before the cards branch is merged (no sae_core.feature_cards): a few cards from the audit's own
-    table, in the contract's markup, so the page's card section is exercised. Dead once merged."""
-    table = storage.get_parquet(manifest["table_key"]).head(3)
-    return "".join(f'<section class="fc-card" data-latent="{int(i)}" data-class="{html.escape(str(row.get("class", "survived")))}">'
-                   f"<h4>latent {int(i)}</h4><p>r = {row.get('r', float('nan')):.3f}</p></section>" for i, row in table.iterrows())
-
-
 def test_toy_report_page_opens_offline_in_chromium(prefect_harness, tmp_path, monkeypatch):
     if chromium_path() is None:
         pytest.fail("no chromium: `make chromium` installs Debian's package (make test-slow does it first)")
-    if report_task.render_cards is None:
-        real_write_page = report_task.write_page
-
-        def with_stand_in_cards(storage, prefix, experiment, config, summary, plots, metric_results, *rest):
-            audits = [dict(m, kind="feature_cards") for m in metric_results if m.get("kind") == "feature_fidelity"]
-            return real_write_page(storage, prefix, experiment, config, summary, plots, metric_results + audits, *rest)
-
-        monkeypatch.setattr(report_task, "render_cards", _stand_in_cards)
-        monkeypatch.setattr(report_task, "write_page", with_stand_in_cards)
 
     from flows.full import full
 

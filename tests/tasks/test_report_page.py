@@ -85,13 +85,6 @@ def test_missing_pieces_are_named_on_the_page_not_a_crash(tmp_path, artifacts, m
     assert out["n_metric_rows"] == len(_rows()) and storage.exists(f"{out['prefix']}/headline.parquet")
 
 
-def test_without_the_cards_renderer_the_page_says_so(tmp_path, artifacts, monkeypatch):
-    storage = Storage(f"file://{tmp_path}")
-    monkeypatch.setattr(report_task, "render_cards", None)
-    out = report_task.write_report.fn("exp", {"name": "exp"}, [], _variants(storage), [_cards_manifest()], storage.url)
-    assert "no renderer in this code version" in storage.get_bytes(f"{out['prefix']}/report.html").decode()
-
-
 def test_run_command_is_the_argv_or_the_deployment(monkeypatch):
     import sys
 
