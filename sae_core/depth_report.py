@@ -64,6 +64,8 @@ def depth_plots(metrics: pd.DataFrame, max_metrics: int = 12) -> dict[str, bytes
 
     plots: dict[str, bytes] = {}
     models = model_keys(table)
+    rows = _with_depth(metrics)
+    higher = dict(zip(rows["metric"], rows["higher_is_better"])) if "higher_is_better" in rows else {}
     for (hook_type, *model), group in table.groupby(["hook_type", *models]):
         layers = sorted(group["layer"].unique())
         if len(layers) < 2:
@@ -82,7 +84,7 @@ def depth_plots(metrics: pd.DataFrame, max_metrics: int = 12) -> dict[str, bytes
                 errors = line["sd"].where(line["n"] > 1)
                 ax.errorbar(line["layer"], line["mean"], yerr=None if errors.isna().all() else errors.fillna(0.0).to_numpy(),
                             marker="o", capsize=3, color=f"C{i % 10}", label=variant)
-            ax.set_title(name, fontsize=9)
+            ax.set_title(name + {True: " ↑", False: " ↓"}.get(higher.get(name), ""), fontsize=9)
             ax.set_xlabel("layer")
             ax.set_xticks(layers)
             ax.grid(alpha=0.3)
