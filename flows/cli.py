@@ -14,6 +14,7 @@ from flows.runners import check_runner
 from sae_core.compression import METHODS
 from sae_core.config import KNOWN_METRICS, SAE_PRUNING_RULES, _check_fraction, build_config, preset_names
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage, StorageError
+from sae_core.study import check_experiment
 from sae_core.variants import METHODS as VARIANT_METHODS
 
 
@@ -66,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runner", choices=["threads", "ray"], default="threads", help="task runner (ray: a Ray cluster, see README)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                    help="any config field, dotted, e.g. --set retrained_sae.train_tokens=500000 (repeatable)")
+    p.add_argument("--allow-mixed-storage", action="store_true",
+                   help="run even when the storage root holds this experiment name with another configuration "
+                        "(experiments/<name>/experiment.json; refused otherwise, naming the differing fields)")
     p.add_argument("--print-config", action="store_true", help="print the validated config as JSON and exit")
     return p
 
@@ -153,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         storage = Storage(args.storage)
         storage.check_reachable()
         check_runner(args.runner)  # e.g. a malformed SAE_TRANSFER_RAY_INIT
+        if not args.print_config:
+            check_experiment(storage, config, allow_mixed=args.allow_mixed_storage, command=" ".join(sys.argv))
     except (ValueError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -165,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     from flows.full import full  # imported while the server boots
 
     with server.in_use() if server is not None else contextlib.nullcontext():
-        summary = full(preset=args.preset, overrides=overrides, storage_url=storage.url, runner=args.runner)
+        summary = full(preset=args.preset, overrides=overrides, storage_url=storage.url, runner=args.runner,
+                       allow_mixed_storage=args.allow_mixed_storage)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

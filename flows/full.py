@@ -27,6 +27,7 @@ from sae_core.activation_spec import ActivationCacheSpec
 from sae_core.config import ExperimentConfig, build_config
 from sae_core.model_ref import pre_rename_note
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage
+from sae_core.study import StepLedger, check_experiment, metric_step, progress_line, variant_step
 from tasks.activations import cache_activations_task
 from tasks.compression import compress_llm, match_compression
 from tasks.feature_audit import feature_fidelity, feature_identity, feature_overlap
@@ -41,6 +42,7 @@ from tasks.world import base_model
 def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
     """The experiment's steps; run inside ``full`` so that every task shows on its run page."""
     store, on_device = storage_url, (config.device, config.dtype)
+    track = StepLedger(Storage(storage_url), config).track  # marks each finished step in storage ("N of M steps done")
     quality = config.quality.model_dump()
     # Every heavy step is submitted: the task runner places it (a thread, or a Ray worker that
     # asks for a GPU), and hand-offs are manifests pointing into storage, never local files.
@@ -55,9 +57,9 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
             dense_caches[hook] = dense_acts
             source = config.original_sae_source(hook)
             for seed in seeds:
-                originals[hook, seed] = originals[hook, seeds[0]] if source is not None and seed != seeds[0] else original_sae.submit(
+                originals[hook, seed] = originals[hook, seeds[0]] if source is not None and seed != seeds[0] else track(original_sae.submit(
                     dense_llm, hook, source, config.original_sae.train and config.original_sae.train.model_dump(), dense_acts, store,
-                    config.device, seed)
+                    config.device, seed), f"original|{hook}|{seed}")
 
         variants, metric_results, compressed_llms, audits, controls, identities = [], [], [], [], [], []
         cards = []  # one feature-cards task per audit (original SAE x compressed model)
@@ -70,7 +72,8 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
 
         for spec in config.compression:
             # 2. Compress the LLM (WANDA, SparseGPT, magnitude, RTN, ... e.g. "wanda:0.5"); every SAE is then judged on it.
-            compressed_llm = compress_llm.submit(dense_llm, spec, config.calibration.model_dump(), store, *on_device)  # spec: a CompressionSpec
+            compressed_llm = track(compress_llm.submit(dense_llm, spec, config.calibration.model_dump(), store, *on_device),
+                                   f"compress|{spec.text}")  # spec: a CompressionSpec
             compressed_llms.append(compressed_llm)
             for hook in config.hook_names():
                 processing = originals[hook, seeds[0]].result()["processing"]  # the weight processing this SAE family expects
@@ -92,21 +95,25 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                     hook_variants = [sae_variant_task.with_options(name=variant_task_name(variant)).submit(
                         variant, original, compressed_llm, train_acts, dense_train, held_out, config.variant_settings(variant), quality,
                         config.dataset, store, *on_device, seed) for variant in config.variants]
+                    for spec_v, future in zip(config.variants, hook_variants):
+                        track(future, variant_step(hook, spec.text, spec_v.text, seed))
                     if measure_identity:
-                        identities += [feature_identity.submit(variant, original, dense_held_out, held_out, config.name, store, config.device)
-                                       for variant in hook_variants]
+                        identities += [track(feature_identity.submit(variant, original, dense_held_out, held_out, config.name, store, config.device),
+                                             f"identity|{hook}|{spec.text}|{spec_v.text}|{seed}")
+                                       for spec_v, variant in zip(config.variants, hook_variants)]
                     variants += hook_variants
                     if config.feature_audit.enabled and (seed == seeds[0] or config.original_sae.train):  # what compression did to each feature
-                        audits.append(feature_fidelity.submit(original, dense_llm, compressed_llm, audit_settings(config, hook), config.dataset,
-                                                              config.name, store, *on_device))
+                        audits.append(track(feature_fidelity.submit(original, dense_llm, compressed_llm, audit_settings(config, hook),
+                                                                    config.dataset, config.name, store, *on_device), f"audit|{hook}|{spec.text}|{seed}"))
                         cards.append(feature_cards.submit(audits[-1], original, dense_llm, compressed_llm, audit_settings(config, hook),
                                                           config.dataset, store, *on_device))
 
                     # 4. Every SAEBench metric, each its own cached task, on the compressed model.
-                    for variant in hook_variants:
+                    for spec_v, variant in zip(config.variants, hook_variants):
                         for metric in config.metrics:
-                            metric_results.append(evaluate_metric.with_options(name=f"metric-{metric}").submit(
-                                metric, variant, config.metric_settings(metric), config.metric_profile, config.name, store, *on_device, seed))
+                            metric_results.append(track(evaluate_metric.with_options(name=f"metric-{metric}").submit(
+                                metric, variant, config.metric_settings(metric), config.metric_profile, config.name, store, *on_device, seed),
+                                metric_step(metric, hook, spec.text, spec_v.text, seed)))
 
         # Matched perplexity: tune a method's sparsity until its perplexity matches a reference's, then compare damaged features.
         by_spec = {spec.text: llm for spec, llm in zip(config.compression, compressed_llms)}
@@ -200,7 +207,7 @@ def audit_settings(config: ExperimentConfig, hook: str) -> dict:
 
 @flow(name="sae-transfer", log_prints=True, result_serializer="json")
 def full(preset: str = "toy", overrides: dict[str, Any] | None = None, storage_url: str = DEFAULT_STORAGE_URL,
-         runner: str = "threads") -> dict[str, Any]:
+         runner: str = "threads", allow_mixed_storage: bool = False) -> dict[str, Any]:
     """Compress the LLM (WANDA by default), build the SAE variants (transfer / retrain / prune / cheap fixes), evaluate them with
     SAEBench (and the feature audit) on the compressed model, and write one table and a report.
     Everything is validated before any work starts.
@@ -213,6 +220,8 @@ def full(preset: str = "toy", overrides: dict[str, Any] | None = None, storage_u
         storage_url: Storage root for every artifact and cached result: file://PATH (relative to the worker's
             directory) or s3://bucket/prefix. Runs against the same root reuse each other's finished steps.
         runner: threads (one process) or ray (every heavy task a Ray task; see README "Ray runner").
+        allow_mixed_storage: run even when the root holds this experiment name with another configuration
+            (experiments/<name>/experiment.json; refused otherwise, naming the differing fields).
     """
     config = build_config(preset, overrides)
     storage = Storage(storage_url)
@@ -220,6 +229,8 @@ def full(preset: str = "toy", overrides: dict[str, Any] | None = None, storage_u
     note = pre_rename_note(storage)  # compressed models from before the rename (pruned_models/): not reused
     if note:
         _logger().warning(note)
+    check_experiment(storage, config, allow_mixed=allow_mixed_storage)  # one experiment per name: refuse to mix configurations
+    _logger().info(progress_line(storage, config))
     with run_settings(storage.url, runner):
         return experiment(config, storage.url)
 

@@ -514,10 +514,18 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem != "sae_releases")
 
 
-def load_preset(name: str) -> dict[str, Any]:
+def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset's data. ``extends: OTHER`` takes OTHER's data and merges this preset's keys on top (nested),
+    so that a study preset follows its base preset's SAE settings when they change."""
     if name not in preset_names():
         raise ValueError(f"unknown preset {name!r}; known: {preset_names()}")
-    return yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+    data = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if base in (*_seen, name):
+        raise ValueError(f"preset {name!r} extends {base!r}, which extends it back: {' -> '.join((*_seen, name, base))}")
+    return _deep_merge(load_preset(base, (*_seen, name)), data)
 
 
 def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

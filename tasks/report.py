@@ -16,6 +16,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from sae_core import compression_report as crep
+from sae_core import depth_report
 from sae_core import html_report as hrep
 from sae_core import repair_report as rrep
 from sae_core import report as rep
@@ -101,6 +102,7 @@ def _rendered_plots(storage: Storage, prefix: str, metrics: pd.DataFrame, varian
         if index.get("render_key") == render_key and all(storage.exists(f"{prefix}/{n}") for n in index["plots"]):
             return {name: storage.get_bytes(f"{prefix}/{name}") for name in index["plots"]}
     plots = rep.metric_vs_sparsity_plots(metrics)
+    plots.update(depth_report.depth_plots(metrics))  # each metric against layer, when the run has several layers
     cost_png = rep.cost_plot(variant_rows)
     if cost_png:
         plots["cost_per_variant.png"] = cost_png

@@ -103,6 +103,25 @@ def test_cli_rejects_bad_input_before_the_flow_starts_and_leaves_storage_unchang
     assert time.perf_counter() - started_at < 60
 
 
+def test_cli_refuses_a_root_holding_this_experiment_with_another_configuration(tmp_path, monkeypatch, capsys):
+    """Issue 21: a (study) root that holds this experiment name's results under another model or config is
+    refused before the flow starts, naming each differing field; storage is unchanged; --allow-mixed-storage
+    runs anyway (and still changes nothing already stored)."""
+    root = tmp_path / "store"
+    rc, _, err, started = _run_cli_in_process(["--storage", f"file://{root}", "--set", "toy_world.n_layer=3"], monkeypatch, capsys)
+    assert rc == 0 and started and (root / "experiments" / "toy" / "experiment.json").exists(), err  # the first run records it
+    before = file_snapshot(root)
+    rc, out, err, started = _run_cli_in_process(["--storage", f"file://{root}", "--tokens", "5000", "--seeds", "0,1"], monkeypatch, capsys)
+    assert rc == 2 and not started and out == ""
+    assert "experiment 'toy' with another configuration" in err and "2 field(s) differ" in err, err
+    assert "toy_world.n_layer: 3 (stored) -> 2 (this run)" in err and "activations.n_tokens: 120000 (stored) -> 5000 (this run)" in err
+    assert "seeds" not in err.split("differ")[1].split("Use a fresh")[0]  # more seeds is the same experiment, grown
+    assert file_snapshot(root) == before, "a refused run changed storage"
+    rc, _, err, started = _run_cli_in_process(["--storage", f"file://{root}", "--tokens", "5000", "--allow-mixed-storage"], monkeypatch, capsys)
+    assert rc == 0 and started and started[0][1]["allow_mixed_storage"] is True, err
+    assert file_snapshot(root) == before
+
+
 def test_cli_subprocess_exits_2_before_prefect_starts(tmp_path):
     """The real `python -m flows.full` entry point: exit code 2, message on stderr, no Prefect."""
     root = tmp_path / "store"

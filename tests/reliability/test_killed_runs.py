@@ -73,3 +73,20 @@ def test_no_committed_prefix_is_incomplete_and_no_temporary_objects(flow_scenari
     # Run B's half-uploaded pruned model was finished by the re-runs, not left half-committed.
     for prefix in {k.rsplit("/", 1)[0] for k in scn.snapshots["B"] if k.startswith("compressed_models/")}:
         assert f"{prefix}/{MANIFEST}" in keys
+
+
+def test_the_runs_record_their_experiment_and_count_every_finished_step(flow_scenario):
+    """The killed and resumed runs share one experiment record, and once C and D finished, the step ledger
+    counts every step of the plan: what the next run's "N of M steps done" line reads."""
+    from flows.cli import overrides_from_args, parser
+    from sae_core import study
+    from sae_core.config import build_config
+    from tests.reliability.faults import TINY_FLOW_ARGS
+
+    scn = flow_scenario
+    require_completed(scn)
+    config = build_config("toy", overrides_from_args(parser().parse_args(["--storage", scn.url, *TINY_FLOW_ARGS])))
+    storage = scn.storage()
+    assert storage.get_json(study.record_key(config.name))["identity_hash"] == study.identity_hash(config)
+    done, total = study.progress(storage, config)
+    assert total == len(study.planned_steps(config)) > 0 and done == total, (done, total)

@@ -1,0 +1,277 @@
+"""Regenerate the tables of docs/results-gemma-3-270m.md from a storage root's Parquet (generated, not typed).
+
+Reads one experiment's results (``--experiment``, default ``gemma-3-270m-study``) from a storage root:
+
+- its metric rows: ``metrics/<family>/*.parquet`` rows whose ``experiment`` is that name (SAEBench families,
+  feature identity, the feature audit's ``feature_fidelity`` rows);
+- its SAE variants: the ``variants.parquet`` of every report folder ``reports/<experiment>-*/`` (the rows of
+  exactly the runs of this experiment), so that another preset's rows on the same root never mix in;
+- the audit's own summaries (``feature_audit/<key>.json``: survival-predictor AUC, perplexity on the audit
+  tokens) and the compressed models' manifests (held-out perplexity).
+
+Every figure is a mean over SAE seeds with its sd (``mean ± sd``; no spread with one seed; ``n`` = seeds).
+The doc's prose stays as written: the script replaces only what lies between the markers
+``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` (NAME: ``source``, ``variants``, ``metrics``,
+``depth``, ``audit``), and writes a fresh doc with every section when ``--out`` does not exist yet. Without
+``--out`` it prints the generated sections.
+
+    .venv/bin/python benchmarks/results_gemma.py --storage file:///path/to/root [--experiment NAME] \
+        [--out docs/results-gemma-3-270m.md]
+
+Exit status 1 when the root holds no results of that experiment. The frontier tables of the repair ladder
+are ``benchmarks/repair_results.py``'s (docs/results-repair.md); this script reuses its loading and
+spread helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sae_core import depth_report  # noqa: E402
+from sae_core import repair_report as rr  # noqa: E402
+from sae_core.report import _markdown_table, current_columns, plotted_metrics, variant_label  # noqa: E402
+from sae_core.storage import Storage  # noqa: E402
+
+SECTIONS = ("source", "variants", "metrics", "depth", "audit")
+# What the metrics table shows per family (where present), in this order; other families: their plotted metric.
+DOC_METRICS = ["core/ce_loss_score", "core/kl_div_score", "core/cossim", "core/l0",
+               "absorption/mean_absorption_fraction_score", "absorption/mean_full_absorption_score",
+               "scr/scr_metric_threshold_2", "scr/scr_metric_threshold_20", "tpp/tpp_threshold_2_total_metric",
+               "tpp/tpp_threshold_20_total_metric", "sparse_probing/sae_top_1_test_accuracy",
+               "sparse_probing/sae_top_5_test_accuracy", "sparse_probing/sae_test_accuracy",
+               "ravel/disentanglement_score", "ravel/cause_score", "ravel/isolation_score",
+               "feature_identity/identity_kept_fraction"]
+VARIANT_COLUMNS = [("explained_variance_centred", "EV (centred)", False), ("dead_latents", "dead latents", True),
+                   ("ce_loss_score", "CE-loss score (ours)", False), ("ce_delta", "ΔCE (nats)", False),
+                   ("tokens_used", "tokens", True), ("wall_time_s", "wall (s)", False)]
+AUDIT_FIGURES = [("survived_frac", "survived %", 100), ("degraded_frac", "degraded %", 100), ("damaged_frac", "damaged %", 100),
+                 ("dead_after_frac", "dead after %", 100), ("mean_r", "mean r", 1), ("survived_frac_subset_std", "subset sd of survived (pp)", 100),
+                 ("n_active", "active latents", 1)]
+AUDIT_FAMILY = "feature_fidelity"
+
+
+# ------------------------------------------------------------------ loading
+def load(storage_url: str, experiment: str) -> dict:
+    """The experiment's metric rows (with each row's seed and variant spec), variant rows, audit extras."""
+    storage = Storage(storage_url)
+    reports = sorted({k.split("/")[1] for k in storage.list("reports") if k.split("/")[1].startswith(f"{experiment}-")
+                      and re.fullmatch(rf"{re.escape(experiment)}-[0-9a-f]+", k.split("/")[1])})
+    frames = [storage.get_parquet(f"reports/{r}/variants.parquet") for r in reports if storage.exists(f"reports/{r}/variants.parquet")]
+    variants = current_columns(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
+    if not variants.empty:
+        variants = variants.drop_duplicates(["sae_prefix", "model_prefix"], keep="last").reset_index(drop=True)
+    rows, audit_extra = [], {}
+    for key in storage.list("metrics"):
+        if not key.endswith(".parquet"):
+            continue
+        frame = storage.get_parquet(key)
+        if "experiment" not in frame or not (frame["experiment"] == experiment).any():
+            continue
+        rows.append(frame[frame["experiment"] == experiment])
+        if key.startswith(f"metrics/{AUDIT_FAMILY}/"):
+            summary_key = f"feature_audit/{key.rsplit('/', 1)[1].removesuffix('.parquet')}.json"
+            if storage.exists(summary_key):
+                first = frame.iloc[0]
+                audit_extra[(first["sae_prefix"], first["model_prefix"])] = storage.get_json(summary_key)
+    metrics = current_columns(pd.concat(rows, ignore_index=True)) if rows else pd.DataFrame()
+    if not metrics.empty:
+        metrics = metrics.sort_values("timestamp").drop_duplicates(["sae_prefix", "model_prefix", "metric_family", "metric_name"], keep="last")
+        if not variants.empty:
+            seeds = variants[["sae_prefix", "model_prefix", "seed"]]
+            metrics = metrics.drop(columns=[c for c in ("seed",) if c in metrics]).merge(seeds, on=["sae_prefix", "model_prefix"], how="left")
+        metrics = metrics.reset_index(drop=True)
+    perplexity = {}
+    for prefix in sorted(set(metrics.get("model_prefix", pd.Series(dtype=str))) | set(variants.get("model_prefix", pd.Series(dtype=str)))):
+        if isinstance(prefix, str) and storage.exists(f"{prefix}/manifest.json"):
+            perplexity[prefix] = storage.manifest(prefix).get("perplexity") or {}
+    return {"metrics": metrics, "variants": variants, "audit_extra": audit_extra, "perplexity": perplexity, "reports": reports,
+            "storage": storage.url, "experiment": experiment}
+
+
+# ------------------------------------------------------------------ tables
+def _cell(values, count: bool = False, scale: float = 1.0) -> str:
+    mean, sd, n = rr._mean_sd([float(v) * scale for v in values if v is not None and np.isfinite(float(v))])
+    return rr._spread_text(mean, sd, n, count=count)
+
+
+def _spec_order(specs) -> list[str]:
+    """transfer first, retrain last, the rest as they first appear (the config's ladder order)."""
+    specs = list(dict.fromkeys(specs))
+    return sorted(specs, key=lambda s: (0 if s == "transfer" else 2 if s == "retrain" else 1, specs.index(s)))
+
+
+def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["variant"] = frame["variant_spec"].where(frame["variant_spec"].notna(), frame.apply(variant_label, axis=1))
+    return frame
+
+
+def variants_markdown(variants: pd.DataFrame) -> str:
+    """Per (hook, compression): variant × reconstruction / cost on the compressed model, mean ± sd over seeds."""
+    if variants.empty:
+        return "_No SAE variant rows._"
+    frame, lines = _labelled(variants), []
+    for (hook, compression), group in frame.groupby(["hook", "compression"], sort=True):
+        table = []
+        for spec in _spec_order(group["variant"]):
+            rows = group[group["variant"] == spec]
+            table.append({"variant": f"`{spec}`", "n": int(rows["seed"].nunique()) if "seed" in rows else len(rows),
+                          **{title: _cell(rows[c], count) for c, title, count in VARIANT_COLUMNS if c in rows}})
+        lines += [f"**{hook}, {compression}**", "", _markdown_table(pd.DataFrame(table)), ""]
+    return "\n".join(lines)
+
+
+def _metric_names(metrics: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(metrics["metric_family"] + "/" + metrics["metric_name"]))
+    chosen = [m for m in DOC_METRICS if m in present]
+    extra = [m for m in plotted_metrics(present, 50) if m not in chosen and not m.startswith(AUDIT_FAMILY + "/")]
+    return chosen + [m for m in extra if m.split("/")[0] not in {c.split("/")[0] for c in chosen}]
+
+
+def metrics_markdown(metrics: pd.DataFrame) -> str:
+    """Per (hook, compression): family/metric × variant, mean ± sd over seeds (n in the header)."""
+    frame = metrics[(metrics["metric_family"] != AUDIT_FAMILY)] if not metrics.empty else metrics
+    if frame.empty:
+        return "_No metric rows._"
+    frame = _labelled(frame[frame["status"].fillna("ok") == "ok"] if "status" in frame else frame)
+    frame = frame.assign(metric=frame["metric_family"] + "/" + frame["metric_name"], value=pd.to_numeric(frame["value"], errors="coerce"))
+    names, lines = _metric_names(frame), []
+    for (hook, compression), group in frame.groupby(["hook", "compression"], sort=True):
+        specs = _spec_order(group["variant"])
+        seeds = {s: group[group["variant"] == s]["sae_prefix"].nunique() for s in specs}
+        higher = group.drop_duplicates("metric").set_index("metric")["higher_is_better"] if "higher_is_better" in group else {}
+        table = []
+        for name in [n for n in names if n in set(group["metric"])]:
+            arrow = {True: " ↑", False: " ↓"}.get(higher.get(name) if hasattr(higher, "get") else None, "")
+            data = group[group["metric"] == name]
+            table.append({"family / metric": f"{name}{arrow}",
+                          **{f"`{s}` (n={seeds[s]})": _cell(data[data["variant"] == s]["value"]) for s in specs}})
+        lines += [f"**{hook}, {compression}**", "", _markdown_table(pd.DataFrame(table)), ""]
+    return "\n".join(lines)
+
+
+def depth_markdown(metrics: pd.DataFrame) -> str:
+    if metrics.empty:
+        return "_No metric rows._"
+    frame = metrics[metrics["metric_family"] != AUDIT_FAMILY]
+    frame = frame.assign(variant_spec=frame["variant_spec"].where(frame["variant_spec"].notna(), frame.apply(variant_label, axis=1)))
+    if frame["hook"].nunique() < 2:
+        return f"_One layer only ({', '.join(sorted(frame['hook'].unique()))}): no per-layer table._"
+    # variant_label shows the spec text for fixes; the paper's three keep their names (original, retrained, pruned-…).
+    names = [n for n in _metric_names(frame) if not n.startswith("feature_identity/")][:8]
+    return depth_report.depth_markdown(frame, names)
+
+
+def audit_markdown(metrics: pd.DataFrame, audit_extra: dict, perplexity: dict) -> str:
+    """Per hook: compression × the audit's classes (mean ± sd over the seeds' original SAEs), perplexities, AUC."""
+    rows = metrics[metrics["metric_family"] == AUDIT_FAMILY] if not metrics.empty else metrics
+    if rows.empty:
+        return "_No feature-audit rows._"
+    rows = rows.assign(value=pd.to_numeric(rows["value"], errors="coerce"))
+    lines = []
+    for hook, group in rows.groupby("hook", sort=True):
+        table = []
+        for compression, data in sorted(group.groupby("compression"), key=lambda kv: _compression_order(kv[0])):
+            audits = data.drop_duplicates(["sae_prefix", "model_prefix"])[["sae_prefix", "model_prefix"]].itertuples(index=False)
+            extras = [audit_extra.get((a.sae_prefix, a.model_prefix), {}) for a in audits]
+            ppl = perplexity.get(data["model_prefix"].iloc[0], {})
+            compressed = ppl.get("compressed", ppl.get("pruned"))
+            row = {"compression": compression, "n": int(data["sae_prefix"].nunique()),
+                   "perplexity dense → compressed": f"{ppl['dense']:.2f} → {compressed:.2f}" if ppl.get("dense") and compressed else ""}
+            for name, title, scale in AUDIT_FIGURES:
+                row[title] = _cell(data[data["metric_name"] == name]["value"], count=name == "n_active", scale=scale)
+            row["survival AUC"] = _cell([(e.get("auc") or {}).get("auc_mean") for e in extras if (e.get("auc") or {}).get("auc_mean") is not None])
+            table.append(row)
+        lines += [f"**{hook}**", "", _markdown_table(pd.DataFrame(table)), ""]
+    return "\n".join(lines)
+
+
+def _compression_order(spec: str) -> tuple:
+    method, _, strength = str(spec).partition(":")
+    try:
+        value = float(strength.split(":")[0].rstrip("g0123456789") or strength.split("g")[0])
+    except ValueError:
+        value = 0.0
+    return (method, -value if method in ("rtn", "gptq") else value, spec)
+
+
+def source_markdown(data: dict) -> str:
+    metrics, variants = data["metrics"], data["variants"]
+    hooks = sorted(set(variants.get("hook", [])) | set(metrics.get("hook", [])))
+    seeds = sorted({int(s) for s in variants.get("seed", []) if pd.notna(s)})
+    families = sorted(set(metrics.get("metric_family", [])))
+    versions = sorted({str(v) for v in metrics.get("sae_bench_version", []) if isinstance(v, str) and v})
+    return "\n".join([
+        f"Generated by `benchmarks/results_gemma.py --storage {data['storage']} --experiment {data['experiment']}` "
+        f"from {len(data['reports'])} report folder(s) ({', '.join(f'`reports/{r}`' for r in data['reports']) or 'none'}) "
+        f"and {len(metrics)} metric rows: hooks {', '.join(f'`{h}`' for h in hooks) or '—'}; SAE seeds {seeds or '—'}; "
+        f"families {', '.join(families) or '—'}; SAEBench {', '.join(versions) or '—'}. "
+        "Cells are mean ± sd over SAE seeds (sd with ddof = 1; a single value has no spread); `n` counts seeds.", ""])
+
+
+def generate(data: dict) -> dict[str, str]:
+    return {"source": source_markdown(data), "variants": variants_markdown(data["variants"]), "metrics": metrics_markdown(data["metrics"]),
+            "depth": depth_markdown(data["metrics"]), "audit": audit_markdown(data["metrics"], data["audit_extra"], data["perplexity"])}
+
+
+# ------------------------------------------------------------------ the doc
+TITLES = {"source": "Where these tables come from", "variants": "SAE variants: reconstruction and cost on the compressed model",
+          "metrics": "SAEBench families and feature identity, by variant", "depth": "By layer",
+          "audit": "The feature audit of the original SAE on each compressed model"}
+
+
+def _block(name: str, body: str) -> str:
+    return f"<!-- generated:{name} -->\n{body.rstrip()}\n<!-- /generated:{name} -->"
+
+
+def render(template: str | None, sections: dict[str, str]) -> str:
+    """``template`` with each marked block replaced (prose kept), or a fresh doc with every section."""
+    if template is None:
+        parts = ["# Gemma 3 270M: the study", "", "Tables generated from storage by `benchmarks/results_gemma.py`; "
+                 "text outside the `generated` markers is kept when it is run again.", ""]
+        for name in SECTIONS:
+            parts += [f"## {TITLES[name]}", "", _block(name, sections[name]), ""]
+        return "\n".join(parts)
+    text = template
+    for name in SECTIONS:
+        pattern = re.compile(rf"<!-- generated:{name} -->.*?<!-- /generated:{name} -->", re.S)
+        text = pattern.sub(lambda _m, name=name: _block(name, sections[name]), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--storage", required=True, help="storage root URL (file://... or s3://...)")
+    parser.add_argument("--experiment", default="gemma-3-270m-study", help="experiment name (the preset's `name`)")
+    parser.add_argument("--out", type=Path, help="the doc to update in place (its marked blocks), or to write")
+    args = parser.parse_args(argv)
+
+    data = load(args.storage, args.experiment)
+    if data["metrics"].empty and data["variants"].empty:
+        print(f"no results of experiment {args.experiment!r} under {args.storage} (no report folders reports/{args.experiment}-*, "
+              "no metric rows with that experiment name)", file=sys.stderr)
+        return 1
+    sections = generate(data)
+    if args.out is None:
+        print(render(None, sections))
+        return 0
+    template = args.out.read_text() if args.out.exists() else None
+    if template is not None and not any(f"<!-- generated:{n} -->" in template for n in SECTIONS):
+        print(f"{args.out} has no <!-- generated:NAME --> markers; add them where the tables go (NAME: {', '.join(SECTIONS)})",
+              file=sys.stderr)
+        return 1
+    args.out.write_text(render(template, sections))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""The experiment record (one configuration per experiment name on a root), the step plan and its ledger,
+preset inheritance (``extends``) and the study preset."""
+
+from __future__ import annotations
+
+import pytest
+
+from sae_core import study
+from sae_core.config import build_config, load_preset
+from sae_core.storage import Storage
+
+
+def _config(**overrides):
+    return build_config("toy", overrides)
+
+
+def test_identity_leaves_out_what_a_study_grows_and_keeps_what_defines_it():
+    base = _config()
+    grown = _config(seeds=[0, 1, 2], layers=[0, 1], metrics=["core"], variants=["transfer", "retrain"],
+                    compression=["wanda:0.5", "rtn:4"], pruned_sae={"sparsities": [0.25]}, device="cuda")
+    assert study.identity_hash(base) == study.identity_hash(grown)
+    changed = _config(activations={"n_tokens": 5000})
+    assert study.identity_hash(changed) != study.identity_hash(base)
+    assert study.differences(study.identity(base), study.identity(changed)) == [
+        "activations.n_tokens: 120000 (stored) -> 5000 (this run)"]
+
+
+def test_a_second_configuration_under_one_name_is_refused_naming_the_difference(tmp_path):
+    storage = Storage(f"file://{tmp_path}")
+    first = _config()
+    record = study.check_experiment(storage, first, command="python -m flows.full")
+    assert record["model"] == "toy" and record["identity_hash"] == study.identity_hash(first)
+    key = study.record_key("toy")
+    before = storage.get_bytes(key)
+    study.check_experiment(storage, _config(seeds=[0, 1]))  # a grown study: accepted
+    other = _config(toy_world={"vocab_size": 512}, quality={"n_tokens": 1000})
+    with pytest.raises(study.MixedStorageError) as err:
+        study.check_experiment(storage, other)
+    message = str(err.value)
+    assert "'toy'" in message and "2 field(s) differ" in message
+    assert "toy_world.vocab_size: 1024 (stored) -> 512 (this run)" in message
+    assert "quality.n_tokens: 20000 (stored) -> 1000 (this run)" in message
+    assert "--allow-mixed-storage" in message
+    study.check_experiment(storage, other, allow_mixed=True)  # explicit: runs, the first record stays
+    assert storage.get_bytes(key) == before
+    # Another experiment name on the same root is another experiment (one root, several presets).
+    study.check_experiment(storage, _config(name="toy-other", toy_world={"vocab_size": 512}))
+    assert storage.exists(study.record_key("toy-other"))
+
+
+class _Future:
+    def __init__(self, completed=True):
+        self.completed, self.callbacks = completed, []
+
+    def add_done_callback(self, fn):
+        self.callbacks.append(fn)
+
+    def wait(self):
+        pass
+
+    @property
+    def state(self):
+        return type("S", (), {"is_completed": lambda _: self.completed})()
+
+    def finish(self):
+        for fn in self.callbacks:
+            fn(self)
+
+
+def test_the_ledger_counts_finished_steps_of_this_configs_plan(tmp_path):
+    storage = Storage(f"file://{tmp_path}")
+    config = _config(layers=[0, 1], seeds=[0, 1], metrics=["core"], variants=["transfer", "retrain"])
+    plan = study.planned_steps(config)
+    # 2 hooks x 2 seeds originals, 1 compression; per (hook, seed): 2 variants, 2 identities, 2 metrics, 1 audit
+    assert len(plan) == len(set(plan)) == 4 + 1 + 4 * (2 + 2 + 2 + 1)
+    assert study.progress(storage, config) == (0, len(plan))
+    ledger = study.StepLedger(storage, config)
+    done, failed = _Future(), _Future(completed=False)
+    assert ledger.track(done, plan[0]) is done
+    ledger.track(failed, plan[1])
+    done.finish(), failed.finish()
+    assert study.progress(storage, config) == (1, len(plan))
+    assert "1 of 33 steps done" in study.progress_line(storage, config)
+    # More seeds: the finished step still counts, the plan grew.
+    assert study.progress(storage, _config(layers=[0, 1], seeds=[0, 1, 2], metrics=["core"], variants=["transfer", "retrain"])) \
+        == (1, len(plan) + 2 + 7 * 2)
+    # Another identity under the same name: its own count (nothing done).
+    assert study.progress(storage, _config(layers=[0, 1], seeds=[0, 1], metrics=["core"], variants=["transfer", "retrain"],
+                                           quality={"n_tokens": 1000}))[0] == 0
+
+
+def test_the_study_preset_extends_the_gemma_preset_and_validates():
+    base, data = load_preset("gemma-3-270m"), load_preset("gemma-3-270m-study")
+    assert data["original_sae"] == base["original_sae"] and data["retrained_sae"] == base["retrained_sae"]
+    config = build_config("gemma-3-270m-study")
+    assert config.layers == [3, 6, 12] and config.run_seeds() == [0, 1, 2]
+    assert [c.text for c in config.compression] == ["wanda:0.5", "sparsegpt:0.5", "magnitude:0.5", "rtn:8", "rtn:6", "rtn:4", "gptq:4"]
+    assert config.feature_audit.enabled and config.feature_audit.n_tokens >= 100_000
+    assert config.metrics == ["core", "absorption", "scr", "tpp", "sparse_probing", "ravel"]
+    assert [v.text for v in config.variants][:1] == ["transfer"] and "retrain" in [v.text for v in config.variants]
+    assert len(study.planned_steps(config)) == 9 + 7 + 7 * 3 * 3 * (9 * (1 + 1 + 6) + 1)
+
+
+def test_a_preset_that_extends_itself_is_an_error(monkeypatch, tmp_path):
+    import sae_core.config as cfg
+
+    (tmp_path / "a.yaml").write_text("extends: b\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a\nname: b\n")
+    monkeypatch.setattr(cfg, "PRESET_DIR", tmp_path)
+    with pytest.raises(ValueError, match="extends it back: a -> b -> a"):
+        cfg.load_preset("a")
+
+
+def test_a_layer_the_real_model_lacks_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"layers \[18\] do not exist in 'gemma-3-270m', which has 18 layers"):
+        build_config("gemma-3-270m-study", {"layers": [6, 18]})
