@@ -101,6 +101,10 @@ class RunLog:
     def fileno(self) -> int:
         return self._file.fileno()
 
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
     def write_line(self, text: str) -> None:
         with self._lock:
             if not self._file.closed:
@@ -156,7 +160,7 @@ class _StreamProxy:
         self._log, self._terminal, self._shown = log, terminal, shown
 
     def write(self, text: str) -> int:
-        if self._shown:
+        if self._shown or self._log.closed:  # after the run (a handler that kept this stream): the terminal
             self._terminal.write(text)
         self._log.write_stream(text)
         return len(text)
@@ -166,14 +170,14 @@ class _StreamProxy:
             self.write(line)
 
     def flush(self) -> None:
-        if self._shown:
+        if self._shown or self._log.closed:
             self._terminal.flush()
 
     def isatty(self) -> bool:
         return self._shown and self._terminal.isatty()
 
     def fileno(self) -> int:  # code that writes to the descriptor (a subprocess's output) lands where the text does
-        return self._terminal.fileno() if self._shown else self._log.fileno()
+        return self._terminal.fileno() if self._shown or self._log.closed else self._log.fileno()
 
     def writable(self) -> bool:
         return True

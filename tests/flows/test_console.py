@@ -156,3 +156,34 @@ def test_library_bars_draw_where_the_caller_says_and_still_report():
         with Progress(2, "caching") as bar:
             bar.update(2)
     assert hidden.getvalue() == "" and heard[-1] == 1.0
+
+
+def test_run_console_routes_the_streams_and_hands_them_back(tmp_path, monkeypatch):
+    """In process, no flow: prints and library log records inside go to the log, the summary to the
+    terminal; a stream a library kept past the run writes to the terminal again; an error is shown,
+    exit code 1. (Warnings: the CLI tests above; pytest records them here before any stream sees them.)"""
+    import logging
+
+    from flows.console import run_console
+
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    url = f"file://{tmp_path}/store"
+    with run_console(Storage(url), argv=["--storage", url]) as console:
+        print("a library's print")
+        logging.getLogger("somelibrary").warning("a library's warning")
+        kept = sys.stderr
+        console.finished({"report": {"uri": f"{url}/reports/r"}, "n_variants": 3})
+    kept.write("after the run\n")
+    assert out.getvalue() == "" and "a library's" not in err.getvalue()
+    assert err.getvalue().splitlines()[-2:] == [f"report: {url}/reports/r", "after the run"]
+    log = the_log(url)
+    assert "a library's print" in log and "somelibrary - a library's warning" in log and "3 variants" in log
+
+    err.seek(0)
+    err.truncate()
+    with run_console(Storage(f"file://{tmp_path}/other"), argv=[]) as console:
+        raise ValueError("broken before any task")
+    assert console.exit_code == 1
+    assert "Traceback" in err.getvalue() and "error: ValueError: broken before any task" in err.getvalue()
