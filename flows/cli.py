@@ -71,6 +71,11 @@ def parser() -> argparse.ArgumentParser:
                    help="run even when the storage root holds this experiment name with another configuration "
                         "(experiments/<name>/experiment.json; refused otherwise, naming the differing fields)")
     p.add_argument("--print-config", action="store_true", help="print the validated config as JSON and exit")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show everything on the console (every Prefect log line, library print and warning); by default "
+                        "the console shows one line per task start and finish, progress bars and a summary, and the rest "
+                        "goes to the run's log file, <storage>/logs/<start time>-<pid>.log")
+    p.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout at the end (for scripts)")
     return p
 
 
@@ -165,15 +170,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
+    from flows.console import run_console
     from flows.server import start_temporary_server
 
     server = start_temporary_server()  # no API configured: a temporary server that dies with this process
-    from flows.full import full  # imported while the server boots
+    # The console: task lines, bars and a summary; warnings, library output and logs to the run's log file.
+    with run_console(storage, verbose=args.verbose, temporary_server=server is not None,
+                     argv=sys.argv[1:] if argv is None else argv) as console:
+        from flows.full import full  # imported while the server boots
 
-    with server.in_use() if server is not None else contextlib.nullcontext():
-        summary = full(preset=args.preset, overrides=overrides, storage_url=storage.url, runner=args.runner,
-                       allow_mixed_storage=args.allow_mixed_storage)
-    print(json.dumps(summary, indent=2, default=str))
+        with server.in_use() if server is not None else contextlib.nullcontext():
+            summary = full(preset=args.preset, overrides=overrides, storage_url=storage.url, runner=args.runner,
+                           allow_mixed_storage=args.allow_mixed_storage)
+        console.finished(summary)
+    if console.exit_code:  # the error was shown in full
+        return console.exit_code
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
     return 0
 
 

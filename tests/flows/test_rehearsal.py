@@ -58,14 +58,14 @@ def run_cli(fake_hub, tmp_path: Path, preset: str, extra: list[str] | None = Non
            "SAE_TRANSFER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "PREFECT_API_URL": ""}
     env.pop("PREFECT_API_URL")
     storage = f"file://{tmp_path / 'store'}"
-    cmd = [sys.executable, "-m", "flows.full", "--preset", preset, "--storage", storage, *TINY_ARGS, *(extra or [])]
+    cmd = [sys.executable, "-m", "flows.full", "--preset", preset, "--storage", storage, "--json", *TINY_ARGS, *(extra or [])]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return done, Storage(storage)
 
 
 def check_table(done, storage: Storage, hooks: set[str]) -> pd.DataFrame:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    lines = done.stdout.splitlines()  # the CLI prints its summary JSON last (TransformerLens prints before it)
+    lines = done.stdout.splitlines()  # --json: the CLI prints its summary JSON last on stdout
     summary = json.loads("\n".join(lines[max(i for i, line in enumerate(lines) if line == "{"):]))
     variants = storage.read_parquet_prefix("variants")
     # original (transfer), retrained, pruned-wanda-50% for every hook

@@ -238,7 +238,7 @@ def start_flow(scn: Scenario, name: str, kill_after: str | None = None,
         env["RELIABILITY_BARRIER"] = barrier
     with open(files["stdout"], "w") as out, open(files["stderr"], "w") as err:
         # A session of its own: the run and the Prefect server it starts can be killed as one group.
-        proc = subprocess.Popen([sys.executable, str(HELPER), "--storage", scn.url, *TINY_FLOW_ARGS], cwd=REPO, env=env,
+        proc = subprocess.Popen([sys.executable, str(HELPER), "--storage", scn.url, "--json", *TINY_FLOW_ARGS], cwd=REPO, env=env,
                                 stdout=out, stderr=err, start_new_session=True)
     return proc, {"files": files, "home": home, "started": time.perf_counter()}
 
