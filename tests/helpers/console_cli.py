@@ -50,7 +50,8 @@ def explode() -> None:
 
 
 @flow(name="console-test", log_prints=True, result_serializer="json")
-def tiny(preset: str = "toy", overrides: dict | None = None, storage_url: str = "", runner: str = "threads") -> dict:
+def tiny(preset: str = "toy", overrides: dict | None = None, storage_url: str = "", runner: str = "threads",
+         allow_mixed_storage: bool = False) -> dict:
     from sae_core.storage import Storage
 
     futures = [noisy.submit(n) for n in (1, 2)]  # in the thread pool's worker threads
