@@ -116,3 +116,33 @@ def test_a_cached_rerun_reads_the_plots_back_instead_of_drawing_them(tmp_path, m
     changed.loc[changed.index[0], changed.columns[-1]] = 12345
     report_task._rendered_plots(storage, "reports/x", metrics, changed, results, [])
     assert drawn == [1, 1]
+
+
+def test_headline_table_marks_low_reliability_families_and_states_the_saebench_version():
+    """SCR / TPP carry the low-reliability mark with its citation, absorption the installed SAEBench
+    version, all from the registry's ``RELIABILITY`` data; unmarked families pass unchanged."""
+    from importlib.metadata import version
+
+    from sae_core.metrics.registry import METRICS, RELIABILITY, render_reliability
+
+    rows = _rows()
+    extra = rows[rows["metric_family"] == "tpp"].copy()
+    extra["metric_family"], extra["metric_name"] = "absorption", "mean_absorption_fraction_score"
+    scr = extra.copy()
+    scr["metric_family"], scr["metric_name"] = "scr", "scr_metric_threshold_20"
+    summary = rep.markdown_summary(pd.concat([rows, extra, scr]), pd.DataFrame(), [], [])
+    headline = summary.split("## Headline metrics", 1)[1].split("## Not measured", 1)[0]
+    header = next(line for line in headline.splitlines() if line.startswith("| hook"))
+    assert "| tpp/tpp_threshold_20_total_metric [low reliability] |" in header
+    assert "| scr/scr_metric_threshold_20 [low reliability] |" in header
+    assert f"| absorption/mean_absorption_fraction_score [SAEBench {version('sae-bench')}] |" in header
+    assert "| core/ce_loss_score |" in header  # no mark
+    assert headline.count("arXiv 2605.18229") == 2  # one note per marked family: scr, tpp
+    assert "- **absorption** [SAEBench" in headline and "changed the absorption fraction's definition" in headline
+    # one source: the registry entries carry the facts, the renderer reads them
+    assert METRICS["scr"].reliability is RELIABILITY["scr"] and METRICS["core"].reliability is None
+    marked, notes = render_reliability(["hook", "core/l0", "sparse_probing_sae_probes/sae_top_1_test_accuracy"])
+    assert marked == {"sparse_probing_sae_probes/sae_top_1_test_accuracy":
+                      "sparse_probing_sae_probes/sae_top_1_test_accuracy [most reliable]"}
+    assert any("Chanin 2026" in line for line in notes)
+    assert render_reliability(["hook", "core/l0"]) == ({}, [])

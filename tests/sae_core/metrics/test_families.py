@@ -269,33 +269,53 @@ def test_sparse_probing(sae, lm, hooked, artifacts):
         "LabHC/bias_in_bios_class_set1_results", "LabHC/bias_in_bios_class_set2_results"}
 
 
+SAE_PROBES_FAST = ["901_toy_bio_isfemale", "904_toy_doc_isspelling"]
+
+
 def test_sparse_probing_sae_probes(sae, lm, hooked, artifacts):
-    """SAEBench's sae-probes variant on the toy stand-ins (four balanced toy tasks, 300 prompts each):
-    activations written with the given model (sae-probes never loads one by name), tokenizer and
-    sae-probes' data path put back afterwards, and the family's rows in the metrics table."""
+    """SAEBench's sae-probes variant on the toy stand-ins (two of the four balanced toy tasks here; all
+    four in the slow test below): activations written with the given model (sae-probes never loads one
+    by name), tokenizer and sae-probes' data path put back afterwards, the family's rows in the
+    metrics table."""
     import sae_probes.utils_data as utils_data
 
-    from sae_core.datasets.standins.sae_probes_data import TOY_DATASETS
     from sae_core.metrics.rows import metric_rows
 
     data_path, sides = utils_data.DATA_PATH, (hooked.tokenizer.padding_side, hooked.tokenizer.truncation_side)
-    result = run_toy("sparse_probing_sae_probes", sae, lm, hooked, artifacts, settings={"ks": [1, 5]})
+    result = run_toy("sparse_probing_sae_probes", sae, lm, hooked, artifacts,
+                     settings={"dataset_names": SAE_PROBES_FAST, "ks": [1, 5]})
     assert_ok_and_finite(result, {"llm_test_accuracy", "llm_test_auc", "sae_top_1_test_accuracy", "sae_top_5_test_accuracy",
                                   "sae_top_5_test_auc"})
     assert all(0.0 <= v <= 1.0 for v in result.headline_dict().values())
     assert result.headline_dict()["llm_test_accuracy"] > 0.8  # the toy model's residual stream separates the toy tasks
-    assert {d["dataset_name"] for d in result.raw["eval_result_details"]} == set(TOY_DATASETS)
-    assert result.raw["eval_config"]["dataset_names"] == list(TOY_DATASETS)
+    assert {d["dataset_name"] for d in result.raw["eval_result_details"]} == set(SAE_PROBES_FAST)
     assert result.raw["sae_lens_release_id"] == "custom" and result.raw["eval_type_id"] == "sparse_probing_sae_probes"
     cached = list((Path(artifacts) / "sparse_probing_sae_probes").rglob("model_activations_*/*.pt"))
-    assert len(cached) == len(TOY_DATASETS)
+    assert len(cached) == len(SAE_PROBES_FAST)
     assert utils_data.DATA_PATH == data_path and (hooked.tokenizer.padding_side, hooked.tokenizer.truncation_side) == sides
     variant = {"llm": {"prefix": "models/toy", "base_model": "toy"}, "hook": HOOK, "variant": "original", "sae_prefix": "saes/x"}
     rows = metric_rows(result, variant, result.raw, "exp", run_id="r1", timestamp="t")
     assert set(rows["metric_family"]) == {"sparse_probing_sae_probes"} and (rows["status"] == "ok").all()
     assert {"sae_top_1_test_accuracy", "llm_test_accuracy"} <= set(rows["metric_name"])
-    again = run_toy("sparse_probing_sae_probes", sae, lm, hooked, artifacts, settings={"ks": [1, 5]})
-    assert again.headline_dict() == result.headline_dict()  # seeded; the second run reuses the cached activations
+    with pytest.raises(ValueError, match="lacks the dataset"):
+        run_toy("sparse_probing_sae_probes", sae, lm, hooked, artifacts, settings={"dataset_names": ["5_hist_fig_ismale"]})
+
+
+@pytest.mark.slow
+def test_sparse_probing_sae_probes_full_toy_run_is_repeatable(lm, hooked, tmp_path):
+    """The toy profile as the pipeline runs it (every toy task), twice on fresh caches and once more on a
+    warm one with another SAE: the same numbers for the same SAE."""
+    from sae_core.datasets.standins.sae_probes_data import TOY_DATASETS
+
+    sae = sampled_sae(hooked, seed=3)
+    first = run_toy("sparse_probing_sae_probes", sae, lm, hooked, tmp_path / "a")
+    assert_ok_and_finite(first, {"llm_test_accuracy", "sae_top_1_test_accuracy", "sae_top_2_test_accuracy",
+                                 "sae_top_5_test_accuracy"})
+    assert first.raw["eval_config"]["dataset_names"] == list(TOY_DATASETS)
+    again = run_toy("sparse_probing_sae_probes", sae, lm, hooked, tmp_path / "b")
+    assert again.headline_dict() == first.headline_dict()
+    other = run_toy("sparse_probing_sae_probes", sampled_sae(hooked, seed=4), lm, hooked, tmp_path / "a")
+    assert other.headline_dict()["llm_test_accuracy"] == first.headline_dict()["llm_test_accuracy"]  # same model, same baseline
 
 
 def test_sae_probes_stand_ins_are_deterministic_and_balanced(tmp_path):
