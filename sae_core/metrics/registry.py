@@ -8,7 +8,7 @@ called through :meth:`MetricFamily.evaluate <sae_core.metrics.base.MetricFamily.
 defaulted, timing). :class:`~sae_core.metrics.base.MetricInputs` holds ``sae``: any ``sae_lens.SAE``
 (standard/ReLU, TopK, JumpReLU, ...) whose ``cfg.metadata.hook_name`` is a TransformerLens hook of
 ``hooked_model``; it is copied, never modified. ``hooked_model``: ``HookedTransformer`` (core,
-absorption, scr, tpp, sparse_probing, autointerp); ``hf_model``: ``transformers.PreTrainedModel``
+absorption, scr, tpp, sparse_probing, autointerp, sparse_probing_sae_probes); ``hf_model``: ``transformers.PreTrainedModel``
 with the same weights (ravel, ``model_kind="hf"``); ``tokenizer``: the HF tokenizer (ravel; the
 others use ``hooked_model.tokenizer``). Models must already be on ``device``. ``artifacts_dir``:
 where SAEBench may write caches / outputs (see each module); ``scratch_dir``: throw-away outputs.
