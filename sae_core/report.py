@@ -11,6 +11,7 @@ import io
 
 import pandas as pd
 
+from sae_core.metrics.registry import render_reliability
 from sae_core.model_ref import compression_of
 
 KEY_COLUMNS = ["hook", "compression", "strength", "variant_spec", "sae_variant", "sae_scoring_rule", "sae_sparsity"]
@@ -356,9 +357,10 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, compressed_m
                   EXPLAINED_VARIANCE_NOTE, ""]
     table = compact_headline_table(metrics)
     if not table.empty:
+        marked, reliability = render_reliability(table.columns)  # registry.RELIABILITY: marks beside columns, notes
         lines += ["## Headline metrics (SAEBench, on the compressed model)", "",
                   "One headline per metric family; every metric is in `headline.parquet` (wide) and `metrics.parquet` (tidy).", "",
-                  _markdown_table(table), ""]
+                  _markdown_table(table.rename(columns=marked)), "", *reliability]
     missing = not_measured(metrics)
     if not missing.empty:
         # A list, not a table: reasons are sentences, and table cells do not wrap in the Prefect UI.

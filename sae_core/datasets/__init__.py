@@ -54,7 +54,7 @@ _LAZY = {
         "single_token_words")},
     **{name: "sae_core.datasets.standins.common" for name in (
         "ABSORPTION_WORDS", "AG_NEWS", "BIAS_IN_BIOS", "CLASSES_FILE", "EUROPARL", "GITHUB_CODE", "OPENWEBTEXT",
-        "PILE_UNCOPYRIGHTED", "RAVEL_PROMPTS")},
+        "PILE_UNCOPYRIGHTED", "RAVEL_PROMPTS", "SAE_PROBES_DATA")},
     "build_eval_datasets": "sae_core.datasets.standins.toy",
     "build_real_eval_datasets": "sae_core.datasets.standins.real",
 }

@@ -19,13 +19,18 @@ hub id                            who loads it, and how
 
 Absorption has no hub dataset: SAEBench's word list is the model's own vocabulary (every purely
 alphabetic token, ``sae_bench.evals.absorption.vocab.get_alpha_tokens``). A small model only knows
-the first letters of the words its corpus spelled out, so the same mapping accepts one pseudo-id,
+the first letters of the words its corpus spelled out, so the same mapping accepts a pseudo-id,
 :data:`~sae_core.datasets.standins.common.ABSORPTION_WORDS` (``"sae_core/absorption_words"``): while
 it is mapped to a folder holding ``words.json`` (a JSON list of strings), ``get_alpha_tokens`` -- as looked up by
 ``sae_bench.evals.absorption.common`` and ``...absorption.feature_absorption`` -- returns those words
 instead, keeping only the ones that are purely alphabetic and a *single token* of the tokenizer
 it is called with (SAEBench's prompts assume single-token words: they index a fixed position from
 the end and require equal prompt lengths). Unmapped, SAEBench's vocabulary scan runs unchanged.
+A second pseudo-id, :data:`~sae_core.datasets.standins.common.SAE_PROBES_DATA`
+(``"sae_core/sae_probes_data"``), names a folder in sae-probes' data layout (that package ships its
+datasets in its wheel); nothing here patches for it: the ``sparse_probing_sae_probes`` family asks
+:func:`local_folder` for it and points sae-probes at the folder while it runs
+(:mod:`sae_core.metrics.sparse_probing_sae_probes`).
 
 :func:`dataset_overrides` is a context manager that, while active, replaces the ``load_dataset``,
 ``snapshot_download`` and ``get_alpha_tokens`` names *in the modules listed in*

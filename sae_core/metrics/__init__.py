@@ -8,11 +8,14 @@ Public API::
     result = run_metric("core", sae, hooked_model, hf_model, tokenizer,
                         settings=None, profile="hub", artifacts_dir="...", device="cuda")
 
-Metric families (``METRIC_NAMES``): core, absorption, scr, tpp, sparse_probing, ravel, autointerp.
+Metric families (``METRIC_NAMES``): core, absorption, scr, tpp, sparse_probing, ravel, autointerp,
+sparse_probing_sae_probes (SAEBench's wrapper of the ``sae-probes`` package). Each family's
+``reliability`` (``registry.RELIABILITY``: what is known about how far its figures can be trusted) is
+rendered beside its columns in reports by ``registry.render_reliability``.
 Every family is a :class:`~sae_core.metrics.base.MetricFamily` (name, settings class, toy / real /
 hub defaults, ``run(inputs, config)`` with one shared signature; the inputs are one
 :class:`~sae_core.metrics.base.MetricInputs`). One module per family (``core``, ``absorption``,
-``scr_tpp`` (SCR and TPP), ``sparse_probing``, ``ravel``, ``autointerp``) holds its family class and
+``scr_tpp`` (SCR and TPP), ``sparse_probing``, ``ravel``, ``autointerp``, ``sparse_probing_sae_probes``) holds its family class and
 its ``<Metric>Settings``; ``registry`` lists the family objects by name; ``rows`` builds the metrics
 table's rows for every family. SAEBench's hub datasets are served from local folders by the one mechanism of
 :mod:`sae_core.datasets.mirror` (``dataset_overrides``).

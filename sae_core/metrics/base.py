@@ -147,6 +147,25 @@ class MetricInputs:
         return str(getattr(self.hf_model.config, "_name_or_path", "") or "model").rstrip("/").split("/")[-1]
 
 
+@dataclass(frozen=True)
+class Reliability:
+    """What is known about how far a family's figures can be trusted: data given to the family at
+    registration (``registry.RELIABILITY``), shown beside its figures in reports by
+    :func:`sae_core.metrics.registry.render_reliability`.
+
+    ``mark``: a few words put beside the family's columns ("low reliability"); ``{sae_bench}`` in it
+    becomes the installed SAEBench version. ``finding``: one sentence, what was found. ``source``:
+    the citation ("" when the finding is SAEBench's own history).
+    """
+
+    mark: str
+    finding: str
+    source: str = ""
+
+    def rendered_mark(self) -> str:
+        return self.mark.replace("{sae_bench}", sae_bench_version())
+
+
 class MetricFamily(abc.ABC):
     """One SAEBench metric family. A subclass states only what differs from the other families:
 
@@ -166,8 +185,10 @@ class MetricFamily(abc.ABC):
     model_kind: ClassVar[str] = "hooked"
     needs_pad_token: ClassVar[bool] = False
 
-    def __init__(self, real_overrides: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, real_overrides: Mapping[str, Any] | None = None, reliability: Reliability | None = None) -> None:
         self.real_overrides: dict[str, Any] | None = dict(real_overrides) if real_overrides else None
+        #: what is known about how far this family's figures can be trusted (``registry.RELIABILITY``).
+        self.reliability: Reliability | None = reliability
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

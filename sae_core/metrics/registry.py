@@ -8,7 +8,7 @@ called through :meth:`MetricFamily.evaluate <sae_core.metrics.base.MetricFamily.
 defaulted, timing). :class:`~sae_core.metrics.base.MetricInputs` holds ``sae``: any ``sae_lens.SAE``
 (standard/ReLU, TopK, JumpReLU, ...) whose ``cfg.metadata.hook_name`` is a TransformerLens hook of
 ``hooked_model``; it is copied, never modified. ``hooked_model``: ``HookedTransformer`` (core,
-absorption, scr, tpp, sparse_probing, autointerp); ``hf_model``: ``transformers.PreTrainedModel``
+absorption, scr, tpp, sparse_probing, autointerp, sparse_probing_sae_probes); ``hf_model``: ``transformers.PreTrainedModel``
 with the same weights (ravel, ``model_kind="hf"``); ``tokenizer``: the HF tokenizer (ravel; the
 others use ``hooked_model.tokenizer``). Models must already be on ``device``. ``artifacts_dir``:
 where SAEBench may write caches / outputs (see each module); ``scratch_dir``: throw-away outputs.
@@ -35,8 +35,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sae_core.metrics import absorption, autointerp, core, ravel, scr_tpp, sparse_probing
-from sae_core.metrics.base import PROFILES, MetricFamily, MetricInputs, MetricResult, MetricSettings, sae_bench_version
+from sae_core.metrics import absorption, autointerp, core, ravel, scr_tpp, sparse_probing, sparse_probing_sae_probes
+from sae_core.metrics.base import (
+    PROFILES,
+    MetricFamily,
+    MetricInputs,
+    MetricResult,
+    MetricSettings,
+    Reliability,
+    sae_bench_version,
+)
 
 
 # The "real" profile: SAEBench's own settings and thresholds with only the *sizes* cut, so that all
@@ -67,19 +75,40 @@ REAL_OVERRIDES: dict[str, dict[str, Any]] = {
     "ravel": dict(entity_attribute_selection={"city": ["Country", "Continent"]}, top_n_entities=40,
                   num_pairs_per_attribute=40, num_epochs=1, llm_batch_size=8, n_generated_tokens=4),
     "autointerp": None,
+    # sae-probes' own datasets, 1,200 balanced rows each (sae_core.datasets.standins.sae_probes_data); short prompts.
+    "sparse_probing_sae_probes": dict(context_length=64, llm_batch_size=16),
 }
 
-#: The families, in the order configs, presets and reports list them; "real" sizes from REAL_OVERRIDES.
+# What is known about how far each family's figures can be trusted: the one source of the report's
+# reliability marks and notes (render_reliability). Families without an entry carry no mark.
+CHANIN_2026 = 'Chanin 2026, "Are Sparse Autoencoder Benchmarks Reliable?", arXiv 2605.18229'
+_SCR_TPP_FINDING = "fails several reliability tests; the authors advise against using it"
+RELIABILITY: dict[str, Reliability] = {
+    "scr": Reliability("low reliability", _SCR_TPP_FINDING, CHANIN_2026),
+    "tpp": Reliability("low reliability", _SCR_TPP_FINDING, CHANIN_2026),
+    "absorption": Reliability(
+        "SAEBench {sae_bench}",
+        "SAEBench changed the absorption fraction's definition between versions (a threshold was added; scores "
+        "are about 10x lower than the v0.3.2 figures published with SAEBench): compare an absorption figure with "
+        "a paper's only at the same SAEBench version"),
+    "sparse_probing_sae_probes": Reliability(
+        "most reliable", "the sae-probes variant of sparse probing is the most reliable of SAEBench's metrics in "
+        "Chanin 2026's tests (the other metrics are noisier than assumed)", CHANIN_2026),
+}
+
+#: The families, in the order configs, presets and reports list them; "real" sizes from REAL_OVERRIDES,
+#: reliability facts from RELIABILITY.
 FAMILIES: tuple[MetricFamily, ...] = tuple(
-    family(real_overrides=REAL_OVERRIDES.get(family.name))
+    family(real_overrides=REAL_OVERRIDES.get(family.name), reliability=RELIABILITY.get(family.name))
     for family in (core.Core, absorption.Absorption, scr_tpp.Scr, scr_tpp.Tpp, sparse_probing.SparseProbing, ravel.Ravel,
-                   autointerp.AutoInterp)
+                   autointerp.AutoInterp, sparse_probing_sae_probes.SparseProbingSaeProbes)
 )
 METRICS: dict[str, MetricFamily] = {family.name: family for family in FAMILIES}
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 
-__all__ = ["FAMILIES", "METRICS", "METRIC_NAMES", "PROFILES", "REAL_OVERRIDES", "MetricFamily", "MetricInputs", "get_metric",
-           "real_dataset_paths", "run_metric", "sae_bench_version", "settings_for", "toy_dataset_paths"]
+__all__ = ["FAMILIES", "METRICS", "METRIC_NAMES", "PROFILES", "REAL_OVERRIDES", "RELIABILITY", "MetricFamily", "MetricInputs",
+           "Reliability", "get_metric", "real_dataset_paths", "render_reliability", "run_metric", "sae_bench_version",
+           "settings_for", "toy_dataset_paths"]
 
 
 def get_metric(name: str) -> MetricFamily:
@@ -90,6 +119,30 @@ def get_metric(name: str) -> MetricFamily:
         raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(METRIC_NAMES)}") from None
 
 
+def render_reliability(columns) -> tuple[dict[str, str], list[str]]:
+    """The reliability marks of a report table whose columns are ``family/metric`` names (others pass
+    through): ``({column: column with its family's mark}, markdown note lines)``. The marks and notes
+    come from each family's ``reliability`` (:data:`RELIABILITY`), for the families among ``columns``."""
+    renamed: dict[str, str] = {}
+    shown: list[MetricFamily] = []
+    for column in columns:
+        family = METRICS.get(str(column).split("/", 1)[0]) if "/" in str(column) else None
+        if family is None or family.reliability is None:
+            continue
+        renamed[column] = f"{column} [{family.reliability.rendered_mark()}]"
+        if family not in shown:
+            shown.append(family)
+    notes = []
+    if shown:
+        notes = ["Reliability marks (in brackets beside a column):", ""]
+        for family in shown:
+            facts = family.reliability
+            source = f" ({facts.source})" if facts.source else ""
+            notes.append(f"- **{family.name}** [{facts.rendered_mark()}]: {facts.finding}{source}.")
+        notes.append("")
+    return renamed, notes
+
+
 def settings_for(metric: str, profile: str = "hub", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The full settings of ``metric`` under ``profile`` ("toy" | "real" | "hub") plus ``overrides``, as a
     JSON-able dict (validated: unknown keys or wrong types raise)."""
@@ -98,9 +151,11 @@ def settings_for(metric: str, profile: str = "hub", overrides: dict[str, Any] | 
 
 def toy_dataset_paths(cache_root: str | Path, seed: int = 0) -> dict[str, Path]:
     """The toy-world stand-ins for every SAEBench dataset, built once under ``cache_root``."""
+    from sae_core.datasets.standins import real
     from sae_core.datasets.standins.toy import build_eval_datasets
 
-    return _built_dataset_paths(build_eval_datasets, "toy_eval_datasets", cache_root, seed)
+    return _built_dataset_paths(build_eval_datasets, "toy_eval_datasets", cache_root, seed,
+                                fingerprint=real.source_fingerprint())
 
 
 def real_dataset_paths(cache_root: str | Path, seed: int = 0) -> dict[str, Path]:

@@ -224,7 +224,7 @@ def test_config_names_are_the_libraries_own_and_light():
     code = ("import sys, sae_core.config as c; assert 'torch' not in sys.modules and 'sae_bench' not in sys.modules; "
             "from sae_core.metrics.registry import METRIC_NAMES; from sae_core.sae_prune import RULES; "
             "assert c.KNOWN_METRICS == METRIC_NAMES == ('core', 'absorption', 'scr', 'tpp', 'sparse_probing', 'ravel', "
-            "'autointerp'), c.KNOWN_METRICS; assert c.SAE_PRUNING_RULES == RULES == ('wanda', 'paper', 'magnitude')")
+            "'autointerp', 'sparse_probing_sae_probes'), c.KNOWN_METRICS; assert c.SAE_PRUNING_RULES == RULES == ('wanda', 'paper', 'magnitude')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

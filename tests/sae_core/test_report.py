@@ -158,3 +158,33 @@ def test_metric_plot_draws_seed_spread_and_no_single_point_panel(monkeypatch):
 def test_original_only_metrics_alone_draw_no_figure():
     rows = _seeded_rows(2)
     assert rep.metric_vs_sparsity_plots(rows[rows["metric_family"] == "feature_fidelity"]) == {}
+
+
+def test_headline_table_marks_low_reliability_families_and_states_the_saebench_version():
+    """SCR / TPP carry the low-reliability mark with its citation, absorption the installed SAEBench
+    version, all from the registry's ``RELIABILITY`` data; unmarked families pass unchanged."""
+    from importlib.metadata import version
+
+    from sae_core.metrics.registry import METRICS, RELIABILITY, render_reliability
+
+    rows = _rows()
+    extra = rows[rows["metric_family"] == "tpp"].copy()
+    extra["metric_family"], extra["metric_name"] = "absorption", "mean_absorption_fraction_score"
+    scr = extra.copy()
+    scr["metric_family"], scr["metric_name"] = "scr", "scr_metric_threshold_20"
+    summary = rep.markdown_summary(pd.concat([rows, extra, scr]), pd.DataFrame(), [], [])
+    headline = summary.split("## Headline metrics", 1)[1].split("## Not measured", 1)[0]
+    header = next(line for line in headline.splitlines() if line.startswith("| hook"))
+    assert "| tpp/tpp_threshold_20_total_metric [low reliability] |" in header
+    assert "| scr/scr_metric_threshold_20 [low reliability] |" in header
+    assert f"| absorption/mean_absorption_fraction_score [SAEBench {version('sae-bench')}] |" in header
+    assert "| core/ce_loss_score |" in header  # no mark
+    assert headline.count("arXiv 2605.18229") == 2  # one note per marked family: scr, tpp
+    assert "- **absorption** [SAEBench" in headline and "changed the absorption fraction's definition" in headline
+    # one source: the registry entries carry the facts, the renderer reads them
+    assert METRICS["scr"].reliability is RELIABILITY["scr"] and METRICS["core"].reliability is None
+    marked, notes = render_reliability(["hook", "core/l0", "sparse_probing_sae_probes/sae_top_1_test_accuracy"])
+    assert marked == {"sparse_probing_sae_probes/sae_top_1_test_accuracy":
+                      "sparse_probing_sae_probes/sae_top_1_test_accuracy [most reliable]"}
+    assert any("Chanin 2026" in line for line in notes)
+    assert render_reliability(["hook", "core/l0"]) == ({}, [])

@@ -6,7 +6,8 @@ folders are mapped with :func:`sae_core.datasets.mirror.dataset_overrides`.
   Parquet / JSON writers, :data:`~.common.CLASSES_FILE` (each defined once);
 - one module per SAEBench dataset, holding its toy builder ``build_toy`` and / or its
   real-language builder ``build_real``: :mod:`.bias_in_bios`, :mod:`.ravel`, :mod:`.text_corpus`
-  (openwebtext + pile), :mod:`.absorption`, :mod:`.europarl`, :mod:`.github_code`, :mod:`.ag_news`
+  (openwebtext + pile), :mod:`.absorption`, :mod:`.europarl`, :mod:`.github_code`, :mod:`.ag_news`,
+  :mod:`.sae_probes_data` (sae-probes' bundled datasets, pseudo-id ``sae_core/sae_probes_data``)
   (:mod:`.geography` holds the real cities both bias_in_bios and ravel use);
 - the entry points :func:`.toy.build_eval_datasets` and :func:`.real.build_real_eval_datasets`,
   each ``(out_dir, seed, ...) -> {hub id: folder}``.

@@ -16,6 +16,9 @@ RAVEL_PROMPTS = "adamkarvonen/ravel_prompts"
 #: pseudo-id (no hub dataset): replaces absorption's vocabulary-derived word list, see
 #: :mod:`sae_core.datasets.mirror`.
 ABSORPTION_WORDS = "sae_core/absorption_words"
+#: pseudo-id (sae-probes ships its data in its wheel): a folder in sae-probes' data layout for the
+#: ``sparse_probing_sae_probes`` family, see :mod:`sae_core.datasets.standins.sae_probes_data`.
+SAE_PROBES_DATA = "sae_core/sae_probes_data"
 OPENWEBTEXT = "Skylion007/openwebtext"
 PILE_UNCOPYRIGHTED = "monology/pile-uncopyrighted"
 EUROPARL = "Helsinki-NLP/europarl"

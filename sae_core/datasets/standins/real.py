@@ -40,6 +40,10 @@ class set 1 in SCR)                  US-census first names by gender (``names``;
 (pseudo-id, absorption)              per letter a-z drawn (seeded) from the 96 most frequent corpus words
                                      of that letter, bare and with a leading space (single-token forms
                                      only when ``tokenizer`` is given; SAEBench's run filters anyway).
+``sae_core/sae_probes_data``         ``sae_probes/``: sae-probes' own layout with ``sae_probes_rows_per_dataset``
+(pseudo-id, sparse probing,          balanced rows (seeded) of each of ``sae_probes_data.REAL_DATASETS``
+sae-probes variant)                  (name gender, SST-2 sentiment, UK place names, SMS spam), read from the
+                                     installed ``sae-probes`` wheel (its data ships there, not on the hub).
 ==================================  ==========================================================================
 
 Sizes that fit (SAEBench's loaders assert exact counts; "size" = SAEBench's train / test set size):
@@ -56,7 +60,16 @@ import hashlib
 from pathlib import Path
 
 from sae_core.datasets import debian_text
-from sae_core.datasets.standins import absorption, ag_news, bias_in_bios, europarl, github_code, ravel, text_corpus
+from sae_core.datasets.standins import (
+    absorption,
+    ag_news,
+    bias_in_bios,
+    europarl,
+    github_code,
+    ravel,
+    sae_probes_data,
+    text_corpus,
+)
 from sae_core.datasets.standins.common import (
     ABSORPTION_WORDS,
     AG_NEWS,
@@ -66,6 +79,7 @@ from sae_core.datasets.standins.common import (
     OPENWEBTEXT,
     PILE_UNCOPYRIGHTED,
     RAVEL_PROMPTS,
+    SAE_PROBES_DATA,
 )
 
 
@@ -112,6 +126,7 @@ def build_real_eval_datasets(
     text_split: str = "validation",
     code_rows_per_language: int = 2000,
     absorption_words_per_letter: int = 48,
+    sae_probes_rows_per_dataset: int = 1200,
 ) -> dict[str, Path]:
     """Write every real-data stand-in under ``out_dir``; returns ``{hub id: folder}`` for
     ``dataset_overrides``. ``tokenizer`` (optional) only narrows the absorption word list to single
@@ -125,5 +140,6 @@ def build_real_eval_datasets(
     code = github_code.build_real(out_dir / "github_code", seed, code_rows_per_language)
     news = ag_news.build_real(out_dir / "ag_news", seed)
     words = absorption.build_real(out_dir / "absorption_words", seed, tokenizer, absorption_words_per_letter)
+    probes = sae_probes_data.build_real(out_dir / "sae_probes", seed, rows_per_dataset=sae_probes_rows_per_dataset)
     return {BIAS_IN_BIOS: bios, RAVEL_PROMPTS: prompts, OPENWEBTEXT: text, PILE_UNCOPYRIGHTED: text,
-            EUROPARL: translations, GITHUB_CODE: code, AG_NEWS: news, ABSORPTION_WORDS: words}
+            EUROPARL: translations, GITHUB_CODE: code, AG_NEWS: news, ABSORPTION_WORDS: words, SAE_PROBES_DATA: probes}

@@ -37,7 +37,12 @@ dataset's builder is ``build_toy`` of its family module (:mod:`.bias_in_bios`, :
     letter with fewer than two WORDS; at run time only entries that are one token of the model's
     tokenizer are used (:func:`sae_core.datasets.mirror.single_token_words`).
 
-Output is a pure function of the arguments: parquet and json files are byte-identical across
+``sae_core/sae_probes_data`` (pseudo-id; sae-probes ships its data in its wheel) -> ``sae_probes/``
+    sae-probes' own layout (``probing_datasets_MASTER.csv.zst`` + ``cleaned_data/<n>_<tag>.csv.zst``,
+    columns ``prompt`` / ``target``) with four balanced toy tasks, ``sae_probes_rows_per_dataset``
+    distinct prompts each (:func:`sae_core.datasets.standins.sae_probes_data.build_toy`).
+
+Output is a pure function of the arguments: parquet, json and csv.zst files are byte-identical across
 builds with the same seed and sizes.
 """
 
@@ -45,13 +50,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sae_core.datasets.standins import absorption, bias_in_bios, ravel, text_corpus
+from sae_core.datasets.standins import absorption, bias_in_bios, ravel, sae_probes_data, text_corpus
 from sae_core.datasets.standins.common import (
     ABSORPTION_WORDS,
     BIAS_IN_BIOS,
     OPENWEBTEXT,
     PILE_UNCOPYRIGHTED,
     RAVEL_PROMPTS,
+    SAE_PROBES_DATA,
 )
 
 
@@ -62,6 +68,7 @@ def build_eval_datasets(
     bios_train_per_group: int = 120,
     bios_test_per_group: int = 60,
     n_text_documents: int = 2000,
+    sae_probes_rows_per_dataset: int = 300,
 ) -> dict[str, Path]:
     """Write every stand-in under ``out_dir``; returns ``{hub id: local folder}`` for ``dataset_overrides``."""
     out_dir = Path(out_dir)
@@ -69,4 +76,6 @@ def build_eval_datasets(
     prompts = ravel.build_toy(out_dir / "ravel_prompts", seed)
     text = text_corpus.build_toy(out_dir / "text_corpus", seed, n_text_documents)
     words = absorption.build_toy(out_dir / "absorption_words")
-    return {BIAS_IN_BIOS: bios, RAVEL_PROMPTS: prompts, OPENWEBTEXT: text, PILE_UNCOPYRIGHTED: text, ABSORPTION_WORDS: words}
+    probes = sae_probes_data.build_toy(out_dir / "sae_probes", seed, sae_probes_rows_per_dataset)
+    return {BIAS_IN_BIOS: bios, RAVEL_PROMPTS: prompts, OPENWEBTEXT: text, PILE_UNCOPYRIGHTED: text, ABSORPTION_WORDS: words,
+            SAE_PROBES_DATA: probes}

@@ -155,7 +155,7 @@ def test_stand_ins_have_saebench_columns_and_labels(tmp_path):
 
     paths = build_eval_datasets(tmp_path / "a", seed=0)
     assert set(paths) == {"LabHC/bias_in_bios", "adamkarvonen/ravel_prompts", "Skylion007/openwebtext",
-                          "monology/pile-uncopyrighted", ABSORPTION_WORDS}
+                          "monology/pile-uncopyrighted", ABSORPTION_WORDS, "sae_core/sae_probes_data"}
     for split in ("train", "test"):
         table = pq.read_table(paths["LabHC/bias_in_bios"] / f"{split}.parquet").to_pandas()
         assert list(table.columns) == ["hard_text", "profession", "gender"]
@@ -267,6 +267,84 @@ def test_sparse_probing(sae, lm, hooked, artifacts):
     assert all(0.0 <= v <= 1.0 for v in result.headline_dict().values())
     assert {d["dataset_name"] for d in result.raw["eval_result_details"]} == {
         "LabHC/bias_in_bios_class_set1_results", "LabHC/bias_in_bios_class_set2_results"}
+
+
+SAE_PROBES_FAST = ["901_toy_bio_isfemale", "904_toy_doc_isspelling"]
+
+
+def test_sparse_probing_sae_probes(sae, lm, hooked, artifacts):
+    """SAEBench's sae-probes variant on the toy stand-ins (two of the four balanced toy tasks here; all
+    four in the slow test below): activations written with the given model (sae-probes never loads one
+    by name), tokenizer and sae-probes' data path put back afterwards, the family's rows in the
+    metrics table."""
+    import sae_probes.utils_data as utils_data
+
+    from sae_core.metrics.rows import metric_rows
+
+    data_path, sides = utils_data.DATA_PATH, (hooked.tokenizer.padding_side, hooked.tokenizer.truncation_side)
+    result = run_toy("sparse_probing_sae_probes", sae, lm, hooked, artifacts,
+                     settings={"dataset_names": SAE_PROBES_FAST, "ks": [1, 5]})
+    assert_ok_and_finite(result, {"llm_test_accuracy", "llm_test_auc", "sae_top_1_test_accuracy", "sae_top_5_test_accuracy",
+                                  "sae_top_5_test_auc"})
+    assert all(0.0 <= v <= 1.0 for v in result.headline_dict().values())
+    assert result.headline_dict()["llm_test_accuracy"] > 0.8  # the toy model's residual stream separates the toy tasks
+    assert {d["dataset_name"] for d in result.raw["eval_result_details"]} == set(SAE_PROBES_FAST)
+    assert result.raw["sae_lens_release_id"] == "custom" and result.raw["eval_type_id"] == "sparse_probing_sae_probes"
+    cached = list((Path(artifacts) / "sparse_probing_sae_probes").rglob("model_activations_*/*.pt"))
+    assert len(cached) == len(SAE_PROBES_FAST)
+    assert utils_data.DATA_PATH == data_path and (hooked.tokenizer.padding_side, hooked.tokenizer.truncation_side) == sides
+    variant = {"llm": {"prefix": "models/toy", "base_model": "toy"}, "hook": HOOK, "variant": "original", "sae_prefix": "saes/x"}
+    rows = metric_rows(result, variant, result.raw, "exp", run_id="r1", timestamp="t")
+    assert set(rows["metric_family"]) == {"sparse_probing_sae_probes"} and (rows["status"] == "ok").all()
+    assert {"sae_top_1_test_accuracy", "llm_test_accuracy"} <= set(rows["metric_name"])
+    with pytest.raises(ValueError, match="lacks the dataset"):
+        run_toy("sparse_probing_sae_probes", sae, lm, hooked, artifacts, settings={"dataset_names": ["5_hist_fig_ismale"]})
+
+
+@pytest.mark.slow
+def test_sparse_probing_sae_probes_full_toy_run_is_repeatable(lm, hooked, tmp_path):
+    """The toy profile as the pipeline runs it (every toy task), twice on fresh caches and once more on a
+    warm one with another SAE: the same numbers for the same SAE."""
+    from sae_core.datasets.standins.sae_probes_data import TOY_DATASETS
+
+    sae = sampled_sae(hooked, seed=3)
+    first = run_toy("sparse_probing_sae_probes", sae, lm, hooked, tmp_path / "a")
+    assert_ok_and_finite(first, {"llm_test_accuracy", "sae_top_1_test_accuracy", "sae_top_2_test_accuracy",
+                                 "sae_top_5_test_accuracy"})
+    assert first.raw["eval_config"]["dataset_names"] == list(TOY_DATASETS)
+    again = run_toy("sparse_probing_sae_probes", sae, lm, hooked, tmp_path / "b")
+    assert again.headline_dict() == first.headline_dict()
+    other = run_toy("sparse_probing_sae_probes", sampled_sae(hooked, seed=4), lm, hooked, tmp_path / "a")
+    assert other.headline_dict()["llm_test_accuracy"] == first.headline_dict()["llm_test_accuracy"]  # same model, same baseline
+
+
+def test_sae_probes_stand_ins_are_deterministic_and_balanced(tmp_path):
+    import pandas as pd
+
+    from sae_core.datasets.standins import sae_probes_data
+
+    first = sae_probes_data.build_toy(tmp_path / "a", seed=0, rows_per_dataset=220)
+    again = sae_probes_data.build_toy(tmp_path / "b", seed=0, rows_per_dataset=220)
+    other = sae_probes_data.build_toy(tmp_path / "c", seed=1, rows_per_dataset=220)
+    files = sorted(p.relative_to(first) for p in first.rglob("*.zst"))
+    assert len(files) == 1 + len(sae_probes_data.TOY_DATASETS)
+    assert all((first / f).read_bytes() == (again / f).read_bytes() for f in files)
+    assert any((first / f).read_bytes() != (other / f).read_bytes() for f in files)
+    assert sae_probes_data.dataset_names(first) == list(sae_probes_data.TOY_DATASETS)
+    for name in sae_probes_data.TOY_DATASETS:
+        frame = pd.read_csv(sae_probes_data.dataset_file(first, name), compression="zstd")
+        assert list(frame.columns) == ["prompt", "target"] and frame["prompt"].is_unique
+        assert frame["target"].value_counts().to_dict() == {0: 110, 1: 110}
+    bios = pd.read_csv(sae_probes_data.dataset_file(first, "901_toy_bio_isfemale"), compression="zstd")
+    assert all((" She " in text) == bool(label) for text, label in zip(bios["prompt"], bios["target"]))
+    real = sae_probes_data.build_real(tmp_path / "r", seed=0, datasets=("5_hist_fig_ismale",), rows_per_dataset=300)
+    real_again = sae_probes_data.build_real(tmp_path / "r2", seed=0, datasets=("5_hist_fig_ismale",), rows_per_dataset=300)
+    assert (sae_probes_data.dataset_file(real, "5_hist_fig_ismale").read_bytes()
+            == sae_probes_data.dataset_file(real_again, "5_hist_fig_ismale").read_bytes())
+    assert pd.read_csv(sae_probes_data.dataset_file(real, "5_hist_fig_ismale"), compression="zstd")["target"].value_counts().to_dict() \
+        == {0: 150, 1: 150}
+    with pytest.raises(ValueError, match="no dataset"):
+        sae_probes_data.build_real(tmp_path / "x", seed=0, datasets=("999_nope",))
 
 
 def test_scr(sae, lm, hooked, artifacts):
@@ -420,7 +498,8 @@ def test_unknown_metric_names_are_a_clear_error():
         get_metric("corre")
     with pytest.raises(ValueError, match="known metrics"):
         run_metric("nope", None, None, None, None)
-    assert set(METRIC_NAMES) == {"core", "absorption", "scr", "tpp", "sparse_probing", "ravel", "autointerp"}
+    assert set(METRIC_NAMES) == {"core", "absorption", "scr", "tpp", "sparse_probing", "ravel", "autointerp",
+                                 "sparse_probing_sae_probes"}
 
 
 def test_settings_presets_and_overrides():
