@@ -234,19 +234,23 @@ def item_frame(results: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -
 
 
 def item_intervals(metrics: pd.DataFrame, items: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
-    """Per (hook, compressed model, variant, metric, SAE seed): the number of items, their mean and the
-    bootstrap interval (:func:`bootstrap_interval`) of that mean."""
+    """Per (hook, compressed model, variant, metric): each item's value averaged over the SAE seeds
+    (the eval seed is fixed, so every seed is judged on the same items), then the number of items, the
+    number of SAE seeds averaged, the mean and the bootstrap interval (:func:`bootstrap_interval`) of
+    the mean over items."""
     if items is None or items.empty or metrics.empty:
         return pd.DataFrame()
     ident = _labelled(with_seeds(metrics))
     keys = ["metric_family", "sae_prefix", "model_prefix"]
     ident = ident.drop_duplicates([*keys, "metric_name"])[[*keys, "metric_name", *_group_keys(ident), "variant", "seed"]]
     merged = items.merge(ident, on=[*keys, "metric_name"], how="inner")
+    keys = [*_group_keys(ident), "variant", "metric_family", "metric_name"]
     rows = []
-    for key, group in merged.groupby([*_group_keys(ident), "variant", "metric_family", "metric_name", "seed"], dropna=False):
-        mean, low, high = bootstrap_interval(group["value"].values, seed=seed)
-        rows.append({**dict(zip([*_group_keys(ident), "variant", "metric_family", "metric_name", "seed"], key)),
-                     "n_items": int(group["value"].notna().sum()), "mean": mean, "low": low, "high": high})
+    for key, group in merged.groupby(keys, dropna=False):
+        per_item = group.groupby("item")["value"].mean()
+        mean, low, high = bootstrap_interval(per_item.values, seed=seed)
+        rows.append({**dict(zip(keys, key)), "n_items": int(per_item.notna().sum()), "n_seeds": int(group["seed"].nunique()),
+                     "mean": mean, "low": low, "high": high})
     return pd.DataFrame(rows)
 
 
@@ -257,13 +261,16 @@ def stored_items(storage: Any, metric_results: Iterable[Mapping[str, Any]]) -> p
     for result in metric_results:
         if result.get("metric") not in ITEM_FAMILIES or not result.get("raw_key") or not result.get("rows_key"):
             continue
-        if not storage.exists(result["raw_key"]):
+        try:
+            if not storage.exists(result["raw_key"]):
+                continue
+            rows = storage.get_parquet(result["rows_key"])
+            if rows.empty or "sae_prefix" not in rows:
+                continue
+            ident = {k: rows.iloc[0][k] for k in ("metric_family", "sae_prefix", "model_prefix") if k in rows}
+            pairs.append((ident, (storage.get_json(result["raw_key"]) or {}).get("raw") or {}))
+        except Exception:  # noqa: BLE001 - an unreadable output loses its interval, never the report
             continue
-        rows = storage.get_parquet(result["rows_key"])
-        if rows.empty or "sae_prefix" not in rows:
-            continue
-        ident = {k: rows.iloc[0][k] for k in ("metric_family", "sae_prefix", "model_prefix") if k in rows}
-        pairs.append((ident, (storage.get_json(result["raw_key"]) or {}).get("raw") or {}))
     return item_frame(pairs)
 
 
@@ -345,9 +352,9 @@ def markdown_section(metrics: pd.DataFrame, variants: pd.DataFrame | None = None
             iv = iv[(iv["metric_family"] + "/" + iv["metric_name"]).isin(names)]
             if len(iv):
                 lines += [f"Bootstrap {ITEM_LEVEL:.0%} interval of the mean over test items (percentile, {ITEM_RESAMPLES} "
-                          "resamples of the items, seed 0), per SAE seed:", "",
+                          "resamples of the items, seed 0; each item's value averaged over the SAE seeds first):", "",
                           _markdown_table(iv.assign(metric=iv["metric_family"] + "/" + iv["metric_name"],
                                                     interval=[f"{m:.4g} [{lo:.4g}, {hi:.4g}]" for m, lo, hi in
                                                               zip(iv["mean"], iv["low"], iv["high"])])
-                                          [["variant", "metric", "seed", "n_items", "interval"]]), ""]
+                                          [["variant", "metric", "n_seeds", "n_items", "interval"]]), ""]
     return "\n".join(lines)

@@ -65,6 +65,12 @@ def test_an_saebench_family_twice_gives_the_same_numbers_whatever_ran_before(toy
         assert result.status == "ok", result.reason
         values.append(result.headline_dict())
     assert values[0] == values[1]
+    # the per-item values the report bootstraps over are in SAEBench's stored output, and average to the headline
+    from sae_core.spread import item_values
+
+    items = item_values("sparse_probing", result.model_dump(mode="json")["raw"])
+    top1 = items[items["metric_name"] == "sae_top_1_test_accuracy"]
+    assert len(top1) == 1 and top1["value"].mean() == pytest.approx(values[1]["sae_top_1_test_accuracy"])
 
 
 @pytest.mark.slow

@@ -114,7 +114,8 @@ def test_markdown_section_shows_spread_orderings_and_item_intervals():
     assert "± 0.01 (n=3)" in text and "retrain better than transfer" in text
     assert "Smallest detectable paired difference" in text and "Bootstrap 95% interval" in text
     intervals = spread.item_intervals(table, pd.DataFrame(items))
-    assert (intervals["n_items"] == 3).all() and (intervals["low"] < intervals["mean"]).all()
+    assert (intervals["n_items"] == 3).all() and (intervals["n_seeds"] == 3).all() and (intervals["low"] < intervals["mean"]).all()
+    assert len(intervals) == 2  # one per variant: items averaged over seeds
 
 
 def test_report_renders_the_spread_section_through_one_function():
@@ -130,3 +131,19 @@ def test_report_renders_the_spread_section_through_one_function():
     assert "variants/explained_variance_centred" in text and "retrain better than transfer" in text
     one_seed = markdown_summary(table[table["seed"] == 0], variants[variants["seed"] == 0], [], [])
     assert "## Spread" not in one_seed
+
+
+def test_stored_items_read_the_metric_tasks_outputs(tmp_path):
+    from sae_core.storage import Storage
+
+    storage = Storage(f"file://{tmp_path}/store")
+    table = rows({"transfer": [0.6]}, metric=("sparse_probing", "sae_top_1_test_accuracy"))
+    storage.put_parquet("metrics/sparse_probing/k.parquet", table)
+    storage.put_json("metrics_raw/sparse_probing/k.json", {"raw": {"eval_result_details": [
+        {"dataset_name": "a", "sae_top_1_test_accuracy": 0.5}, {"dataset_name": "b", "sae_top_1_test_accuracy": 0.7}]}})
+    manifests = [{"metric": "sparse_probing", "rows_key": "metrics/sparse_probing/k.parquet", "raw_key": "metrics_raw/sparse_probing/k.json"},
+                 {"metric": "sparse_probing", "rows_key": "metrics/missing.parquet", "raw_key": "metrics_raw/missing.json"},
+                 {"kind": "feature_fidelity"}]
+    items = spread.stored_items(storage, manifests)
+    assert sorted(items["item"]) == ["a", "b"] and set(items["sae_prefix"]) == {"saes/transfer/0"}
+    assert spread.item_intervals(table, items).iloc[0]["n_items"] == 2
