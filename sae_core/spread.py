@@ -45,6 +45,7 @@ import pandas as pd
 from sae_core.repair_report import ONE_SEED, SEPARATION_RULE, _mean_sd, _spread_text, separation
 
 NOT_SEPARATED = "not separated"
+RULE = SEPARATION_RULE.split(" The transfer")[0]  # the repair report's rule, without its gap-closed sentence
 SPREAD_NOTE = ("mean ± sd over SAE seeds (sd with ddof = 1, not an interval; n = seeds; one seed: no spread)")
 ITEM_LEVEL = 0.95
 ITEM_RESAMPLES = 2000
@@ -319,7 +320,7 @@ def markdown_section(metrics: pd.DataFrame, variants: pd.DataFrame | None = None
     detectable = detectable_differences(pairs)
     keys = _group_keys(summary)
     lines = ["## Spread: seeds, paired orderings, test items", "",
-             f"Values are {SPREAD_NOTE}. {SEPARATION_RULE} Pairs the rule does not order read \"{NOT_SEPARATED}\". "
+             f"Values are {SPREAD_NOTE}. {RULE} Pairs the rule does not order read \"{NOT_SEPARATED}\". "
              "\"detectable\" is the smallest paired difference the rule could separate at that n (2 × sd of the per-seed "
              "differences / √n, pooled over the pairs); with n seeds the sign condition alone passes a zero difference "
              "with probability 2 × 0.5ⁿ.", ""]
