@@ -328,7 +328,11 @@ def model_provenance(base_model: dict | None) -> list[str]:
 
 
 def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, compressed_models: list[dict], plot_names: list[str],
-                     controls: list[dict] | None = None, base_model: dict | None = None) -> str:
+                     controls: list[dict] | None = None, base_model: dict | None = None, items: pd.DataFrame | None = None) -> str:
+    """The report's markdown. ``items``: per-item values of the stored SAEBench outputs
+    (:func:`sae_core.spread.stored_items`) for the spread section's intervals over test items."""
+    from sae_core.spread import markdown_section as spread_section
+
     lines = ["# SAE transfer report", "", *model_provenance(base_model)]
     if compressed_models:
         lines += ["## Compressed language models", "",
@@ -361,6 +365,9 @@ def markdown_summary(metrics: pd.DataFrame, variants: pd.DataFrame, compressed_m
         lines += ["## Headline metrics (SAEBench, on the compressed model)", "",
                   "One headline per metric family; every metric is in `headline.parquet` (wide) and `metrics.parquet` (tidy).", "",
                   _markdown_table(table.rename(columns=marked)), "", *reliability]
+    spread = spread_section(metrics, variants, items)  # mean ± sd over seeds, paired orderings, intervals over items
+    if spread:
+        lines += [spread, ""]
     missing = not_measured(metrics)
     if not missing.empty:
         # A list, not a table: reasons are sentences, and table cells do not wrap in the Prefect UI.

@@ -20,6 +20,7 @@ from sae_core import depth_report
 from sae_core import html_report as hrep
 from sae_core import repair_report as rrep
 from sae_core import report as rep
+from sae_core import spread
 from sae_core.feature_cards import CARDS_CSS, render_cards
 from sae_core.hashing import config_hash
 from sae_core.storage import Storage
@@ -63,7 +64,9 @@ def write_report(experiment_name: str, config: dict, compressed_llms: list[dict]
         storage.put_parquet(f"{prefix}/metrics.parquet", metrics)
         headline = rep.headline_table(metrics)
         storage.put_parquet(f"{prefix}/headline.parquet", headline)
-    summary = (rep.markdown_summary(metrics, variant_rows, compressed_llms, sorted(plots), controls=controls, base_model=base_model)
+    items = spread.stored_items(storage, metric_results)  # per-item values of the stored SAEBench outputs
+    summary = (rep.markdown_summary(metrics, variant_rows, compressed_llms, sorted(plots), controls=controls, base_model=base_model,
+                                    items=items)
                + "\n" + crep.markdown_section(metric_results, metrics) + ("\n" + frontier[2] if frontier is not None else ""))
     storage.put_bytes(f"{prefix}/summary.md", summary.encode())
     storage.put_json(f"{prefix}/config.json", config)

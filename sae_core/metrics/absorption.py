@@ -46,7 +46,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline, to_jsonable
+from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline, reseed_everything, reseeded_calls, to_jsonable
 
 
 class AbsorptionSettings(MetricSettings):
@@ -183,6 +183,7 @@ class Absorption(MetricFamily):
             AbsorptionResultDetail,
         )
         from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
+        from sae_bench.evals.absorption import k_sparse_probing
         from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
 
         hooked_model, device = inputs.hooked_model, inputs.device
@@ -227,7 +228,8 @@ class Absorption(MetricFamily):
             probes_dir = llm_folder / "probes"
             sae_name = "custom_sae"
             with tempfile.TemporaryDirectory(dir=inputs.scratch_dir or llm_folder, prefix="absorption-run-") as run_dir, \
-                    _forward_stops_after(hooked_model, layer):
+                    _forward_stops_after(hooked_model, layer), \
+                    reseeded_calls(config.random_seed, (k_sparse_probing, "train_k_sparse_probes")):  # same draws, LLM probe cached or not
                 k_sparse_dir = Path(run_dir) / "k_sparse_probing"
                 try:
                     k_sparse = run_k_sparse_probing_experiment(
@@ -265,6 +267,7 @@ class Absorption(MetricFamily):
                     )
                     raw = {"k_sparse_probing": to_jsonable(k_sparse[["letter", "f1_probe", "auc_probe"]].to_dict("records"))}
                     return self.skipped(reason, raw=raw, eval_config=eval_config)
+                reseed_everything(config.random_seed)
                 raw_df = run_feature_absortion_experiment(
                     model=hooked_model,
                     sae=sae,

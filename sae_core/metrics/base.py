@@ -49,6 +49,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -262,18 +263,27 @@ class MetricFamily(abc.ABC):
 
         :func:`sae_bench_context` with ``seed`` (global state restored, jaxtyping checks off, SAEBench's
         draws from ``random`` private); then ``grad=False`` -> ``torch.no_grad()``, ``grad=True`` ->
-        ``torch.set_grad_enabled(True)``; ``reseed`` -> ``random.seed(seed)`` and
-        ``torch.manual_seed(seed)`` (as SAEBench's own ``run_eval`` of absorption does); then the SAE is
-        copied to ``inputs.device`` / ``dtype`` (``context_size`` filled in where it lacks one).
+        ``torch.set_grad_enabled(True)``; given ``seed``, the process-wide torch and numpy generators are
+        seeded with it (``torch.manual_seed(seed)``, ``numpy.random.seed(seed)``, restored on exit), as
+        SAEBench's own ``run_eval`` seeds torch before its loop over SAEs: sparse probing's and SCR/TPP's
+        ``torch.randperm`` sample selection, absorption's and RAVEL's ``DataLoader(shuffle=True)`` and
+        scikit-learn estimators built without ``random_state`` then draw the same numbers whatever ran
+        before in the process (without it, two evaluations of the same SAE in one run could differ:
+        docs/reproducibility.md); ``reseed`` -> also ``random.seed(seed)`` (as SAEBench's
+        ``run_eval`` of absorption does); then the SAE is copied to ``inputs.device`` / ``dtype``
+        (``context_size`` filled in where it lacks one).
         """
+        import numpy as np
         import torch
 
         with sae_bench_context(seed), (torch.no_grad() if grad is False else contextlib.nullcontext()):
             if grad is True:
                 torch.set_grad_enabled(True)
+            if seed is not None:
+                torch.manual_seed(seed)
+                np.random.seed(seed)
             if reseed:
                 random.seed(seed)
-                torch.manual_seed(seed)
             yield prepare_sae(inputs.sae, model_name=inputs.model_name, device=inputs.device, dtype=dtype,
                               context_size=context_size)
 
@@ -529,6 +539,56 @@ def private_random(seed: int) -> Iterator[random.Random]:
     finally:
         for module in patched:
             module.random = random
+
+
+def reseed_everything(seed: int) -> None:
+    """Seed torch's and numpy's process-wide generators and the private ``random.Random`` that
+    :func:`private_random` gave SAEBench's modules (when one is active) with ``seed``."""
+    import sys
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    for name, module in list(sys.modules.items()):
+        rng = getattr(module, "random", None) if name.split(".")[0] == "sae_bench" else None
+        if isinstance(rng, random.Random):
+            rng.seed(seed)
+            break  # one generator shared by every module (private_random)
+
+
+@contextlib.contextmanager
+def reseeded_calls(seed: int, *targets: tuple[Any, str]) -> Iterator[None]:
+    """While open, every call of ``module.name`` (each of ``targets``) first runs
+    :func:`reseed_everything` (``seed``): the draws of the SAE-dependent part of an evaluation start
+    from the same state whether SAEBench computed its LLM-side artefacts (activations, LLM probes,
+    filtered prompts, drawing as it goes) or loaded them from its cache.
+
+    Why: SAEBench seeds once, then computes-and-caches the LLM side for the first SAE on a model and
+    loads it for the next. The draws that the LLM side consumed are then missing from the stream, so
+    the first SAE evaluated on a model drew other probe batches than the second, and which variant ran
+    first was decided by thread scheduling (measured on the toy world: sparse probing's top-k
+    accuracies up to 0.026 apart, TPP up to 0.018; docs/reproducibility.md). The wrapper only
+    reseeds: every computation is SAEBench's. Metric tasks run one at a time
+    (``tasks.common.compute_lock``), so swapping module attributes is safe."""
+    originals = [(module, name, getattr(module, name)) for module, name in targets]
+
+    def wrap(function):
+        @functools.wraps(function)
+        def reseeded(*args, **kwargs):
+            reseed_everything(seed)
+            return function(*args, **kwargs)
+
+        return reseeded
+
+    for module, name, function in originals:
+        setattr(module, name, wrap(function))
+    try:
+        yield
+    finally:
+        for module, name, function in originals:
+            setattr(module, name, function)
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae_core.lazy_torch import no_grad
-from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline
+from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline, reseeded_calls
 
 if TYPE_CHECKING:  # torch loads when a metric runs, not when settings are read
     import torch
@@ -288,7 +288,9 @@ class Ravel(MetricFamily):
         if view == "mismatch":
             warnings.warn(f"RAVEL: the HookedTransformer's {hook_name} matches neither the HF decoder-layer output nor its "
                           "centred version; running on the raw HF output", stacklevel=2)
+        # each attribute's MDBM training draws from the seed whether the prompt set was built or read from the cache
         with self.saebench(inputs, llm_dtype, seed=config.random_seed) as sae, \
+                reseeded_calls(config.random_seed, (ravel_main, "run_eval_single_cause_attribute")), \
                 ravel_model_compat(hf_model, tokenizer, center=view == "centered"):
             sae.requires_grad_(False)
             folder = self.model_cache_dir(inputs, sae.cfg.hook_name,

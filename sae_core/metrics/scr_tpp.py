@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline, to_jsonable
+from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline, reseeded_calls, to_jsonable
 
 SCR_PAIRS_BIOS = [("professor", "nurse"), ("architect", "journalist"), ("surgeon", "psychologist"), ("attorney", "teacher")]
 SCR_PAIRS_AMAZON = [
@@ -126,7 +126,9 @@ class ScrTpp(MetricFamily):
             n_values=list(config.n_values),
             column1_vals_lookup={k: [tuple(p) for p in v] for k, v in config.column1_vals_lookup.items()},
         )
-        with self.saebench(inputs, llm_dtype, seed=config.random_seed, context_size=config.context_length) as sae:
+        # the SAE-side draws start from the seed whether the LLM side was computed or read from SAEBench's cache
+        with self.saebench(inputs, llm_dtype, seed=config.random_seed, context_size=config.context_length) as sae, \
+                reseeded_calls(config.random_seed, (st_main, "get_all_node_effects_for_one_sae")):
             too_many = [n for n in config.n_values if n > sae.cfg.d_sae]
             if too_many:
                 raise ValueError(f"{metric}: n_values {too_many} exceed the SAE width d_sae={sae.cfg.d_sae}")

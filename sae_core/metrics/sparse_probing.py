@@ -13,7 +13,7 @@ Data: the bias-in-bios class sets come from ``LabHC/bias_in_bios`` (served offli
 
 from __future__ import annotations
 
-from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline
+from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline, reseeded_calls
 
 
 SAEBENCH_DATASETS = [
@@ -92,7 +92,9 @@ class SparseProbing(MetricFamily):
             k_values=list(config.k_values),
             lower_vram_usage=config.lower_vram_usage,
         )
-        with self.saebench(inputs, llm_dtype, seed=config.random_seed, context_size=config.context_length) as sae:
+        # the SAE-side draws start from the seed whether the LLM side was computed or read from SAEBench's cache
+        with self.saebench(inputs, llm_dtype, seed=config.random_seed, context_size=config.context_length) as sae, \
+                reseeded_calls(config.random_seed, (sp_main.activation_collection, "get_sae_meaned_activations")):
             folder = self.model_cache_dir(inputs, sae.cfg.hook_name, config)
             results, per_class = sp_main.run_eval_single_sae(
                 eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
