@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=_names, metavar="SPECS",
                    help="SAE variants built for each compressed model, e.g. transfer,recalibrate,refit_decoder,affine,"
                         "finetune:0.01,finetune:0.05,finetune:0.2,prune:wanda:0.5,retrain (methods: "
-                        f"{', '.join(VARIANT_METHODS)}; finetune:F trains F x retrained_sae.train_tokens; default: transfer, "
+                        f"{', '.join(VARIANT_METHODS)}; finetune:F trains F x the retrain budget (train_tokens x epochs); default: transfer, "
                         "retrain if retrained_sae.enabled, prune:RULE:S for --sae-rules x --sae-sparsities)")
     p.add_argument("--sae-sparsities", type=_floats, help="sparsities of the pruned SAEs, e.g. 0.25,0.5,0.75 (the variants' "
                    "prune:RULE:S entries become --sae-rules x these)")

@@ -151,6 +151,10 @@ class TrainSAESettings(_Frozen):
     d_sae: int = Field(gt=0)
     k: int | None = Field(None, gt=0)
     train_tokens: int = Field(gt=0)
+    # Passes over the cached training activations. 1: train on train_tokens tokens (more than the cache
+    # repeats it, reshuffled); N > 1: N epochs of train_tokens tokens each (at most activations.n_tokens),
+    # every epoch in a fresh order drawn from the seed. The budget is train_tokens x epochs.
+    epochs: int = Field(1, ge=1)
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(4096, gt=0)
     # Steps without firing after which sae-lens counts a latent dead, which switches on the TopK
@@ -160,6 +164,8 @@ class TrainSAESettings(_Frozen):
     # "mean": the decoder bias starts at the activations' mean (sae_core.sae_train.train_sae); needed
     # where the residual stream has a large common direction, as Gemma's does.
     b_dec_init: Literal["zeros", "mean"] = "zeros"
+    # The learning rate decays linearly to 0 over this final fraction of the steps (0: constant).
+    lr_decay_fraction: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _k_for_topk(self):
@@ -189,10 +195,12 @@ class RetrainSettings(_Frozen):
 
     enabled: bool = True
     train_tokens: int = Field(gt=0)
+    epochs: int = Field(1, ge=1)  # as TrainSAESettings.epochs; finetune:F trains F x train_tokens x epochs
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(4096, gt=0)
     dead_feature_window: int | None = Field(None, gt=0)  # as TrainSAESettings.dead_feature_window
     b_dec_init: Literal["zeros", "mean"] = "zeros"  # as TrainSAESettings.b_dec_init
+    lr_decay_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # as TrainSAESettings.lr_decay_fraction
 
 
 class PrunedSAESettings(_Frozen):
@@ -429,6 +437,7 @@ class ExperimentConfig(_Frozen):
             too_deep = [layer for layer in self.layers if layer >= n_layers]
             if too_deep:
                 raise ValueError(f"layers {too_deep} do not exist in {self.model!r}, which has {n_layers} layers (0..{n_layers - 1})")
+        self._check_training_budgets()
         if self.original_sae.release == "from_registry":
             releases = sae_registry()["releases"].get(self.model)
             if releases is None:
@@ -443,6 +452,21 @@ class ExperimentConfig(_Frozen):
             if missing:
                 raise ValueError(f"original_sae.local_folders has no folder for hooks {missing}")
         return self
+
+    def _check_training_budgets(self) -> None:
+        """Each trained SAE's budget fits its cache and makes at least one batch (before any work)."""
+        sections = [("retrained_sae", self.retrained_sae)] if self.retrained_sae.enabled else []
+        if self.original_sae.train is not None:
+            sections.insert(0, ("original_sae.train", self.original_sae.train))
+        cached = self.activations.n_tokens
+        for name, train in sections:
+            if train.epochs > 1 and train.train_tokens > cached:
+                raise ValueError(f"{name}: epochs={train.epochs} passes of train_tokens={train.train_tokens} need that many "
+                                 f"cached tokens per epoch, but activations.n_tokens={cached}; lower train_tokens to at most "
+                                 f"{cached} or cache more tokens")
+            if train.train_tokens * train.epochs < train.batch_size:
+                raise ValueError(f"{name}: train_tokens x epochs = {train.train_tokens * train.epochs} is less than one batch "
+                                 f"(batch_size={train.batch_size})")
 
     @field_validator("metric_overrides")
     @classmethod

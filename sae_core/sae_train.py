@@ -38,6 +38,7 @@ then selects on, which cannot be re-folded exactly; the report shows it.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
@@ -54,9 +55,12 @@ from sae_lens.training.sae_trainer import SAETrainer
 from sae_core.progress import Progress
 from sae_core.sae_io import ARCHITECTURES, decoder_norm_deviation, flat_sae_inputs, new_sae, no_hook_z_reshaping
 
-__all__ = ["INITS", "train_sae", "training_to_inference_sae", "rebatch_activations", "warm_start_training_sae"]
+__all__ = ["CURVE_COLUMNS", "INITS", "train_sae", "training_to_inference_sae", "rebatch_activations", "warm_start_training_sae"]
 
 INITS = ("new", "keep")  # train_sae(init=...): sae-lens' fresh initialisation, or like's own weights
+# report["curve"]: the training curve, one value per recorded step (see train_sae's curve_points).
+CURVE_COLUMNS = ("step", "tokens", "loss", "mse_loss", "aux_loss", "mse", "explained_variance", "l0",
+                 "dead_latents", "silent_latents")
 
 
 def rebatch_activations(
@@ -212,6 +216,7 @@ def train_sae(
     lr_scheduler_name: str = "constant",
     lr_warm_up_steps: int = 0,
     lr_decay_steps: int = 0,
+    lr_decay_fraction: float = 0.0,
     shuffle_buffer_batches: int = 0,
     allow_repeat: bool = True,
     n_batches_for_norm_estimate: int = 10,
@@ -220,6 +225,7 @@ def train_sae(
     sae_overrides: dict[str, Any] | None = None,
     trainer_overrides: dict[str, Any] | None = None,
     init: str = "new",
+    curve_points: int = 1000,
 ) -> tuple[SAE[Any], dict[str, Any]]:
     """Train a new SAE shaped like ``like`` on ``activation_batches``; return ``(sae, report)``.
 
@@ -258,10 +264,24 @@ def train_sae(
     ``rescale_acts_by_decoder_norm=True``; overriding it to False is refused.  For held-out
     numbers use :func:`sae_core.sae_quality.reconstruction_stats`.
 
+    ``lr_decay_fraction`` (with ``lr_decay_steps=0``) decays the learning rate linearly over that final
+    fraction of the steps (sae-lens' decay phase, to 0), so a fine-tune on a share of the budget decays
+    over its own last steps.
+
     ``init="keep"`` warm-starts: training begins from ``like``'s own weights (see
     :func:`warm_start_training_sae`) instead of sae-lens' initialisation, so step 0 computes
     ``like``'s function; ``b_dec_init`` must then stay "zeros" (it is not applied: the kept
     ``b_dec`` is used). ``report["init"]`` records the choice.
+
+    ``report["curve"]`` is the training curve: columns :data:`CURVE_COLUMNS`, one row every
+    ``ceil(steps / curve_points)`` steps and at the last step (``curve_points=0``: none). Per
+    training batch, as the trainer saw it just before the update: ``loss`` (sae-lens' total),
+    ``mse_loss`` and ``aux_loss`` (its parts; TopK's AuxK, 0 while no latent is dead), ``mse``
+    (per element, raw units as ``final_mse``), ``explained_variance`` (about the batch mean),
+    ``l0``; ``dead_latents`` (sae-lens' definition, what the AuxK loss acts on: no firing in the last
+    ``dead_feature_window`` steps, ``report["dead_feature_window"]``) and ``silent_latents`` (no
+    firing in the last ``report["silent_window_steps"]`` steps, 5% of the run, so that short runs
+    whose window exceeds the run still show their dead latents). Not part of the SAE's metadata.
     """
     if not isinstance(like, SAE):
         raise ValueError(f"like must be a sae-lens SAE, got {type(like).__name__}")
@@ -276,6 +296,8 @@ def train_sae(
         raise ValueError(f"b_dec_init must be 'zeros' or 'mean', got {b_dec_init!r}")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if isinstance(curve_points, bool) or not isinstance(curve_points, int) or curve_points < 0:
+        raise ValueError(f"curve_points must be a non-negative int, got {curve_points!r}")
     if init == "keep" and b_dec_init != "zeros":
         raise ValueError(f"init='keep' starts from like's own b_dec; b_dec_init={b_dec_init!r} would overwrite it")
     if not (isinstance(lr, (int, float)) and lr > 0):
@@ -285,9 +307,13 @@ def train_sae(
             "activation_batches must be an iterable of [batch, d_in] tensors "
             "(wrap a single tensor as [tensor] or tensor.split(n))"
         )
+    if not (isinstance(lr_decay_fraction, (int, float)) and 0.0 <= lr_decay_fraction < 1.0):
+        raise ValueError(f"lr_decay_fraction must be in [0, 1), got {lr_decay_fraction!r}")
     device = device or like.cfg.device
     steps = total_tokens // batch_size
     tokens_used = steps * batch_size
+    if lr_decay_fraction and not lr_decay_steps:
+        lr_decay_steps = int(round(lr_decay_fraction * steps))
 
     sae_kwargs: dict[str, Any] = {}
     if arch == "standard":
@@ -353,6 +379,9 @@ def train_sae(
 
         trainer = SAETrainer(cfg=trainer_cfg, sae=training_sae, data_provider=provider, evaluator=None)
         window: list[tuple[float, float, float, float]] = []
+        curve: dict[str, list[float]] = {c: [] for c in CURVE_COLUMNS}
+        curve_every = math.ceil(steps / curve_points) if curve_points else 0
+        silent_window = max(1, round(0.05 * steps))
         with no_hook_z_reshaping(training_sae):
             training_sae.to(device)
             norm = training_sae.cfg.normalize_activations
@@ -372,6 +401,8 @@ def train_sae(
                 mean = torch.cat(peeked).mean(0)
                 scale = trainer.activation_scaler.scaling_factor
                 training_sae.b_dec.data.copy_(mean * scale if scale is not None else mean)
+            factor = trainer.activation_scaler.scaling_factor  # known before the first step; None: raw units
+            curve_unscale = 1.0 / factor**2 if factor else 1.0
             with Progress(tokens_used, f"Training {arch} SAE", unit="tok", show=progress) as pbar:
                 while trainer.n_training_samples < tokens_used:
                     trainer.maybe_reset_sparsity()
@@ -385,12 +416,16 @@ def train_sae(
                     trainer.n_training_steps += 1
                     pbar.update(batch.shape[0])
                     last = steps - trainer.n_training_steps < max(1, final_window_steps)
-                    show = progress and trainer.n_training_steps % 10 == 0
-                    if last or show:  # metrics cost a host sync; only when needed
+                    step = trainer.n_training_steps
+                    show = progress and step % 10 == 0
+                    record = bool(curve_every) and (step % curve_every == 0 or step == steps)
+                    if last or show or record:  # metrics cost a host sync; only when needed
                         metrics = _step_metrics(out)
                         if last:
                             window.append(metrics)
-                        sse, _, l0, n = metrics
+                        sse, sst, l0, n = metrics
+                        if record:
+                            _record_curve(curve, trainer, out, metrics, d_in, curve_unscale, silent_window)
                         pbar.set_postfix(mse=f"{sse / (n * d_in):.4g}", l0=f"{l0 / n:.1f}")
             # fold activation normalisation into the weights, as SAETrainer.fit() does
             scaler = trainer.activation_scaler
@@ -438,6 +473,8 @@ def train_sae(
         "final_l0": l0 / n if n else float("nan"),
         "dead_latents": int(trainer.dead_neurons.sum().item()),
         "decoder_norm_max_deviation": decoder_norm_deviation(sae),
+        "dead_feature_window": int(trainer_cfg.dead_feature_window),
+        "silent_window_steps": int(silent_window),
     }
     if arch == "standard":
         report["l1_coefficient"] = float(training_sae.cfg.l1_coefficient)
@@ -446,4 +483,23 @@ def train_sae(
     sae.cfg.metadata.sae_transfer_training = {
         k: v for k, v in report.items() if k not in ("wall_time_s",)
     }
+    report["curve"] = curve  # after the metadata: the curve stays out of the SAE's config
     return sae, report
+
+
+@torch.no_grad()
+def _record_curve(curve: dict[str, list[float]], trainer: SAETrainer[Any], out: Any,
+                  metrics: tuple[float, float, float, float], d_in: int, unscale: float, silent_window: int) -> None:
+    """Append one step's row to ``curve`` (see train_sae's ``report["curve"]``)."""
+    sse, sst, l0, n = metrics
+    losses = {name: float(value.item() if isinstance(value, torch.Tensor) else value) for name, value in out.losses.items()}
+    mse_loss = losses.pop("mse_loss", float("nan"))
+    since_fired = trainer.n_forward_passes_since_fired
+    row = {
+        "step": trainer.n_training_steps, "tokens": trainer.n_training_samples, "loss": float(out.loss.item()),
+        "mse_loss": mse_loss, "aux_loss": sum(losses.values()) if losses else 0.0,
+        "mse": sse * unscale / (n * d_in), "explained_variance": 1.0 - sse / sst if sst > 0 else 0.0, "l0": l0 / n,
+        "dead_latents": int(trainer.dead_neurons.sum().item()), "silent_latents": int((since_fired >= silent_window).sum().item()),
+    }
+    for name in CURVE_COLUMNS:
+        curve[name].append(row[name])

@@ -112,6 +112,9 @@ def _rendered_plots(storage: Storage, prefix: str, metrics: pd.DataFrame, varian
     frontier_png = rrep.frontier_plot(variant_rows, rrep.identity_rows(metrics))  # None without variant_spec
     if frontier_png:
         plots["frontier.png"] = frontier_png
+    from sae_core.training_report import training_curve_plots  # the trained SAEs' loss and dead latents per step
+
+    plots.update(training_curve_plots(storage, variant_rows))
     if audits:
         plots.update(crep.compression_plots(audits, {a["table_key"]: storage.get_parquet(a["table_key"]) for a in audits}, metrics))
     for name, png in plots.items():

@@ -21,6 +21,7 @@ from sae_core.datasets import token_batch
 from sae_core.hashing import config_hash
 from sae_core.model_ref import compression_label, compression_strength, model_identity, model_key
 from sae_core.storage import Storage
+from sae_core.training_report import TRAINING_CURVE  # beside a trained SAE's checkpoint: loss, EV, dead latents per step
 from tasks.common import (ARTIFACT_TASK_OPTIONS, activation_batches, code_fingerprint, compute_lock, is_transient, load_model_ref,
                           load_stored_sae, ml_stack, sae_processing, store_sae)
 from tasks.progress import report_progress
@@ -28,10 +29,27 @@ from tasks.progress import report_progress
 
 
 # ------------------------------------------------------------------ helpers (no algorithms here)
+def _training_budget(settings: dict) -> tuple[int, int | None]:
+    """``(total tokens, tokens per epoch)`` of a train / retrain section: ``train_tokens x epochs``, and
+    ``train_tokens`` as the epoch's share of the cache when ``epochs > 1`` (None: the whole cache, repeated
+    as needed, as before epochs existed)."""
+    epochs = int(settings.get("epochs") or 1)
+    return int(settings["train_tokens"]) * epochs, (int(settings["train_tokens"]) if epochs > 1 else None)
+
+
+def _store_training_curve(storage: Storage, prefix: str, curve: dict | None) -> None:
+    """The training curve (sae_core.sae_train's report["curve"]) beside the SAE, before its manifest commits it."""
+    if curve and curve.get("step"):
+        storage.put_parquet(f"{prefix}/{TRAINING_CURVE}", pd.DataFrame(curve))
+
+
 def _training_options(settings: dict) -> dict[str, Any]:
     """``train_sae`` keywords of a train / retrain section beyond budget, lr and batch size."""
     trainer = {k: settings[k] for k in ("dead_feature_window",) if settings.get(k) is not None}  # None: sae-lens' default
-    return {"trainer_overrides": trainer, "b_dec_init": settings.get("b_dec_init", "zeros")}
+    options = {"trainer_overrides": trainer, "b_dec_init": settings.get("b_dec_init", "zeros")}
+    if settings.get("lr_decay_fraction"):
+        options["lr_decay_fraction"] = float(settings["lr_decay_fraction"])
+    return options
 
 
 def _quality(storage: Storage, sae, llm: dict, held_out: dict, quality: dict, dataset: str, device: str, dtype: str) -> dict:
@@ -106,10 +124,12 @@ def original_sae(dense: dict, hook_name: str, source: dict | None, train: dict |
             from sae_core.sae_train import train_sae
 
             blank = new_sae(train["architecture"], dense_acts["d_in"], train["d_sae"], hook_name, k=train.get("k"), seed=seed)
+            total, per_epoch = _training_budget(train)
             with compute_lock(), report_progress():
-                sae, report = train_sae(blank, activation_batches(storage, dense_acts, shuffle=True, seed=seed), train["train_tokens"],
-                                        lr=train["lr"], batch_size=train["batch_size"], seed=seed,
+                sae, report = train_sae(blank, activation_batches(storage, dense_acts, shuffle=True, seed=seed, max_tokens=per_epoch),
+                                        total, lr=train["lr"], batch_size=train["batch_size"], seed=seed,
                                         **_training_options(train))
+            _store_training_curve(storage, prefix, report.get("curve"))
         store_sae(storage, sae, prefix, {"variant": "original", "hook": hook_name, "source": source or {"trained_on": dense_acts["prefix"]},
                                           "processing": sae_processing(sae), "tokens_used": int(report.get("tokens_used", 0)),
                                           "wall_time_s": round(time.perf_counter() - started, 3)})
@@ -185,15 +205,16 @@ def _build_and_store(storage: Storage, spec, original: dict, compressed_acts, de
     sae = load_stored_sae(storage, original["prefix"], device)
     method.check(sae)  # an architecture / hook / normalisation the fix cannot carry: this variant fails, before any work
     trains = method.entry.trains
-    # Training reads shuffled batches (as the original's training did); the fits read both models' caches in order, row for row.
-    compressed = None if compressed_acts is None else activation_batches(storage, compressed_acts, shuffle=trains, seed=seed,
-                                                                         max_tokens=settings.get("n_tokens"))
-    dense = None if dense_acts is None else activation_batches(storage, dense_acts, max_tokens=settings.get("n_tokens"))
-    train = None
+    # Training reads shuffled batches (as the original's training did), an epoch of the retrain settings' size; the fits
+    # read both models' caches in order, row for row.
+    train, per_epoch = None, None
     if trains:
         retrain = settings["train"]
-        train = {"train_tokens": retrain["train_tokens"], "lr": retrain["lr"], "batch_size": retrain["batch_size"],
-                 **_training_options(retrain)}
+        total, per_epoch = _training_budget(retrain)  # finetune:F trains F x total
+        train = {"train_tokens": total, "lr": retrain["lr"], "batch_size": retrain["batch_size"], **_training_options(retrain)}
+    compressed = None if compressed_acts is None else activation_batches(storage, compressed_acts, shuffle=trains, seed=seed,
+                                                                         max_tokens=per_epoch if trains else settings.get("n_tokens"))
+    dense = None if dense_acts is None else activation_batches(storage, dense_acts, max_tokens=settings.get("n_tokens"))
     inputs = VariantInputs(compressed=compressed, dense=dense, n_tokens=settings.get("n_tokens"), train=train, train_fn=train_sae,
                            seed=seed, progress=True, options=dict(settings.get("options") or {}))
     try:
@@ -206,6 +227,7 @@ def _build_and_store(storage: Storage, spec, original: dict, compressed_acts, de
                             f"{type(err).__name__}: {err}") from err
     summary = report.summary()
     details = summary.get("details") or {}
+    _store_training_curve(storage, prefix, details.pop("training_curve", None))  # a table, not manifest JSON
     manifest = {"variant": method.entry.display_label(spec.method), "variant_spec": spec.text, "variant_method": spec.method,
                 "hook": original["hook"], "parent": original["prefix"], "processing": original["processing"],
                 "trained_on": compressed_acts and compressed_acts["prefix"], "dense_activations": dense_acts and dense_acts["prefix"],

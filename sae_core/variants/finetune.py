@@ -34,5 +34,5 @@ class FinetuneMethod(VariantMethod):
             tokens = batch_size
         sae, report = trainer(inputs)(original, inputs.compressed, tokens, seed=inputs.seed, init="keep", **settings)
         details = {"training": training_details(report), "retrain_budget": int(budget), "fraction": float(self.spec.fraction),
-                   "notes": notes}
+                   "notes": notes, "training_curve": report.get("curve")}
         return sae, int(report["tokens_used"]), int(report["steps"]), details

@@ -44,4 +44,5 @@ class RetrainMethod(VariantMethod):
     def _build(self, original: SAE[Any], inputs: VariantInputs):
         budget, settings = train_settings(inputs)
         sae, report = trainer(inputs)(original, inputs.compressed, budget, seed=inputs.seed, **settings)
-        return sae, int(report["tokens_used"]), int(report["steps"]), {"training": training_details(report)}
+        return sae, int(report["tokens_used"]), int(report["steps"]), {"training": training_details(report),
+                                                                        "training_curve": report.get("curve")}

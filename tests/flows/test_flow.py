@@ -72,6 +72,10 @@ def test_flow_produces_every_artifact(first_run):
     assert storage.exists(f"{report}/summary.md") and storage.exists(f"{report}/metrics.parquet")
     assert summary["report"]["html_uri"] == storage.uri(f"{report}/report.html") and storage.exists(f"{report}/report.html")
     assert any(name.endswith(".png") for name in summary["report"]["plots"])
+    # the SAEs trained here keep their training curves beside their checkpoints, and the report draws them
+    for folder in ("saes/original", "saes/retrained"):
+        assert any(k.endswith("/training_curve.parquet") for k in storage.list(folder)), folder
+    assert "training_curves.png" in summary["report"]["plots"]
     # Every Prefect result is a small JSON manifest, never a pickle.
     results = [k for k in storage.list("prefect-results") if not k.endswith(".lock")]
     assert results
