@@ -49,23 +49,132 @@ def hook_activations(hooked, tokens: torch.Tensor, hook_name: str, batch_size: i
     return acts.flatten(start_dim=2) if acts.ndim == 4 else acts
 
 
+# ------------------------------------------------------------------ the HF forward for residual hooks
+# The residual stream of TransformerLens' view is the HF model's own, up to its weight processing:
+# ``blocks.L.hook_resid_post`` is decoder layer L's output and ``blocks.L.hook_resid_pre`` its input
+# (layer 0's: the embeddings, Gemma's scaled by sqrt(d_model)). Of the processing options only
+# ``center_writing_weights`` changes it, and only under LayerNorm: every write to the stream loses its
+# mean over d_model, so TransformerLens' residual is HF's minus that mean. fold_ln, fold_value_biases,
+# center_unembed and refactor_factored_attn_matrices leave the stream as it is; RMSNorm models are never
+# centred (TransformerLens skips it). Architectures listed here were checked against TransformerLens
+# (tests/sae_core/test_activations.py on GPT-2, tests/sae_core/test_real_model.py on Gemma 3); any
+# other architecture or hook (mlp_out, attn.hook_z, ...) is read through TransformerLens.
+HF_RESIDUAL_NORMS: dict[str, str] = {"GPT2LMHeadModel": "LN", "Gemma2ForCausalLM": "RMS", "Gemma3ForCausalLM": "RMS"}
+_HF_HOOKS = {"hook_resid_post": "output", "hook_resid_pre": "input"}
+
+
+class _StopForward(Exception):
+    pass
+
+
+class HFResidualReader:
+    """Activations at a residual hook from the HF model's own forward, stopped right after the
+    decoder layer that produces them (no later layer, no LM head), in inference mode."""
+
+    def __init__(self, hf_model, hook_name: str, layer: int, where: str, centred: bool):
+        from sae_core.compression.modules import find_blocks
+
+        self.hf_model, self.hook_name, self.where, self.centred = hf_model, hook_name, where, centred
+        blocks_name, blocks = find_blocks(hf_model)
+        self.block = blocks[layer]
+        self.forward = f"hf:{blocks_name}.{layer}:{where}" + (":centred" if centred else "")
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+
+        def grab_output(module, args, output):
+            seen.append(output[0] if isinstance(output, tuple) else output)
+            raise _StopForward
+
+        def grab_input(module, args, kwargs):
+            seen.append(args[0] if args else kwargs["hidden_states"])
+            raise _StopForward
+
+        handle = (self.block.register_forward_hook(grab_output) if self.where == "output"
+                  else self.block.register_forward_pre_hook(grab_input, with_kwargs=True))
+        try:
+            with torch.inference_mode():
+                self.hf_model(input_ids=tokens.to(self.hf_model.device), use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        acts = seen[0]
+        return acts - acts.mean(dim=-1, keepdim=True) if self.centred else acts
+
+
+class HookedReader:
+    """Activations at any hook through TransformerLens' view (``hook_activations``)."""
+
+    forward = "transformer_lens"
+
+    def __init__(self, hooked, hook_name: str):
+        self.hooked, self.hook_name = hooked, hook_name
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return hook_activations(self.hooked, tokens, self.hook_name)
+
+
+def hf_residual_reader(hf_model, hook_name: str, processing: dict | None = None) -> HFResidualReader | None:
+    """The HF-forward reader for ``hook_name`` under ``processing``, or None where the hook has no
+    exact HF counterpart (not a residual hook, or an architecture not in ``HF_RESIDUAL_NORMS``)."""
+    from sae_core.models import resolve_processing
+
+    parts = hook_name.split(".")
+    layer = _layer_of(hook_name)
+    architecture = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
+    norm = HF_RESIDUAL_NORMS.get(architecture)
+    if layer is None or len(parts) != 3 or parts[2] not in _HF_HOOKS or norm is None:
+        return None
+    if not 0 <= layer < hf_model.config.num_hidden_layers:
+        return None
+    centred = norm == "LN" and resolve_processing(processing)["center_writing_weights"]
+    return HFResidualReader(hf_model, hook_name, layer, _HF_HOOKS[parts[2]], centred)
+
+
+def activation_reader(model, hook_name: str, processing: dict | None = None):
+    """A callable ``tokens [batch, seq] -> activations [batch, seq, d]`` at ``hook_name``: the same
+    function as TransformerLens' view of ``model`` with ``processing`` (the view an SAE of that hook
+    is used with), computed by the cheapest exact route.
+
+    ``model``: a :class:`~sae_core.models.LoadedModel` (residual hooks through the HF forward, the
+    TransformerLens view, built lazily, for every other hook) or a HookedTransformer (always itself;
+    ``processing`` is then the one it was built with)."""
+    hf_model = getattr(model, "hf_model", None)
+    if hf_model is None:
+        return HookedReader(model, hook_name)
+    from sae_core.models import check_hook
+
+    reader = hf_residual_reader(hf_model, hook_name, processing)
+    if reader is not None:
+        return reader
+    hooked = model.hooked(processing)
+    check_hook(hooked, hook_name)
+    return HookedReader(hooked, hook_name)
+
+
 def special_token_ids(tokenizer) -> set[int]:
     return {i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
 
 
 def cache_activations(
-    hooked,
+    model,
     tokenizer,
     spec: ActivationCacheSpec,
     storage: Storage,
     prefix: str,
     extra_manifest: dict | None = None,
     progress: bool = True,
+    processing: dict | None = None,
 ) -> dict:
-    """Cache ``spec.n_tokens`` activation rows under ``prefix``; resume from complete shards."""
+    """Cache ``spec.n_tokens`` activation rows under ``prefix``; resume from complete shards.
+
+    ``model``: a LoadedModel (with ``processing``, the TransformerLens view's weight processing the
+    activations must match) or a HookedTransformer; see :func:`activation_reader`."""
     if storage.is_committed(prefix):
         return storage.manifest(prefix)
     started = time.perf_counter()
+    reader = activation_reader(model, spec.hook_name, processing)
     dtype = getattr(torch, spec.dtype)
     specials = torch.tensor(sorted(special_token_ids(tokenizer))) if spec.exclude_special_tokens else torch.tensor([], dtype=torch.long)
     windows = itertools.islice(token_windows(tokenizer, iter_texts(spec.dataset, split=spec.split), spec.seq_len),
@@ -84,7 +193,7 @@ def cache_activations(
         if storage.exists(sidecar_key):  # finished by an earlier, interrupted run
             info = storage.get_json(sidecar_key)
         else:
-            info = _write_shard(hooked, torch.stack(shard_windows), spec, specials, dtype, storage, prefix, index,
+            info = _write_shard(reader, torch.stack(shard_windows), spec, specials, dtype, storage, prefix, index,
                                 rows_wanted=spec.n_tokens - rows_done)
         width = info["d_in"]
         shards.append(info)
@@ -97,6 +206,7 @@ def cache_activations(
         "d_in": width,
         "n_tokens": rows_done,
         "shards": [{"key": s["key"], "rows": s["rows"]} for s in shards],
+        "forward": reader.forward,
         "wall_time_s": round(time.perf_counter() - started, 3),
         **(extra_manifest or {}),
     }
@@ -104,15 +214,17 @@ def cache_activations(
     return manifest
 
 
-def _write_shard(hooked, tokens, spec, specials, dtype, storage, prefix, index, rows_wanted) -> dict:
+def _write_shard(reader, tokens, spec, specials, dtype, storage, prefix, index, rows_wanted) -> dict:
     chunks, ids = [], []
+    kept = 0
     for start in range(0, len(tokens), spec.batch_sequences):
         batch = tokens[start : start + spec.batch_sequences]
-        acts = hook_activations(hooked, batch, spec.hook_name).to("cpu", dtype)
+        acts = reader(batch)
         keep = ~torch.isin(batch, specials)
-        chunks.append(acts[keep])
+        chunks.append(acts[keep.to(acts.device)].to("cpu", dtype))
         ids.append(batch[keep])
-        if sum(len(c) for c in chunks) >= rows_wanted:  # the last shard: skip forwards nobody keeps
+        kept += len(ids[-1])
+        if kept >= rows_wanted:  # the last shard: skip forwards nobody keeps
             break
     activations = torch.cat(chunks)[:rows_wanted]
     token_ids = torch.cat(ids)[:rows_wanted]

@@ -27,7 +27,9 @@ def cache_activations_task(model: dict, spec: ActivationCacheSpec, processing: d
 
         loaded = load_model_ref(storage, model, device, dtype, only=True)
         with compute_lock(), report_progress():
-            cache_activations(loaded.hooked(processing), loaded.tokenizer, spec, storage, prefix,
+            # residual hooks through the HF model's own forward; the TransformerLens view (built only
+            # for other hooks) with ``processing``: the same activations either way
+            cache_activations(loaded, loaded.tokenizer, spec, storage, prefix, processing=processing,
                               extra_manifest={"model": model, "processing": processing})
     manifest = storage.manifest(prefix)
     return {"kind": "activations", "prefix": prefix, "uri": storage.uri(prefix), "n_tokens": manifest["n_tokens"],

@@ -87,3 +87,60 @@ def test_shuffled_reading_is_a_seeded_permutation(toy_model, tmp_path):
 def test_bad_specs_are_rejected_before_any_work(bad, message):
     with pytest.raises(ValueError, match=message):
         ActivationCacheSpec(**{**SPEC, **bad})
+
+
+# ------------------------------------------------------------------ the HF forward for residual hooks
+PROCESSINGS = [
+    None,  # TransformerLens' defaults: fold_ln, center_writing_weights, center_unembed, fold_value_biases
+    {"center_writing_weights": False},
+    {"fold_ln": False, "center_writing_weights": False, "center_unembed": False, "fold_value_biases": False},
+    {"refactor_factored_attn_matrices": True},
+]
+
+
+@pytest.mark.parametrize("processing", PROCESSINGS, ids=["default", "uncentred", "unprocessed", "refactored"])
+@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_pre",
+                                  "blocks.1.hook_resid_post"])
+def test_hf_forward_gives_the_transformer_lens_activations(toy_model, processing, hook):
+    """Residual hooks are read from the HF model's own forward, stopped at the hook's layer: the same
+    function as TransformerLens' view under every weight processing (centring under LayerNorm included).
+    Float32 rounding of the two implementations (fused vs einsum matmuls, folded LayerNorm) differs by
+    ~1e-6 of an activation of norm ~10: 1e-4 absolute is far below any SAE's reconstruction error."""
+    from sae_core.datasets import iter_texts, token_windows
+    import itertools
+
+    reader = activations.activation_reader(toy_model, hook, processing)
+    assert reader.forward.startswith("hf:transformer.h.")
+    tokens = torch.stack(list(itertools.islice(token_windows(toy_model.tokenizer, iter_texts("toy-corpus:3"), 48), 6)))
+    expected = hook_activations(toy_model.hooked(processing), tokens, hook)
+    got = reader(tokens)
+    assert got.shape == expected.shape == (6, 48, 64)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    if processing is None and hook.endswith("resid_post"):  # centring is really there: HF's raw stream is not centred
+        raw = activations.activation_reader(toy_model, hook, {"center_writing_weights": False})(tokens)
+        assert (raw - expected).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("hook", ["blocks.1.hook_mlp_out", "blocks.1.attn.hook_z", "blocks.1.hook_resid_mid"])
+def test_hooks_without_an_hf_counterpart_go_through_transformer_lens(toy_model, hook):
+    reader = activations.activation_reader(toy_model, hook)
+    assert reader.forward == "transformer_lens"
+    tokens = torch.randint(0, 1000, (2, 16))
+    assert torch.equal(reader(tokens), hook_activations(toy_model.hooked(), tokens, hook))
+    with pytest.raises(ValueError, match="is not in model"):
+        activations.activation_reader(toy_model, "blocks.7.hook_resid_post")  # past the last block: TL's clear error
+
+
+def test_cache_through_the_loaded_model_equals_the_cache_through_transformer_lens(toy_model, tmp_path):
+    """What the pipeline's caching task stores (LoadedModel, HF forward) is what caching the
+    TransformerLens view stored before, shard by shard and token by token."""
+    spec = ActivationCacheSpec(**SPEC)
+    fast_store, tl_store = Storage(f"file://{tmp_path}/hf"), Storage(f"file://{tmp_path}/tl")
+    fast = cache_activations(toy_model, toy_model.tokenizer, spec, fast_store, "acts", progress=False)
+    slow = cache_activations(toy_model.hooked(), toy_model.tokenizer, spec, tl_store, "acts", progress=False)
+    assert fast["forward"] == "hf:transformer.h.1:output:centred" and slow["forward"] == "transformer_lens"
+    assert [s["rows"] for s in fast["shards"]] == [s["rows"] for s in slow["shards"]]
+    for a, b in zip(fast["shards"], slow["shards"]):
+        fa, sa = fast_store.get_tensors(a["key"]), tl_store.get_tensors(b["key"])
+        assert torch.equal(fa["token_ids"], sa["token_ids"])
+        torch.testing.assert_close(fa["activations"], sa["activations"], atol=1e-4, rtol=1e-4)

@@ -92,6 +92,30 @@ def test_hooked_view_matches_hf_model_within_the_sliding_window(gemma, text_toke
     torch.testing.assert_close(cache[HOOK], hf_out.hidden_states[7], atol=2e-2, rtol=1e-3)
 
 
+@pytest.mark.parametrize("hook", [HOOK, "blocks.6.hook_resid_pre", "blocks.0.hook_resid_pre"])
+def test_caching_route_gives_the_hooked_views_activations(gemma, text_tokens, hook):
+    """The pipeline caches residual hooks from the HF model's own forward, stopped after the hook's
+    decoder layer (``activation_reader``); SAEs are then used with TransformerLens' view. The two must be
+    the same function: on Gemma 3 270M (RMSNorm: no centring), BOS dropped as the cache drops it, they may
+    differ only by float32 rounding of two implementations (measured at layer 6: max abs 3.9e-3 on
+    activations of max abs ~4,000, per-row relative 1.4e-6 at most; docs/benchmarks.md §10). Tolerance: the bound of the HF <-> view parity
+    test above (atol 2e-2, rtol 1e-3), plus at most 1e-3
+    relative error per row, far below the reconstruction error of any SAE here (EV <= 0.97). A wrong
+    layer, a missing embedding scale or a norm applied twice is off by O(1) relative."""
+    from sae_core.activations import activation_reader, hook_activations
+
+    reader = activation_reader(gemma, hook)
+    assert reader.forward.startswith("hf:model.layers.")
+    with torch.no_grad():
+        got = reader(text_tokens)
+        expected = hook_activations(gemma.hooked(), text_tokens, hook)
+    assert got.shape == expected.shape == (2, 128, 640)
+    got, expected = got[:, 1:], expected[:, 1:]
+    relative = (got - expected).norm(dim=-1) / expected.norm(dim=-1)
+    assert relative.max() < 1e-3, relative.max()
+    torch.testing.assert_close(got, expected, atol=1e-2, rtol=1e-3)
+
+
 def test_weights_edited_in_the_hf_model_are_what_the_hooked_view_runs(gemma, text_tokens):
     """WANDA prunes the HF model in place; the hooked view must be built from those weights."""
     from sae_core.models import LoadedModel
@@ -122,9 +146,9 @@ def test_cached_activations_exclude_bos(gemma, tmp_path):
     storage = Storage(f"file://{tmp_path}")
     spec = ActivationCacheSpec(hook_name=HOOK, dataset="debian-text:handbook", n_tokens=600, seq_len=64,
                                batch_sequences=4, shard_sequences=8)
-    manifest = cache_activations(gemma.hooked(), gemma.tokenizer, spec, storage, "acts", progress=False)
+    manifest = cache_activations(gemma, gemma.tokenizer, spec, storage, "acts", progress=False)  # as the caching task
     shard = storage.get_tensors(manifest["shards"][0]["key"])
-    assert manifest["d_in"] == 640 and manifest["n_tokens"] == 600
+    assert manifest["d_in"] == 640 and manifest["n_tokens"] == 600 and manifest["forward"] == "hf:model.layers.6:output"
     assert gemma.tokenizer.bos_token_id not in set(shard["token_ids"].tolist())
     norms = shard["activations"].norm(dim=-1)
     with torch.no_grad():
