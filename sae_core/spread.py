@@ -55,7 +55,7 @@ _SPARSE = {f"sae_top_{k}_test_accuracy": f"sae_top_{k}_test_accuracy" for k in (
 _SPARSE.update({"sae_test_accuracy": "sae_test_accuracy", "llm_test_accuracy": "llm_test_accuracy"})
 _ABSORPTION = {"mean_absorption_fraction": "mean_absorption_fraction_score", "full_absorption_rate": "mean_full_absorption_score",
                "num_split_features": "mean_num_split_features"}
-ITEM_FAMILIES = ("sparse_probing", "scr", "tpp", "absorption", "ravel")
+ITEM_FAMILIES = ("sparse_probing", "sparse_probing_sae_probes", "scr", "tpp", "absorption", "ravel")
 _RAVEL = {"disentangle_score": "disentanglement_score", "cause_score": "cause_score", "isolation_score": "isolation_score"}
 
 
@@ -193,14 +193,14 @@ def item_values(family: str, raw: Mapping[str, Any]) -> pd.DataFrame:
     ``metric_name`` (the headline name the items average to) and ``value``. Empty for families
     without items (core) or a skipped result.
 
-    sparse_probing: ``eval_result_details`` (one per dataset); scr: ``eval_result_details`` (one per
+    sparse_probing and sparse_probing_sae_probes: ``eval_result_details`` (one per dataset); scr: ``eval_result_details`` (one per
     dataset and class pair); tpp: ``eval_result_unstructured`` (dataset -> class -> metric);
     absorption: ``eval_result_details`` (one per first letter evaluated); ravel:
     ``eval_result_unstructured`` (entity class -> "class_attribute" -> scores)."""
     rows: list[tuple[str, str, float]] = []
     details = raw.get("eval_result_details") or []
     unstructured = raw.get("eval_result_unstructured") or {}
-    if family == "sparse_probing":
+    if family in ("sparse_probing", "sparse_probing_sae_probes"):  # the same per-dataset detail fields
         for d in details:
             rows += [(str(d.get("dataset_name")), name, d[field]) for field, name in _SPARSE.items() if d.get(field) is not None]
     elif family == "scr":

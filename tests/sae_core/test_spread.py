@@ -89,6 +89,7 @@ def test_item_values_read_each_familys_stored_output():
     items = spread.item_values("sparse_probing", sp)
     assert set(items["item"]) == {"a_results", "b_results"}
     assert items[items["metric_name"] == "sae_top_1_test_accuracy"]["value"].mean() == pytest.approx(0.65)
+    assert spread.item_values("sparse_probing_sae_probes", sp).equals(items)  # sae-probes: the same per-dataset details
     tpp = {"eval_result_unstructured": {"ds": {"0": {"tpp_threshold_2_total_metric": 0.1}, "1": {"tpp_threshold_2_total_metric": 0.3}}}}
     assert spread.item_values("tpp", tpp)["item"].tolist() == ["ds/0", "ds/1"]
     ravel = {"eval_result_unstructured": {"city_results": {"city_Country": {"disentangle_score": 0.4, "cause_score": 0.5,
