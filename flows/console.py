@@ -73,13 +73,17 @@ SIZE_FIGURES = (("delta_ce_dense_patch", "dCE patch"), ("n_tokens", "tokens"), (
 
 # ------------------------------------------------------------------ the log file
 class RunLog:
-    """``<storage>/logs/<UTC start>-<pid>.log``: written in place on file:// storage, through a local
+    """``<storage>/logs/<UTC start>-<pid>[-N].log``: written in place on file:// storage, through a local
     temporary file uploaded by ``close()`` on s3://."""
 
     def __init__(self, storage: Storage, started: dt.datetime | None = None):
         started = started or dt.datetime.now(dt.timezone.utc)
         self.storage = storage
-        self.key = f"{LOGS_PREFIX}/{started.strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}.log"
+        stem = f"{LOGS_PREFIX}/{started.strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}"
+        self.key, n = f"{stem}.log", 1
+        while storage.exists(self.key):  # two runs of one process in one second: never append to another run's log
+            n += 1
+            self.key = f"{stem}-{n}.log"
         self.uri = storage.uri(self.key)
         local = storage.local_path(self.key)
         self.uploads = local is None

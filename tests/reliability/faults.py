@@ -45,14 +45,17 @@ TINY_FLOW_ARGS = [
 TINY_FLOW_VARIANTS = 4
 
 
-def file_snapshot(root: Path) -> dict[str, tuple]:
-    """Every path under ``root`` (folders too): kind, size, mtime and content hash."""
+def file_snapshot(root: Path, *, with_logs: bool = False) -> dict[str, tuple]:
+    """Every path under ``root`` (folders too): kind, size, mtime and content hash. A run's own console
+    log (``logs/``: a new file per run, flows/console.py) is not stored results and is left out unless asked."""
     root = Path(root)
     if not root.exists():
         return {}
     snap = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
+        if not with_logs and (rel == "logs" or rel.startswith("logs/")):
+            continue
         if path.is_dir():
             snap[rel] = ("dir",)
         else:
