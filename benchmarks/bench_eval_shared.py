@@ -141,6 +141,7 @@ def bench_family(name: str, lm, hooked, saes, settings, profile: str, work: Path
     from sae_core.metrics.registry import METRICS
 
     family = METRICS[name]
+    default = family.share_model_work
 
     def evaluate(sae, artifacts: Path, share: bool):
         family.share_model_work = share
@@ -162,7 +163,7 @@ def bench_family(name: str, lm, hooked, saes, settings, profile: str, work: Path
                 timings[mode].append(seconds)
                 outputs[mode].append(out)
     finally:
-        family.share_model_work = True
+        family.share_model_work = default
     rows = {mode: (timings[mode][0], statistics.median(timings[mode][1:]) if len(saes) > 1 else float("nan"))
             for mode in timings}
     print(f"\n{name} for {len(saes)} SAE variants (seconds per variant)")

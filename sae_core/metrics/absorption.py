@@ -207,10 +207,13 @@ class Absorption(MetricFamily):
     settings_cls = AbsorptionSettings
     toy_defaults = TOY_DEFAULTS
     hub_defaults = HUB_DEFAULTS
-    #: Hand SAEBench a :class:`~sae_core.metrics.shared_work.SharedModel`: the spelling prompts'
-    #: hook activations (SAE-independent) are computed by the first SAE on a model and replayed for the
-    #: next ones (identical results). Off: SAEBench as is.
-    share_model_work: bool = True
+    #: Hand SAEBench a :class:`~sae_core.metrics.shared_work.SharedModel`: hook-free ``run_with_cache``
+    #: calls recorded once per model and served when a later run makes the same call (identical
+    #: results). Off by default: the words absorption probes are picked through the SAE and each prompt
+    #: draws random in-context examples, so another SAE's batches rarely match (measured: none served
+    #: for a second SAE on the tests' spelling model; SAEBench's draws also differ between a run that
+    #: trains the first-letter probe and one that loads it). ``True``: on.
+    share_model_work: bool = False
     last_shared_work: dict[str, Any] = {"status": "off"}
 
     def _shared_calls(self, inputs: MetricInputs, config: AbsorptionSettings, llm_dtype: str, layer: int,

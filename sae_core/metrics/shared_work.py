@@ -8,9 +8,10 @@ a manifest with sizes and SHA-256, written all or nothing, a broken entry delete
   with no hook attached are SAE-independent; they are answered from the entry by a hash of their
   arguments (tokens or prompt strings, names filter, stop layer, ...) or computed and recorded;
   everything else goes to the real model. Keyed by :func:`shared_calls_key` (weights fingerprint,
-  tokenizer, family and settings, dtype, device, versions, what the adapter adds). Used by
-  absorption (the spelling prompts' hook activations in ``feature_absorption_calculator``, one
-  ``run_with_cache`` per prompt batch and SAE). Where the other families stand (measured, docs/benchmarks.md
+  tokenizer, family and settings, dtype, device, versions, what the adapter adds). Absorption can
+  hand it to SAEBench (``Absorption.share_model_work``, off by default: its prompts are picked
+  through the SAE and carry random in-context examples, so another SAE's batches rarely match).
+  Where the other families stand (measured, docs/benchmarks.md
   section 11): sparse probing, SCR and TPP already reuse their LLM activations and LLM probes through
   SAEBench's own ``save_activations`` (no model forward for a further SAE), and RAVEL its filtered
   prompt set; their per-SAE time is SAE encode/decode and probe / mask training, SAE-dependent.
