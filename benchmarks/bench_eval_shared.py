@@ -99,6 +99,84 @@ def timed_passes(model):
         ActivationsStore.get_batch_tokens = draw
 
 
+def build_spelling_model(folder: Path) -> str:
+    """The tests' absorption model (tests/sae_core/metrics/test_families.py ``spelling_lm``): the facts
+    world's tokenizer (plus the letters " A" ... " Z"), a random 2-layer GPT-2 with a first-letter
+    direction planted in every alphabetic token's embedding. No training: seconds."""
+    import random
+
+    import torch
+    from sae_bench.evals.absorption.vocab import ALL_ALPHA_LETTERS, convert_tokens_to_string
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sae_core.toy.corpus import make_bio, make_city_facts, make_spelling
+    from sae_core.toy.world import train_tokenizer
+
+    rng = random.Random(0)
+    texts = [make_city_facts(rng).text for _ in range(1500)] + [make_spelling(rng).text for _ in range(200)]
+    texts += [make_bio(rng).text for _ in range(300)]
+    tokenizer = train_tokenizer(texts + [" ".join("ABCDEFGHIJKLMNOPQRSTUVWXYZ")] * 400, 512)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_ctx=128, n_embd=64, n_layer=2,
+                                       n_head=4, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                       pad_token_id=tokenizer.pad_token_id))
+    wte = model.transformer.wte.weight
+    letter_dirs, _ = torch.linalg.qr(torch.randn(wte.shape[1], 26, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        scale = 3.0 * wte.norm(dim=-1).mean()
+        for token, token_id in tokenizer.get_vocab().items():
+            word = convert_tokens_to_string(token, tokenizer)
+            body = word[1:] if word.startswith(" ") else word
+            if body and all(c in ALL_ALPHA_LETTERS for c in body):
+                wte[token_id] += scale * letter_dirs[:, ord(body[0].lower()) - ord("a")]
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def bench_family(name: str, lm, hooked, saes, settings, profile: str, work: Path) -> dict:
+    """``name`` for every SAE of ``saes`` without, then with the shared SAE-independent work
+    (``share_model_work`` of the family); returns the timings and whether the outputs are identical."""
+    from sae_core.metrics import run_metric
+    from sae_core.metrics.registry import METRICS
+
+    family = METRICS[name]
+    default = family.share_model_work
+
+    def evaluate(sae, artifacts: Path, share: bool):
+        family.share_model_work = share
+        start = time.perf_counter()
+        result = run_metric(name, sae, hooked, lm.hf_model, lm.tokenizer, settings=settings, profile=profile,
+                            artifacts_dir=artifacts, scratch_dir=work / "scratch")
+        seconds = time.perf_counter() - start
+        assert result.status == "ok", result.reason
+        return seconds, json.dumps({"raw": {k: v for k, v in result.raw.items() if k not in VOLATILE},
+                                    "headline": result.headline}, sort_keys=True)
+
+    evaluate(saes[0], work / f"warmup-{name}", share=False)
+    timings: dict[str, list[float]] = {"without": [], "with": []}
+    outputs: dict[str, list] = {"without": [], "with": []}
+    try:
+        for mode, share in (("without", False), ("with", True)):
+            for sae in saes:
+                seconds, out = evaluate(sae, work / f"run-{name}-{mode}", share)
+                timings[mode].append(seconds)
+                outputs[mode].append(out)
+    finally:
+        family.share_model_work = default
+    rows = {mode: (timings[mode][0], statistics.median(timings[mode][1:]) if len(saes) > 1 else float("nan"))
+            for mode in timings}
+    print(f"\n{name} for {len(saes)} SAE variants (seconds per variant)")
+    for mode in ("without", "with"):
+        print(f"  {mode:8s} sharing: " + "  ".join(f"{t:.3f}" for t in timings[mode])
+              + f"   first {rows[mode][0]:.3f}, marginal {rows[mode][1]:.3f}")
+    identical = outputs["without"] == outputs["with"]
+    print(f"  last variant's shared work: {getattr(family, 'last_shared_work', None)}")
+    print(f"  marginal with/without: {rows['with'][1] / rows['without'][1]:.2f}; identical outputs: {identical}")
+    return {"timings": timings, "first": {m: r[0] for m, r in rows.items()},
+            "marginal": {m: r[1] for m, r in rows.items()}, "identical": identical}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", type=int, default=5)
@@ -109,6 +187,8 @@ def main(argv=None) -> None:
     p.add_argument("--settings", default="{}", help="JSON overrides of the profile's core settings")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=None, help="work folder (default: a temporary one)")
+    p.add_argument("--families", default="core,absorption",
+                   help="comma-separated: core (the model given or the toy world), absorption (toy spelling model)")
     args = p.parse_args(argv)
 
     from sae_core.metrics import run_metric
@@ -182,10 +262,27 @@ def main(argv=None) -> None:
     print(f"  core numbers identical in both modes for every variant: {identical}")
     sizes = sum(f.stat().st_size for f in (work / "run-with").rglob("shared/*"))
     print(f"  shared-work entry on disk: {sizes / 2**20:.1f} MiB")
+    families = {"core": {"first": {m: rows[m][0] for m in rows}, "marginal": {m: rows[m][1] for m in rows},
+                         "identical": identical}}
+    if "absorption" in args.families.split(","):
+        from sae_core.metrics.registry import METRICS as _METRICS
+
+        folder = work / "spelling_model"
+        if not (folder / "config.json").exists():
+            build_spelling_model(folder)
+        spelling = load_language_model(str(folder))
+        spelling_hooked = spelling.hooked()
+        abs_saes = [make_sae(spelling_hooked, args.hook, seed, 256, 128) for seed in range(args.variants)]
+        families["absorption"] = bench_family("absorption", spelling, spelling_hooked, abs_saes,
+                                              _METRICS["absorption"].toy_defaults, "hub", work)
+    without = sum(f["marginal"]["without"] for f in families.values())
+    with_ = sum(f["marginal"]["with"] for f in families.values())
+    print(f"\nmarginal cost of one more variant over {', '.join(families)}: {with_:.3f} s with sharing, "
+          f"{without:.3f} s without: ratio {with_ / without:.2f}")
     C.emit({"variants": args.variants, "timings": timings, "identical": identical, "split": dict(split),
-            "entry_bytes": sizes})
-    if not identical:
-        raise SystemExit("core numbers differ between the two modes")
+            "entry_bytes": sizes, "families": families, "marginal_ratio": with_ / without})
+    if not all(f["identical"] for f in families.values()):
+        raise SystemExit("numbers differ between the two modes")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,42 @@ def letters_missing_from_train_split(words: list[str], seed: int, train_fraction
     return [letter for letter in LETTERS if letter not in present]
 
 
+class _IdOrderedVocab:
+    """The tokenizer, except that ``.vocab`` lists the tokens in id order."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        return dict(sorted(self._tokenizer.get_vocab().items(), key=lambda item: item[1]))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+
+@contextlib.contextmanager
+def vocab_in_id_order():
+    """SAEBench builds absorption's word list by iterating ``tokenizer.vocab`` (``vocab.get_tokens``); a fast
+    tokenizer's ``vocab`` is a fresh dict from a Rust hash map, in another order at every call, and the
+    word order feeds the seeded train/test split and the in-context examples: the same SAE got
+    different letters, probes and scores from one run to the next (measured on the spelling model:
+    13 letters evaluated, mean absorption 0.254 vs 0.438 for the same SAE in one process). While
+    active, ``get_tokens`` sees the vocabulary in token-id order: one word list, every run."""
+    import sae_bench.evals.absorption.vocab as vocab
+
+    original = vocab.get_tokens
+
+    def get_tokens(tokenizer: Any, *args: Any, **kwargs: Any) -> list[str]:
+        return original(_IdOrderedVocab(tokenizer), *args, **kwargs)
+
+    vocab.get_tokens = get_tokens
+    try:
+        yield
+    finally:
+        vocab.get_tokens = original
+
+
 @contextlib.contextmanager
 def _forward_stops_after(hooked_model: Any, layer: int):
     """SAEBench's absorption only reads the hook's activation from ``run_with_cache`` (its two calls drop
@@ -171,8 +207,32 @@ class Absorption(MetricFamily):
     settings_cls = AbsorptionSettings
     toy_defaults = TOY_DEFAULTS
     hub_defaults = HUB_DEFAULTS
+    #: Hand SAEBench a :class:`~sae_core.metrics.shared_work.SharedModel`: hook-free ``run_with_cache``
+    #: calls recorded once per model and served when a later run makes the same call (identical
+    #: results). Off by default: the words absorption probes are picked through the SAE and each prompt
+    #: draws random in-context examples, so another SAE's batches rarely match (measured: none served
+    #: for a second SAE on the tests' spelling model; SAEBench's draws also differ between a run that
+    #: trains the first-letter probe and one that loads it). ``True``: on.
+    share_model_work: bool = False
+    last_shared_work: dict[str, Any] = {"status": "off"}
+
+    def _shared_calls(self, inputs: MetricInputs, config: AbsorptionSettings, llm_dtype: str, layer: int,
+                      words: list[str]) -> Any:
+        from sae_core.metrics import shared_work as shared
+        from sae_core.metrics.base import model_fingerprint
+
+        key = shared.shared_calls_key(family=self.name, model_fingerprint=model_fingerprint(inputs.hooked_model),
+                                      tokenizer=inputs.hooked_model.tokenizer, settings=config, llm_dtype=llm_dtype,
+                                      device=inputs.device, extra={"layer": layer, "words": words})
+        self._calls = shared.shared_model_calls(inputs.hooked_model, self.cache_dir(inputs, "shared_calls", key), key,
+                                                inputs.device, enabled=self.share_model_work)
+        return self._calls
 
     def run(self, inputs: MetricInputs, config: AbsorptionSettings) -> MetricResult:
+        with vocab_in_id_order():
+            return self._run(inputs, config)
+
+    def _run(self, inputs: MetricInputs, config: AbsorptionSettings) -> MetricResult:
         from sae_bench.evals.absorption import main as absorption_main
         from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
         from sae_bench.evals.absorption.eval_output import (
@@ -227,9 +287,11 @@ class Absorption(MetricFamily):
             )
             probes_dir = llm_folder / "probes"
             sae_name = "custom_sae"
+            # reseeded_calls: the same draws whether the LLM probe was cached or not
             with tempfile.TemporaryDirectory(dir=inputs.scratch_dir or llm_folder, prefix="absorption-run-") as run_dir, \
                     _forward_stops_after(hooked_model, layer), \
-                    reseeded_calls(config.random_seed, (k_sparse_probing, "train_k_sparse_probes")):  # same draws, LLM probe cached or not
+                    reseeded_calls(config.random_seed, (k_sparse_probing, "train_k_sparse_probes")), \
+                    self._shared_calls(inputs, config, llm_dtype, layer, words) as hooked_model:
                 k_sparse_dir = Path(run_dir) / "k_sparse_probing"
                 try:
                     k_sparse = run_k_sparse_probing_experiment(
@@ -284,6 +346,7 @@ class Absorption(MetricFamily):
                     sparse_probing_experiment_dir=k_sparse_dir,
                     probes_dir=probes_dir,
                 )
+            self.last_shared_work = self._calls.summary
             agg_df = absorption_main._aggregate_results_df(raw_df)
 
             # The aggregation of SAEBench's run_eval (evals/absorption/main.py), unchanged.

@@ -1,4 +1,26 @@
-"""SAEBench core's SAE-independent work, done once per model and reused by every SAE evaluated on it.
+"""SAEBench's SAE-independent work, done once per model and reused by every SAE evaluated on it.
+
+Two users of one storage format (:class:`EntryWriter` / :class:`SharedWorkEntry`: safetensors files +
+a manifest with sizes and SHA-256, written all or nothing, a broken entry deleted and recomputed):
+
+* **the generic layer** -- :class:`SharedModel`, built by :func:`shared_model_calls`: a stand-in for
+  the ``HookedTransformer`` that any family's adapter hands SAEBench. ``run_with_cache`` calls made
+  with no hook attached are SAE-independent; they are answered from the entry by a hash of their
+  arguments (tokens or prompt strings, names filter, stop layer, ...) or computed and recorded;
+  everything else goes to the real model. Keyed by :func:`shared_calls_key` (weights fingerprint,
+  tokenizer, family and settings, dtype, device, versions, what the adapter adds). Absorption can
+  hand it to SAEBench (``Absorption.share_model_work``, off by default: its prompts are picked
+  through the SAE and carry random in-context examples, so another SAE's batches rarely match).
+  Where the other families stand (measured, docs/benchmarks.md
+  section 11): sparse probing, SCR and TPP already reuse their LLM activations and LLM probes through
+  SAEBench's own ``save_activations`` (no model forward for a further SAE), and RAVEL its filtered
+  prompt set; their per-SAE time is SAE encode/decode and probe / mask training, SAE-dependent.
+* **core**, below: ``run_evals`` needs more than ``run_with_cache`` (token draws from the
+  ``ActivationsStore``, the clean forward, the zero-ablated ``run_with_hooks``), so it has its own
+  stand-ins, :class:`RecordingModel` / :class:`ReplayModel` and the store twins, on the same entry
+  format.
+
+Core in detail.
 
 SAEBench's ``run_evals`` (``sae_bench/evals/core/main.py``) does, per SAE:
 
@@ -447,3 +469,192 @@ class ReplayStore:
 
     def finished(self) -> bool:
         return self._next == len(self._draws)
+
+
+# --------------------------------------------------------------------------- the generic layer (any family)
+def _value_fingerprint(value: Any) -> Any:
+    """A JSON-able, exact stand-in for a call argument (tokens -> their hash, strings as they are); a value
+    the layer cannot fingerprint exactly raises ``TypeError`` (the call is then passed through, never shared)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return {"tensor": tokens_hash(value)}
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_value_fingerprint(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _value_fingerprint(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    raise TypeError(f"cannot fingerprint a {type(value).__name__}")
+
+
+def generic_call_key(method: str, args: tuple, kwargs: dict) -> str | None:
+    """Hash of a call's method, positional and keyword arguments, or None when they cannot be hashed exactly."""
+    try:
+        payload = json.dumps({"args": _value_fingerprint(list(args)), "kwargs": _value_fingerprint(kwargs)},
+                             sort_keys=True)
+    except TypeError:
+        return None
+    return f"{method}:{hashlib.sha256(payload.encode()).hexdigest()[:32]}"
+
+
+def hooks_attached(model: Any) -> bool:
+    """True if any TransformerLens hook point of ``model`` has a forward or backward hook right now (the
+    call then depends on whatever the hook does -- an SAE splice, an ablation -- and is never shared)."""
+    return any(hp.fwd_hooks or hp.bwd_hooks for hp in getattr(model, "hook_dict", {}).values())
+
+
+@dataclass
+class CallCounters:
+    computed: int = 0
+    reused: int = 0
+    passed_through: int = 0
+    broken: str | None = None
+
+
+class SharedModel(_Passthrough):
+    """A ``HookedTransformer`` stand-in any SAEBench family can be handed: ``run_with_cache`` calls made
+    with no hook attached and no ``fwd_hooks`` / ``bwd_hooks`` argument (SAE-independent: their
+    result depends only on the weights, the tokenizer and the arguments) are answered from a stored
+    entry (by a hash of their arguments), or computed and recorded when the entry lacks them. Every
+    other call -- hooks attached, arguments the layer cannot hash exactly, other methods -- goes to
+    the real model unchanged. The outputs served are the tensors the real model returned, stored
+    bit for bit (safetensors), so SAEBench computes identical numbers.
+
+    Build it with :func:`shared_model_calls`, which owns the entry's life (open, record, commit).
+    """
+
+    def __init__(self, model: Any, *, entry: SharedWorkEntry | None, writer: EntryWriter | None,
+                 device: str, max_bytes: int) -> None:
+        super().__init__(model, CallCounters())  # type: ignore[arg-type]
+        self._entry, self._writer, self._device, self._max_bytes = entry, writer, device, max_bytes
+        self._recorded_bytes = 0
+
+    def _key(self, method: str, args: tuple, kwargs: dict) -> str | None:
+        if hooks_attached(self._model) or kwargs.get("fwd_hooks") or kwargs.get("bwd_hooks"):
+            return None
+        return generic_call_key(method, args, kwargs)
+
+    def _serve(self, call_key: str) -> dict[str, torch.Tensor] | None:
+        if self._entry is None or self.counters.broken:
+            return None
+        name = self._entry.manifest["calls"].get(call_key)
+        if name is None:
+            return None
+        try:
+            return self._entry.load(name, self._device)
+        except SharedWorkMismatch as exc:  # a bad file: never served; the entry is dropped at the end
+            self.counters.broken = str(exc)
+            return None
+
+    def _record(self, call_key: str, tensors: dict[str, torch.Tensor]) -> None:
+        if self._writer is None:
+            return
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        self._recorded_bytes += size
+        if self._recorded_bytes > self._max_bytes:
+            log.info("shared model calls: over %d bytes; this entry will not be kept", self._max_bytes)
+            self._writer.abort()
+            self._writer = None
+            return
+        self._writer.add_call(call_key, tensors)
+
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> Any:
+        from transformer_lens import ActivationCache
+
+        call_key = self._key("run_with_cache", args, kwargs)
+        if call_key is None:
+            self.counters.passed_through += 1
+            return self._model.run_with_cache(*args, **kwargs)
+        served = self._serve(call_key)
+        if served is not None:
+            self.counters.reused += 1
+            out = served.pop("__output__", None)
+            cache = {name[len("cache."):]: t for name, t in served.items() if name.startswith("cache.")}
+            for name in served:
+                if name.startswith("__output_is__."):  # the output was one of the cached tensors (stop_at_layer)
+                    out = cache[name[len("__output_is__."):]]
+            return out, ActivationCache(cache, self._model)
+        self.counters.computed += 1
+        out, cache = self._model.run_with_cache(*args, **kwargs)
+        tensors = {f"cache.{name}": act for name, act in cache.items()}
+        if out is None or hasattr(out, "detach"):
+            alias = next((name for name, act in cache.items() if out is not None and _same_tensor(out, act)), None)
+            if alias is not None:
+                tensors[f"__output_is__.{alias}"] = out.new_empty(0)
+            elif out is not None:
+                tensors["__output__"] = out
+            self._record(call_key, tensors)
+        return out, cache
+
+
+def _same_tensor(a: Any, b: Any) -> bool:
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype)
+
+
+def shared_calls_key(*, family: str, model_fingerprint: str, tokenizer: Any, settings: Any, llm_dtype: str,
+                     device: str, extra: Any = None) -> dict[str, Any]:
+    """Everything a family's SAE-independent calls depend on: the model's weights, the tokenizer, the
+    family and its settings, the LLM dtype and device, the library versions, and what the adapter adds
+    (hook, word list, ...)."""
+    return {
+        "family": family,
+        "model_fingerprint": model_fingerprint,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "settings": settings.model_dump(mode="json") if hasattr(settings, "model_dump") else settings,
+        "llm_dtype": llm_dtype,
+        "device": str(device),
+        "extra": json.loads(json.dumps(extra, default=str)),
+        "versions": versions(),
+    }
+
+
+class shared_model_calls:
+    """``with shared_model_calls(model, parent, key, device) as shared:`` -- ``shared`` is a
+    :class:`SharedModel` around ``model`` to hand SAEBench. A complete entry for ``key`` under
+    ``parent`` answers the SAE-independent calls; without one, they are recorded and the entry
+    committed (all or nothing) when the block ends without an error. An entry that is truncated
+    (caught on open) is deleted and rerecorded; one whose file fails its checksum when read is not
+    served (the call is computed) and is deleted at the end, so the next run records it afresh.
+    ``enabled=False`` hands over the model itself."""
+
+    def __init__(self, model: Any, parent: Path, key: dict[str, Any], device: str, *, enabled: bool = True,
+                 max_bytes: int | None = None) -> None:
+        self.model, self.parent, self.key, self.device, self.enabled = model, Path(parent), key, device, enabled
+        self.max_bytes = MAX_BYTES if max_bytes is None else max_bytes
+        self.shared: SharedModel | None = None
+        self.status = "off"
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return self.model
+        entry = SharedWorkEntry.open(self.parent, self.key)
+        writer = None if entry is not None else EntryWriter(self.parent, self.key)
+        self.shared = SharedModel(self.model, entry=entry, writer=writer, device=self.device, max_bytes=self.max_bytes)
+        return self.shared
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.shared is None:
+            return
+        shared, counters = self.shared, self.shared.counters
+        writer = shared._writer
+        if shared._entry is not None:
+            self.status = "replayed"
+            if counters.broken:
+                log.warning("shared model calls at %s: %s; entry deleted", shared._entry.folder, counters.broken)
+                shared._entry.discard()
+                self.status = "discarded"
+        elif writer is not None:
+            if exc_type is None and counters.computed:
+                writer.commit()
+                self.status = "recorded"
+            else:
+                writer.abort()
+                self.status = "not_recorded"
+        else:
+            self.status = "too_big"
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        counters = self.shared.counters if self.shared is not None else CallCounters()
+        return {"status": self.status, **vars(counters)}
