@@ -36,9 +36,11 @@ def chromium_path() -> str | None:
     return None
 
 
-def inspect_page(path: Path, screenshot: Path | None = None, width: int = 1280, height: int = 1000, timeout: float = 60.0) -> dict:
+def inspect_page(path: Path, screenshot: Path | None = None, width: int = 1280, height: int = 1000, timeout: float = 60.0,
+                 anchor: str | None = None) -> dict:
     """Load ``path`` (a local HTML file) as file:// in headless Chromium; return the probe's findings plus
-    ``console_errors`` and ``exceptions`` (lists of str). Writes a viewport PNG to ``screenshot`` if given."""
+    ``console_errors`` and ``exceptions`` (lists of str). Writes a viewport PNG to ``screenshot`` if given,
+    scrolled to the element with id ``anchor`` when one is named (e.g. ``feature-cards``)."""
     binary = chromium_path()
     if binary is None:
         raise RuntimeError("no chromium found: `make chromium` installs Debian's package")
@@ -50,7 +52,7 @@ def inspect_page(path: Path, screenshot: Path | None = None, width: int = 1280, 
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             port = _devtools_port(Path(profile), process, timeout)
-            return asyncio.run(asyncio.wait_for(_inspect(port, Path(path).resolve().as_uri(), screenshot, width, height), timeout))
+            return asyncio.run(asyncio.wait_for(_inspect(port, Path(path).resolve().as_uri(), screenshot, width, height, anchor), timeout))
         finally:
             process.terminate()
             try:
@@ -77,7 +79,7 @@ def _page_socket(port: int) -> str:
     return next(t["webSocketDebuggerUrl"] for t in targets if t.get("type") == "page")
 
 
-async def _inspect(port: int, url: str, screenshot: Path | None, width: int, height: int) -> dict:
+async def _inspect(port: int, url: str, screenshot: Path | None, width: int, height: int, anchor: str | None = None) -> dict:
     import websockets
 
     console_errors: list[str] = []
@@ -126,6 +128,9 @@ async def _inspect(port: int, url: str, screenshot: Path | None, width: int, hei
             probe = await call("Runtime.evaluate", expression=PAGE_PROBE, returnByValue=True)
             found = json.loads(probe["result"]["value"])
             if screenshot is not None:
+                if anchor:
+                    await call("Runtime.evaluate", expression=f"document.getElementById({json.dumps(anchor)}).scrollIntoView()")
+                    await asyncio.sleep(0.2)
                 shot = await call("Page.captureScreenshot", format="png")
                 Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
         finally:
