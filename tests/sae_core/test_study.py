@@ -96,7 +96,7 @@ def test_the_study_preset_extends_the_gemma_preset_and_validates():
     assert config.layers == [3, 6, 12] and config.run_seeds() == [0, 1, 2]
     assert [c.text for c in config.compression] == ["wanda:0.5", "sparsegpt:0.5", "magnitude:0.5", "rtn:8", "rtn:6", "rtn:4", "gptq:4"]
     assert config.feature_audit.enabled and config.feature_audit.n_tokens >= 100_000
-    assert config.metrics == ["core", "absorption", "scr", "tpp", "sparse_probing", "ravel"]
+    assert config.metrics == ["core", "absorption", "scr", "tpp", "sparse_probing", "ravel", "sparse_probing_sae_probes"]
     assert [v.text for v in config.variants][:1] == ["transfer"] and "retrain" in [v.text for v in config.variants]
     assert len(study.planned_steps(config)) == 9 + 7 + 7 * 3 * 3 * (9 * (1 + 1 + 6) + 1)
 
