@@ -98,7 +98,7 @@ def test_the_study_preset_extends_the_gemma_preset_and_validates():
     assert config.feature_audit.enabled and config.feature_audit.n_tokens >= 100_000
     assert config.metrics == ["core", "absorption", "scr", "tpp", "sparse_probing", "ravel", "sparse_probing_sae_probes"]
     assert [v.text for v in config.variants][:1] == ["transfer"] and "retrain" in [v.text for v in config.variants]
-    assert len(study.planned_steps(config)) == 9 + 7 + 7 * 3 * 3 * (9 * (1 + 1 + 6) + 1)
+    assert len(study.planned_steps(config)) == 9 + 7 + 7 * 3 * 3 * (9 * (1 + 1 + 7) + 1)
 
 
 def test_a_preset_that_extends_itself_is_an_error(monkeypatch, tmp_path):
