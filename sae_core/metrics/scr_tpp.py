@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from sae_core.metrics.base import MetricFamily, MetricInputs, MetricResult, MetricSettings, headline, reseeded_calls, to_jsonable
+from sae_core.metrics.encode_memo import memoised_feature_ablations
 
 SCR_PAIRS_BIOS = [("professor", "nurse"), ("architect", "journalist"), ("surgeon", "psychologist"), ("attorney", "teacher")]
 SCR_PAIRS_AMAZON = [
@@ -85,6 +86,8 @@ class ScrTpp(MetricFamily):
 
     perform_scr: ClassVar[bool]
     needs_pad_token = True
+    #: the last run's encode-memo counts (encode_hits / encode_misses / decode_hits / bytes), for tests and benchmarks
+    last_encode_memo: dict[str, int] = {}
 
     def run(self, inputs: MetricInputs, config: ScrTppSettings) -> MetricResult:
         import sae_bench.evals.scr_and_tpp.main as st_main
@@ -126,9 +129,11 @@ class ScrTpp(MetricFamily):
             n_values=list(config.n_values),
             column1_vals_lookup={k: [tuple(p) for p in v] for k, v in config.column1_vals_lookup.items()},
         )
-        # the SAE-side draws start from the seed whether the LLM side was computed or read from SAEBench's cache
+        # the SAE-side draws start from the seed whether the LLM side was computed or read from SAEBench's cache;
+        # the ablation loop encodes each cached test batch once, not once per (class x threshold): encode_memo
         with self.saebench(inputs, llm_dtype, seed=config.random_seed, context_size=config.context_length) as sae, \
-                reseeded_calls(config.random_seed, (st_main, "get_all_node_effects_for_one_sae")):
+                reseeded_calls(config.random_seed, (st_main, "get_all_node_effects_for_one_sae")), \
+                memoised_feature_ablations(st_main) as memos:
             too_many = [n for n in config.n_values if n > sae.cfg.d_sae]
             if too_many:
                 raise ValueError(f"{metric}: n_values {too_many} exceed the SAE width d_sae={sae.cfg.d_sae}")
@@ -136,6 +141,8 @@ class ScrTpp(MetricFamily):
             results, per_dataset_class = st_main.run_eval_single_sae(
                 eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
             )
+            self.last_encode_memo = {name: sum(getattr(m, name) for m in memos)
+                                     for name in ("encode_hits", "encode_misses", "decode_hits", "bytes")}
             scalars = {k: v for k, v in results.items() if not isinstance(v, dict)}
             details = {k: v for k, v in results.items() if isinstance(v, dict)}
             if perform_scr:

@@ -347,11 +347,39 @@ def test_sae_probes_stand_ins_are_deterministic_and_balanced(tmp_path):
         sae_probes_data.build_real(tmp_path / "x", seed=0, datasets=("999_nope",))
 
 
-def test_scr(sae, lm, hooked, artifacts):
-    result = run_toy("scr", sae, lm, hooked, artifacts)
+@pytest.fixture(scope="module")
+def scr_with_and_without_memo(sae, lm, hooked, artifacts):
+    """SCR on the toy world as shipped (test batches encoded once: sae_core.metrics.encode_memo) and with
+    the memo off (SAEBench re-encodes per class x threshold), plus the memo's counts of the first."""
+    from sae_core.metrics import encode_memo
+
+    with_memo = run_toy("scr", sae, lm, hooked, artifacts)
+    counts = dict(get_metric("scr").last_encode_memo)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(encode_memo.MAX_BYTES_ENV, "0")
+        without = run_toy("scr", sae, lm, hooked, artifacts)
+    return with_memo, without, counts
+
+
+def test_scr(scr_with_and_without_memo):
+    result = scr_with_and_without_memo[0]
     n_values = get_metric("scr").toy_defaults.n_values
     assert_ok_and_finite(result, {f"scr_metric_threshold_{n}" for n in n_values})
     assert result.raw["eval_type_id"] == "scr"
+
+
+def test_scr_encode_memo_changes_no_number(scr_with_and_without_memo):
+    """The memo hands SAEBench copies of the SAE's own outputs for the same inputs, so SCR's whole output
+    is bit-identical with and without it. A memo keyed on the shape alone (not the storage) would serve one
+    class's codes for another's and change the accuracies; one that handed out the stored tensor itself
+    would have it zeroed in place by the first ablation and change every later threshold."""
+    with_memo, without, counts = scr_with_and_without_memo
+    assert counts["encode_hits"] > 3 * counts["encode_misses"] > 0, counts  # each batch encoded once, served for the rest
+    assert counts["decode_hits"] > 0, counts
+    assert get_metric("scr").last_encode_memo["encode_hits"] == 0  # the memo was off in the second run
+    volatile = {"eval_id", "datetime_epoch_millis"}
+    assert {k: v for k, v in with_memo.raw.items() if k not in volatile} == {k: v for k, v in without.raw.items() if k not in volatile}
+    assert with_memo.headline == without.headline
 
 
 def test_tpp(sae, lm, hooked, artifacts):
