@@ -94,11 +94,17 @@ def test_the_study_preset_extends_the_gemma_preset_and_validates():
     assert data["original_sae"] == base["original_sae"] and data["retrained_sae"] == base["retrained_sae"]
     config = build_config("gemma-3-270m-study")
     assert config.layers == [3, 6, 12] and config.run_seeds() == [0, 1, 2]
-    assert [c.text for c in config.compression] == ["wanda:0.5", "sparsegpt:0.5", "magnitude:0.5", "rtn:8", "rtn:6", "rtn:4", "gptq:4"]
-    assert config.feature_audit.enabled and config.feature_audit.n_tokens >= 100_000
+    assert [config.seeds_at(layer) for layer in config.layers] == [[0], [0, 1, 2], [0]]  # 3 seeds where the spread is measured
+    assert [c.text for c in config.compression] == ["wanda:0.5"]
+    assert [v.text for v in config.variants] == ["transfer", "prune:wanda:0.5", "retrain"]  # the paper's three
     assert config.metrics == ["core", "absorption", "scr", "tpp", "sparse_probing", "ravel", "sparse_probing_sae_probes"]
-    assert [v.text for v in config.variants][:1] == ["transfer"] and "retrain" in [v.text for v in config.variants]
-    assert len(study.planned_steps(config)) == 9 + 7 + 7 * 3 * 3 * (9 * (1 + 1 + 7) + 1)
+    audit = config.feature_audit
+    assert audit.enabled and audit.n_tokens >= 100_000 and audit.perplexity_tokens == 20_000
+    assert [c.text for c in config.audit_compressions()] == ["wanda:0.5", "sparsegpt:0.5", "magnitude:0.5", "rtn:8", "rtn:6", "rtn:4", "gptq:4"]
+    assert config.audit_hooks() == ["blocks.6.hook_resid_post"] and config.audit_seeds("blocks.6.hook_resid_post") == [0]
+    # 5 (hook, seed) cells (seed 0 at layers 3 and 12, seeds 0-2 at layer 6): an original SAE each and 3 variants, each
+    # with its identity row and 7 metrics; 1 compression for the variants and 6 more for the audit; 7 audits.
+    assert len(study.planned_steps(config)) == 5 + 1 + 5 * 3 * (1 + 1 + 7) + 6 + 7 == 154
 
 
 def test_a_preset_that_extends_itself_is_an_error(monkeypatch, tmp_path):
