@@ -62,8 +62,9 @@ chromium:
 run: env $(if $(NEEDS_REAL),env-real)
 	$(VENV)/bin/python -m flows.full $(ARGS)
 
-# Layers 3, 6 and 12, seeds 0-2, the repair ladder, six SAEBench families, the seven-method feature audit
-# (sae_core/presets/gemma-3-270m-study.yaml). Interrupted: `make study` again resumes; it prints how far it got.
+# Layers 3, 6 and 12 (seeds 0-2 at layer 6, seed 0 at 3 and 12), the paper's three variants on WANDA 50%, six SAEBench
+# families and sae-probes', the seven-method feature audit at layer 6 (sae_core/presets/gemma-3-270m-study.yaml; about
+# 3 h on 2 cores, estimated). Interrupted: `make study` again resumes; it prints how far it got.
 study: env env-real
 	$(VENV)/bin/python -m flows.full --preset gemma-3-270m-study --storage $(STUDY_STORAGE) $(ARGS)
 

@@ -100,15 +100,12 @@ def timed_passes(model):
 
 
 def build_spelling_model(folder: Path) -> str:
-    """The tests' absorption model (tests/sae_core/metrics/test_families.py ``spelling_lm``): the facts
-    world's tokenizer (plus the letters " A" ... " Z"), a random 2-layer GPT-2 with a first-letter
-    direction planted in every alphabetic token's embedding. No training: seconds."""
+    """The absorption model (as the tests' ``spelling_lm``, tests/sae_core/metrics/test_families.py): the facts
+    world's tokenizer (plus the letters " A" ... " Z") under
+    :func:`sae_core.datasets.standins.absorption.build_spelling_model`'s planted first letters. No training: seconds."""
     import random
 
-    import torch
-    from sae_bench.evals.absorption.vocab import ALL_ALPHA_LETTERS, convert_tokens_to_string
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+    from sae_core.datasets.standins.absorption import build_spelling_model as planted
     from sae_core.toy.corpus import make_bio, make_city_facts, make_spelling
     from sae_core.toy.world import train_tokenizer
 
@@ -116,22 +113,7 @@ def build_spelling_model(folder: Path) -> str:
     texts = [make_city_facts(rng).text for _ in range(1500)] + [make_spelling(rng).text for _ in range(200)]
     texts += [make_bio(rng).text for _ in range(300)]
     tokenizer = train_tokenizer(texts + [" ".join("ABCDEFGHIJKLMNOPQRSTUVWXYZ")] * 400, 512)
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_ctx=128, n_embd=64, n_layer=2,
-                                       n_head=4, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                       pad_token_id=tokenizer.pad_token_id))
-    wte = model.transformer.wte.weight
-    letter_dirs, _ = torch.linalg.qr(torch.randn(wte.shape[1], 26, generator=torch.Generator().manual_seed(0)))
-    with torch.no_grad():
-        scale = 3.0 * wte.norm(dim=-1).mean()
-        for token, token_id in tokenizer.get_vocab().items():
-            word = convert_tokens_to_string(token, tokenizer)
-            body = word[1:] if word.startswith(" ") else word
-            if body and all(c in ALL_ALPHA_LETTERS for c in body):
-                wte[token_id] += scale * letter_dirs[:, ord(body[0].lower()) - ord("a")]
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return planted(tokenizer, folder)
 
 
 def bench_family(name: str, lm, hooked, saes, settings, profile: str, work: Path) -> dict:

@@ -27,7 +27,7 @@ from sae_core.activation_spec import ActivationCacheSpec
 from sae_core.config import ExperimentConfig, build_config
 from sae_core.model_ref import pre_rename_note
 from sae_core.storage import DEFAULT_STORAGE_URL, Storage
-from sae_core.study import StepLedger, check_experiment, metric_step, progress_line, variant_step
+from sae_core.study import StepLedger, audit_step, check_experiment, metric_step, progress_line, variant_step
 from tasks.activations import cache_activations_task
 from tasks.compression import compress_llm, match_compression
 from tasks.feature_audit import feature_fidelity, feature_identity, feature_overlap
@@ -49,13 +49,14 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
     with accelerator_request(config.device):
         dense_llm = base_model.submit(config.model, config.toy_world, store)
 
-        # 1. The SAEs trained on the dense model ("original"), one per hook and seed (a released SAE is one for every seed).
-        seeds = config.run_seeds()
+        # 1. The SAEs trained on the dense model ("original"), one per hook and seed (a released SAE is one for every seed);
+        #    a hook's seeds are its layer's (layer_seeds; by default every run seed).
         originals, dense_caches = {}, {}
         for hook in config.hook_names():
             dense_acts = cache_activations_task.submit(dense_llm, train_spec(config, hook), {}, store, *on_device) if config.original_sae.train else None
             dense_caches[hook] = dense_acts
             source = config.original_sae_source(hook)
+            seeds = config.hook_seeds(hook)
             for seed in seeds:
                 originals[hook, seed] = originals[hook, seeds[0]] if source is not None and seed != seeds[0] else track(original_sae.submit(
                     dense_llm, hook, source, config.original_sae.train and config.original_sae.train.model_dump(), dense_acts, store,
@@ -76,6 +77,7 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                                    f"compress|{spec.text}")  # spec: a CompressionSpec
             compressed_llms.append(compressed_llm)
             for hook in config.hook_names():
+                seeds = config.hook_seeds(hook)
                 processing = originals[hook, seeds[0]].result()["processing"]  # the weight processing this SAE family expects
                 train_acts = cache_activations_task.submit(compressed_llm, train_spec(config, hook), processing, store, *on_device)
                 held_out = cache_activations_task.submit(compressed_llm, held_out_spec(config, hook), processing, store, *on_device)
@@ -102,11 +104,6 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                                              f"identity|{hook}|{spec.text}|{spec_v.text}|{seed}")
                                        for spec_v, variant in zip(config.variants, hook_variants)]
                     variants += hook_variants
-                    if config.feature_audit.enabled and (seed == seeds[0] or config.original_sae.train):  # what compression did to each feature
-                        audits.append(track(feature_fidelity.submit(original, dense_llm, compressed_llm, audit_settings(config, hook),
-                                                                    config.dataset, config.name, store, *on_device), f"audit|{hook}|{spec.text}|{seed}"))
-                        cards.append(feature_cards.submit(audits[-1], original, dense_llm, compressed_llm, audit_settings(config, hook),
-                                                          config.dataset, store, *on_device))
 
                     # 4. Every SAEBench metric, each its own cached task, on the compressed model.
                     for spec_v, variant in zip(config.variants, hook_variants):
@@ -115,21 +112,37 @@ def experiment(config: ExperimentConfig, storage_url: str) -> dict[str, Any]:
                                 metric, variant, config.metric_settings(metric), config.metric_profile, config.name, store, *on_device, seed),
                                 metric_step(metric, hook, spec.text, spec_v.text, seed)))
 
-        # Matched perplexity: tune a method's sparsity until its perplexity matches a reference's, then compare damaged features.
+        # 5. The feature audit: what each compression did to each feature of the original SAE, on the audit's compressed
+        #    models, layers and seeds (feature_audit.compressions / layers / seeds; by default all the run's). A spec only
+        #    the audit names is compressed here, for the audit alone.
         by_spec = {spec.text: llm for spec, llm in zip(config.compression, compressed_llms)}
+        if config.feature_audit.enabled:
+            for spec in config.audit_only_compressions():
+                by_spec[spec.text] = track(compress_llm.submit(dense_llm, spec, config.calibration.model_dump(), store, *on_device),
+                                           f"compress|{spec.text}")
+                compressed_llms.append(by_spec[spec.text])  # in the report's table of compressed models too
+            for spec in config.audit_compressions():
+                for hook in config.audit_hooks():
+                    for seed in config.audit_seeds(hook):
+                        audits.append(track(feature_fidelity.submit(originals[hook, seed], dense_llm, by_spec[spec.text], audit_settings(config, hook),
+                                                                    config.dataset, config.name, store, *on_device), audit_step(hook, spec.text, seed)))
+                        cards.append(feature_cards.submit(audits[-1], originals[hook, seed], dense_llm, by_spec[spec.text], audit_settings(config, hook),
+                                                          config.dataset, store, *on_device))
+
+        # Matched perplexity: tune a method's sparsity until its perplexity matches a reference's, then compare damaged features.
         for match in config.feature_audit.match if config.feature_audit.enabled else []:
             reference = by_spec.get(match.reference.text) or compress_llm.submit(dense_llm, match.reference, config.calibration.model_dump(),
                                                                                  store, *on_device)
             tuned = match_compression.submit(dense_llm, match.model_dump(), reference, config.calibration.model_dump(), store, *on_device)
-            for hook in config.hook_names():
-                original = originals[hook, seeds[0]]
+            for hook in config.audit_hooks():
+                original = originals[hook, config.audit_seeds(hook)[0]]
                 pair = [feature_fidelity.submit(original, dense_llm, llm, audit_settings(config, hook), config.dataset, config.name, store, *on_device)
                         for llm in (reference, tuned)]
                 audits += [*pair, feature_overlap.submit(*pair, config.name, store)]
                 cards += [feature_cards.submit(audit, original, dense_llm, llm, audit_settings(config, hook), config.dataset, store, *on_device)
                           for audit, llm in zip(pair, (reference, tuned))]
 
-    # 5. One table, plots and a markdown report, in storage and as Prefect artifacts.
+    # 6. One table, plots and a markdown report, in storage and as Prefect artifacts.
     #    A failed variant or metric does not stop the others; the report shows what finished,
     #    then the run fails loudly, naming what did not.
     done_llms, failed = finished(compressed_llms)
@@ -201,8 +214,11 @@ def audit_settings(config: ExperimentConfig, hook: str) -> dict:
     """The feature audit's windows: held out too, past every token the training windows used."""
     audit, seq_len = config.feature_audit, config.feature_audit.seq_len or config.activations.seq_len
     used_tokens = held_out_spec(config, hook).skip_sequences * (config.activations.seq_len - 1)
-    return {"n_tokens": audit.n_tokens, "seq_len": seq_len, "batch_sequences": audit.batch_sequences, "subsets": audit.subsets,
-            "skip_sequences": math.ceil(used_tokens / (seq_len - 1))}
+    settings = {"n_tokens": audit.n_tokens, "seq_len": seq_len, "batch_sequences": audit.batch_sequences, "subsets": audit.subsets,
+                "skip_sequences": math.ceil(used_tokens / (seq_len - 1))}
+    if audit.perplexity_tokens is not None:  # only when set: the settings key the stored audit, which stays valid without it
+        settings["perplexity_tokens"] = audit.perplexity_tokens
+    return settings
 
 
 @flow(name="sae-transfer", log_prints=True, result_serializer="json")

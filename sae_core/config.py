@@ -32,6 +32,30 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _check_specs(values: list[CompressionSpec], what: str) -> list[CompressionSpec]:
+    """A non-empty list of compression specs, none twice (canonical text: 'magnitude_row:0.5' and 'magnitude:0.5' are one)."""
+    if not values:
+        raise ValueError(f"{what} is empty; give at least one spec, e.g. 'wanda:0.5'")
+    texts = [v.text for v in values]
+    duplicates = sorted({t for t in texts if texts.count(t) > 1})
+    if duplicates:
+        raise ValueError(f"{what} has duplicates: {duplicates} (in {texts})")
+    return values
+
+
+def _check_seed_list(values: list[int], what: str) -> list[int]:
+    """A non-empty list of distinct, non-negative SAE seeds."""
+    if not values:
+        raise ValueError(f"{what} is empty; give at least one seed, e.g. [0, 1, 2]")
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"{what} has duplicates: {duplicates} (in {values})")
+    negative = [v for v in values if v < 0]
+    if negative:
+        raise ValueError(f"{what} must be non-negative integers, got {negative} (in {values})")
+    return values
+
+
 def _check_fraction(values: list[float], what: str) -> list[float]:
     for value in values:
         if not 0.0 <= value < 1.0:
@@ -285,6 +309,49 @@ class FeatureAuditSettings(_Frozen):
     subsets: int = Field(3, ge=2)  # disjoint token subsets for the noise floor
     # Matched-perplexity comparisons, e.g. [{method: magnitude, reference: "wanda:0.5"}].
     match: list[MatchSettings] = []
+    # What the audit covers. None: every spec of ``compression``, every run layer, every seed a layer runs.
+    # A spec not in ``compression`` is compressed for the audit (and its feature cards) alone: no SAE variant or
+    # metric is built on it. Layers and seeds must be the run's (checked in ExperimentConfig, before any work).
+    compressions: list[CompressionSpec] | None = None
+    layers: list[int] | None = None
+    seeds: list[int] | None = None
+    # Perplexity of both models on only the first audit windows covering this many tokens; the other batches
+    # stop at the hook, skipping the full-vocabulary head (the dominant cost on Gemma's 262k vocabulary). The
+    # feature statistics still cover all n_tokens. None: perplexity on every audit token.
+    perplexity_tokens: int | None = Field(None, gt=0, le=10_000_000_000)
+
+    @field_validator("compressions")
+    @classmethod
+    def _compressions(cls, values: list[CompressionSpec] | None) -> list[CompressionSpec] | None:
+        return None if values is None else _check_specs(values, "feature_audit.compressions")
+
+    @field_serializer("compressions")
+    def _compressions_text(self, values: list[CompressionSpec] | None) -> list[str] | None:
+        return None if values is None else [v.text for v in values]
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, values: list[int] | None) -> list[int] | None:
+        if values is None:
+            return None
+        if not values:
+            raise ValueError("feature_audit.layers is empty; leave it out to audit every run layer")
+        duplicates = sorted({v for v in values if values.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"feature_audit.layers has duplicates: {duplicates} (in {values})")
+        return values
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, values: list[int] | None) -> list[int] | None:
+        return None if values is None else _check_seed_list(values, "feature_audit.seeds")
+
+    @model_validator(mode="after")
+    def _perplexity_tokens(self):
+        if self.perplexity_tokens is not None and self.perplexity_tokens > self.n_tokens:
+            raise ValueError(f"feature_audit.perplexity_tokens={self.perplexity_tokens} exceeds feature_audit.n_tokens="
+                             f"{self.n_tokens}; give at most n_tokens, or leave it out for perplexity on every audit token")
+        return self
 
 
 class ExperimentConfig(_Frozen):
@@ -321,23 +388,60 @@ class ExperimentConfig(_Frozen):
     # SAE seeds of one run (trained SAEs, their batch order, SAEBench's draws): every variant and metric is
     # built once per seed, so tables show spread over seeds. Not given: [seed].
     seeds: list[int] | None = None
+    # Fewer (or other) seeds at some layers, e.g. {3: [0], 12: [0]} with seeds [0, 1, 2]: the spread over seeds at
+    # one layer, the depth trend from one seed elsewhere. Keys are run layers; each list a subset of the run seeds.
+    # A layer not listed runs every run seed.
+    layer_seeds: dict[int, list[int]] | None = None
 
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, values: list[int] | None) -> list[int] | None:
+        return None if values is None else _check_seed_list(values, "seeds")
+
+    @field_validator("layer_seeds")
+    @classmethod
+    def _layer_seeds(cls, values: dict[int, list[int]] | None) -> dict[int, list[int]] | None:
         if values is None:
-            return values
-        if not values:
-            raise ValueError("seeds is empty; give at least one, e.g. [0, 1, 2]")
-        if len(set(values)) != len(values):
-            raise ValueError(f"seeds has duplicates: {values}")
-        if any(v < 0 for v in values):
-            raise ValueError(f"seeds must be non-negative integers, got {values}")
+            return None
+        for layer, seeds in values.items():
+            _check_seed_list(seeds, f"layer_seeds[{layer}]")
         return values
 
     def run_seeds(self) -> list[int]:
-        """The SAE seeds this run builds every variant for: ``seeds``, or ``[seed]``."""
+        """The SAE seeds of this run: ``seeds``, or ``[seed]``. A layer may run fewer (:meth:`seeds_at`)."""
         return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    def seeds_at(self, layer: int) -> list[int]:
+        """The SAE seeds built at ``layer``: its ``layer_seeds`` entry, else every run seed (in the run's order)."""
+        chosen = (self.layer_seeds or {}).get(layer)
+        return self.run_seeds() if chosen is None else [s for s in self.run_seeds() if s in chosen]
+
+    def hook_seeds(self, hook_name: str) -> list[int]:
+        """The SAE seeds built for ``hook_name`` (its layer's, :meth:`seeds_at`)."""
+        return self.seeds_at(self.layer_of(hook_name))
+
+    # ------------------------------------------------------------ what the feature audit covers
+    def audit_compressions(self) -> list[CompressionSpec]:
+        """The compressed models the feature audit runs on: ``feature_audit.compressions``, else ``compression``."""
+        chosen = self.feature_audit.compressions
+        return list(self.compression) if chosen is None else list(chosen)
+
+    def audit_only_compressions(self) -> list[CompressionSpec]:
+        """Audit specs not in ``compression``: compressed for the audit alone (no SAE variants or metrics)."""
+        run = {spec.text for spec in self.compression}
+        return [spec for spec in self.audit_compressions() if spec.text not in run]
+
+    def audit_hooks(self) -> list[str]:
+        """The hooks whose original SAE is audited: those of ``feature_audit.layers``, else every hook."""
+        layers = self.feature_audit.layers
+        return [h for h in self.hook_names() if layers is None or self.layer_of(h) in layers]
+
+    def audit_seeds(self, hook_name: str) -> list[int]:
+        """The original SAEs of ``hook_name`` that are audited, by seed: ``feature_audit.seeds`` (else every seed the
+        layer runs); one loaded (not trained) SAE serves every seed, so it is audited once, at the first."""
+        chosen = self.feature_audit.seeds
+        seeds = [s for s in self.hook_seeds(hook_name) if chosen is None or s in chosen]
+        return seeds if self.original_sae.train is not None else seeds[:1]
 
     @model_validator(mode="before")
     @classmethod
@@ -349,12 +453,7 @@ class ExperimentConfig(_Frozen):
     @field_validator("compression")
     @classmethod
     def _compression(cls, values: list[CompressionSpec]) -> list[CompressionSpec]:
-        if not values:
-            raise ValueError("compression is empty; give at least one spec, e.g. 'wanda:0.5'")
-        texts = [v.text for v in values]  # canonical: 'magnitude_row:0.5' and 'magnitude:0.5' are one spec
-        if len(set(texts)) != len(texts):
-            raise ValueError(f"compression has duplicates: {texts}")
-        return values
+        return _check_specs(values, "compression")
 
     @field_validator("variants")
     @classmethod
@@ -438,6 +537,7 @@ class ExperimentConfig(_Frozen):
             if too_deep:
                 raise ValueError(f"layers {too_deep} do not exist in {self.model!r}, which has {n_layers} layers (0..{n_layers - 1})")
         self._check_training_budgets()
+        self._check_layer_and_audit_selection()
         if self.original_sae.release == "from_registry":
             releases = sae_registry()["releases"].get(self.model)
             if releases is None:
@@ -452,6 +552,31 @@ class ExperimentConfig(_Frozen):
             if missing:
                 raise ValueError(f"original_sae.local_folders has no folder for hooks {missing}")
         return self
+
+    def _check_layer_and_audit_selection(self) -> None:
+        """``layer_seeds`` and the audit's ``layers`` / ``seeds`` name only what this run builds (before any work)."""
+        run_seeds = self.run_seeds()
+        if self.layer_seeds is not None:
+            strangers = [layer for layer in self.layer_seeds if layer not in self.layers]
+            if strangers:
+                raise ValueError(f"layer_seeds names layers {strangers} that this run does not have (layers: {self.layers}); "
+                                 "drop them from layer_seeds or add them to layers")
+            for layer, seeds in self.layer_seeds.items():
+                missing = [s for s in seeds if s not in run_seeds]
+                if missing:
+                    raise ValueError(f"layer_seeds[{layer}] names seeds {missing} that are not run seeds (seeds: {run_seeds}); "
+                                     "a layer runs a subset of seeds")
+        audit = self.feature_audit
+        if audit.layers is not None:
+            strangers = [layer for layer in audit.layers if layer not in self.layers]
+            if strangers:
+                raise ValueError(f"feature_audit.layers names layers {strangers} that this run does not have (layers: {self.layers})")
+        if audit.seeds is not None:
+            for layer in audit.layers if audit.layers is not None else self.layers:
+                missing = [s for s in audit.seeds if s not in self.seeds_at(layer)]
+                if missing:
+                    raise ValueError(f"feature_audit.seeds names seeds {missing} that layer {layer} does not run "
+                                     f"(its seeds: {self.seeds_at(layer)})")
 
     def _check_training_budgets(self) -> None:
         """Each trained SAE's budget fits its cache and makes at least one batch (before any work)."""
@@ -507,6 +632,13 @@ class ExperimentConfig(_Frozen):
     def hook_names(self) -> list[str]:
         templates = sae_registry()["hook_types"]
         return [templates[t].format(layer=layer) for layer in self.layers for t in self.hook_types]
+
+    def layer_of(self, hook_name: str) -> int:
+        for template in sae_registry()["hook_types"].values():
+            for layer in self.layers:
+                if template.format(layer=layer) == hook_name:
+                    return layer
+        raise ValueError(f"hook {hook_name!r} is not part of this experiment")
 
     def hook_type_of(self, hook_name: str) -> str:
         for hook_type, template in sae_registry()["hook_types"].items():

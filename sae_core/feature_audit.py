@@ -311,13 +311,17 @@ def _forward(hooked, batch: torch.Tensor, hook_name: str, with_loss: bool) -> tu
 
 def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_name: str, *, exclude_ids: Iterable[int] = (),
                            batch_sequences: int = 16, n_subsets: int = 3, with_perplexity: bool = True,
-                           on_batch: Callable[[int], None] | None = None, compressed_sae=None,
-                           latent_permutation=None, card_top_k: int = 0) -> FeatureAudit:
+                           perplexity_tokens: int | None = None, on_batch: Callable[[int], None] | None = None,
+                           compressed_sae=None, latent_permutation=None, card_top_k: int = 0) -> FeatureAudit:
     """Run both models on ``tokens`` ``[windows, seq]``, encode with ``sae`` and compare every feature.
 
     Positions holding an ``exclude_ids`` token (BOS / EOS / PAD, as in activation caching) are
     dropped on both sides. With ``with_perplexity`` the forward passes run to the logits and the
-    perplexity of both models on these very tokens is returned too.
+    perplexity of both models on these very tokens is returned too. ``perplexity_tokens`` limits that
+    to the first ``ceil(perplexity_tokens / (seq - 1))`` windows (each predicts ``seq - 1`` tokens;
+    ``perplexity["tokens"]`` says how many were scored): batches past them stop at the hook, skipping
+    the LM head, and a batch that straddles the limit runs to the logits but scores only its windows
+    inside it. Either way each batch's hook activations are the same, so every feature figure is.
 
     ``compressed_sae`` (default: ``sae``) encodes the compressed model's side instead, e.g. an SAE
     variant fixed for the compressed model; ``latent_permutation`` (``perm[j]`` = the compressed
@@ -342,6 +346,11 @@ def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_na
         raise ValueError(f"batch_sequences must be >= 1, got {batch_sequences}")
     if card_top_k < 0:
         raise ValueError(f"card_top_k must be >= 0, got {card_top_k}")
+    if perplexity_tokens is not None and perplexity_tokens < 1:
+        raise ValueError(f"perplexity_tokens must be >= 1 (or None: every token), got {perplexity_tokens}")
+    # Windows whose next-token losses count towards the perplexity (all of them by default).
+    scored_windows = 0 if not with_perplexity else len(tokens) if perplexity_tokens is None else \
+        min(len(tokens), math.ceil(perplexity_tokens / max(1, tokens.shape[1] - 1)))
     check_same_architecture(dense, compressed, hook_name)  # before any heavy work
     check_sae_matches_hook(sae, dense, hook_name)
     other = sae if compressed_sae is None else compressed_sae
@@ -361,12 +370,13 @@ def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_na
     with no_hook_z_reshaping(sae), no_hook_z_reshaping(other):
         for start in range(0, len(tokens), batch_sequences):
             batch = tokens[start:start + batch_sequences]
-            acts_x, loss_x = _forward(dense, batch, hook_name, with_perplexity)
-            acts_y, loss_y = _forward(compressed, batch, hook_name, with_perplexity)
-            if with_perplexity:
-                nll["dense"] += float(loss_x.double().sum())
-                nll["compressed"] += float(loss_y.double().sum())
-                n_predicted += loss_x.numel()
+            scored = max(0, min(len(batch), scored_windows - start))  # this batch's windows inside the perplexity tokens
+            acts_x, loss_x = _forward(dense, batch, hook_name, scored > 0)
+            acts_y, loss_y = _forward(compressed, batch, hook_name, scored > 0)
+            if scored:
+                nll["dense"] += float(loss_x[:scored].double().sum())
+                nll["compressed"] += float(loss_y[:scored].double().sum())
+                n_predicted += loss_x[:scored].numel()
             keep = ~torch.isin(batch, excluded)
             n_excluded += int((~keep).sum())
             window_subset = (torch.arange(start, start + len(batch)) % n_subsets)[:, None].expand_as(batch)
@@ -393,6 +403,7 @@ def audit_feature_fidelity(dense, compressed, sae, tokens: torch.Tensor, hook_na
     if with_perplexity:
         ppl_x, ppl_y = math.exp(nll["dense"] / n_predicted), math.exp(nll["compressed"] / n_predicted)
         perplexity = {"dense": ppl_x, "compressed": ppl_y, "delta_pct": 100.0 * (ppl_y / ppl_x - 1.0), "tokens": n_predicted}
+        summary["perplexity_tokens"] = n_predicted  # the perplexity's own token count (perplexity_tokens may cap it)
     return FeatureAudit(table=table, summary=summary, subset_summaries=subset_summaries, perplexity=perplexity, cards=cards)
 
 

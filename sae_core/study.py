@@ -11,7 +11,10 @@ any work (:func:`check_experiment`), naming each differing field with both value
 Left out of the identity, because a study legitimately grows them and every stored result stays valid when
 they do: ``layers``, ``compression``, ``variants``, ``seeds`` / ``seed``, ``metrics``, ``pruned_sae.rules`` and
 ``pruned_sae.sparsities`` (they derive variants), ``retrained_sae.enabled``, ``feature_audit.enabled`` and
-``feature_audit.match``, and ``device`` (where a step runs, not what it computes). The check is per experiment
+``feature_audit.match`` and what the audit covers (``feature_audit.compressions``, ``.layers``, ``.seeds``),
+``layer_seeds``, and ``device`` (where a step runs, not what it computes). ``feature_audit.perplexity_tokens``
+defines the audit's perplexity, so it is part of the identity once set; left out while None (every audit
+token, as before the knob existed), so records written before it still match. The check is per experiment
 name, not per root: one root holds several presets (``./artifacts`` is every preset's default), and each
 report, metric row and generated doc is selected by experiment name. ``allow_mixed=True``
 (``--allow-mixed-storage``) runs anyway and leaves the first record as it is.
@@ -36,10 +39,13 @@ from sae_core.hashing import config_hash
 
 EXPERIMENTS = "experiments"
 # Top-level config fields a study may grow (or that say where, not what): not part of the identity.
-GROWABLE = ("name", "layers", "compression", "variants", "seeds", "seed", "metrics", "device", "llm_pruning")
+GROWABLE = ("name", "layers", "compression", "variants", "seeds", "seed", "layer_seeds", "metrics", "device", "llm_pruning")
 # Nested fields left out for the same reason ("section.field").
 GROWABLE_NESTED = ("pruned_sae.rules", "pruned_sae.sparsities", "retrained_sae.enabled", "feature_audit.enabled",
-                   "feature_audit.match")
+                   "feature_audit.match", "feature_audit.compressions", "feature_audit.layers", "feature_audit.seeds")
+# Nested fields added after records were first written whose None means the behaviour from before: left out while
+# None, so that those records still match.
+OMITTED_WHEN_NONE = ("feature_audit.perplexity_tokens",)
 
 _log = logging.getLogger(__name__)
 
@@ -53,9 +59,9 @@ def identity(config) -> dict[str, Any]:
     data = config.model_dump(mode="json")
     for key in GROWABLE:
         data.pop(key, None)
-    for dotted in GROWABLE_NESTED:
+    for dotted in (*GROWABLE_NESTED, *OMITTED_WHEN_NONE):
         section, field = dotted.split(".")
-        if isinstance(data.get(section), dict):
+        if isinstance(data.get(section), dict) and (dotted in GROWABLE_NESTED or data[section].get(field) is None):
             data[section] = {k: v for k, v in data[section].items() if k != field}
     return data
 
@@ -107,24 +113,31 @@ def check_experiment(storage, config, allow_mixed: bool = False, command: str | 
 # ------------------------------------------------------------------ the plan and the ledger
 def planned_steps(config) -> list[str]:
     """The steps of ``config``'s run, named by what they are (the flow's loops, without the cheap ones:
-    base model, activation caches, controls, report). Matched-perplexity audits are not counted."""
-    seeds = config.run_seeds()
+    base model, activation caches, controls, report): per hook the seeds its layer runs (``layer_seeds``),
+    the audit's own selection (``feature_audit.compressions`` / ``layers`` / ``seeds``), audit-only
+    compressions included. Matched-perplexity audits are not counted."""
     hooks = config.hook_names()
     trained = config.original_sae.train is not None
-    steps = [f"original|{h}|{s}" for h in hooks for s in (seeds if trained else seeds[:1])]
+    steps = [f"original|{h}|{s}" for h in hooks for s in (config.hook_seeds(h) if trained else config.hook_seeds(h)[:1])]
     measure_identity = config.repair.identity or config.feature_audit.enabled
     for spec in config.compression:
         steps.append(f"compress|{spec.text}")
         for h in hooks:
-            for s in seeds:
+            for s in config.hook_seeds(h):
                 for v in config.variants:
                     steps.append(variant_step(h, spec.text, v.text, s))
                     if measure_identity:
                         steps.append(f"identity|{h}|{spec.text}|{v.text}|{s}")
                     steps += [metric_step(m, h, spec.text, v.text, s) for m in config.metrics]
-                if config.feature_audit.enabled and (s == seeds[0] or trained):
-                    steps.append(f"audit|{h}|{spec.text}|{s}")
+    if config.feature_audit.enabled:
+        steps += [f"compress|{spec.text}" for spec in config.audit_only_compressions()]
+        steps += [audit_step(h, spec.text, s) for spec in config.audit_compressions() for h in config.audit_hooks()
+                  for s in config.audit_seeds(h)]
     return steps
+
+
+def audit_step(hook: str, compression: str, seed: int) -> str:
+    return f"audit|{hook}|{compression}|{seed}"
 
 
 def variant_step(hook: str, compression: str, variant: str, seed: int) -> str:

@@ -94,7 +94,8 @@ def _audit_and_store(storage, original, dense, compressed, audit, dataset, exper
             return
         result = audit_feature_fidelity(dense_model.hooked(processing), compressed_model.hooked(processing), sae, tokens,
                                         original["hook"], exclude_ids=special_token_ids(dense_model.tokenizer),
-                                        batch_sequences=audit["batch_sequences"], n_subsets=audit["subsets"], card_top_k=CARD_TOP_K)
+                                        batch_sequences=audit["batch_sequences"], n_subsets=audit["subsets"], card_top_k=CARD_TOP_K,
+                                        perplexity_tokens=audit.get("perplexity_tokens"))
     auc = survival_auc(result.table)
     storage.put_parquet(topk_key(key), result.cards.topk_table())
     storage.put_parquet(histogram_key(key), result.cards.histogram_table())
@@ -104,7 +105,8 @@ def _audit_and_store(storage, original, dense, compressed, audit, dataset, exper
     headline = [{"metric_name": name, "value": float(result.summary[src]), "higher_is_better": better} for src, name, better in HEADLINE]
     headline += [{"metric_name": "auc_survival", "value": float(auc["auc_mean"]), "higher_is_better": None},
                  {"metric_name": "auc_survival_std", "value": float(auc["auc_std"]), "higher_is_better": None},
-                 {"metric_name": "ppl_delta_pct_audit_tokens", "value": float(result.perplexity["delta_pct"]), "higher_is_better": False}]
+                 {"metric_name": "ppl_delta_pct_audit_tokens", "value": float(result.perplexity["delta_pct"]), "higher_is_better": False},
+                 {"metric_name": "ppl_audit_tokens", "value": float(result.perplexity["tokens"]), "higher_is_better": None}]
     outcome = SimpleNamespace(metric=FAMILY, status="ok", reason="", headline=headline)
     variant = {"llm": compressed, "hook": original["hook"], "variant": "original", "sae_prefix": original["prefix"]}
     storage.put_parquet(rows_key, metric_rows(outcome, variant, audit, experiment, run_id=flow_run_id()))  # the row file commits the audit

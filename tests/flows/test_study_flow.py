@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 
+import pandas as pd
 import pytest
 
 from sae_core import study
@@ -73,3 +74,32 @@ def test_two_layers_interrupted_then_resumed(prefect_harness, tmp_path, monkeypa
         full(preset="toy", overrides={**OVERRIDES, "activations": {**OVERRIDES["activations"], "n_tokens": 6000}}, storage_url=storage.url)
     assert not [r for r in task_runs_since(since) if r.name != "sae-transfer-experiment"]
     assert set(storage.list()) == keys
+
+
+# Per-layer seeds and the audit's own selection, end to end: layer 0 runs seed 0, layer 1 seeds 0 and 1; the audit
+# covers layer 1's seed 1 on the run's wanda:0.5 and on rtn:4, which only the audit names (no variant or metric on it).
+AUDIT_OVERRIDES = {**copy.deepcopy(TINY_FLOW_OVERRIDES), "layers": [0, 1], "seeds": [0, 1], "layer_seeds": {0: [0]},
+                   "variants": ["transfer"], "repair": {"identity": False},
+                   "feature_audit": {"enabled": True, "n_tokens": 4000, "perplexity_tokens": 1000, "layers": [1], "seeds": [1],
+                                     "compressions": ["wanda:0.5", "rtn:4"]}}
+
+
+def test_per_layer_seeds_and_an_audit_only_compression(prefect_harness, tmp_path):
+    from flows.full import full
+
+    storage = Storage(f"file://{tmp_path}/store")
+    config = build_config("toy", AUDIT_OVERRIDES)
+    summary = full(preset="toy", overrides=AUDIT_OVERRIDES, storage_url=storage.url)
+    plan = study.planned_steps(config)
+    # originals: layer 0 seed 0, layer 1 seeds 0, 1; compressions wanda + rtn; 3 (hook, seed) x (variant, identity, metric); 2 audits
+    assert len(plan) == 3 + 2 + 3 * 3 + 2 and study.progress(storage, config) == (len(plan), len(plan))
+    assert summary["n_variants"] == 3 and summary["n_metric_results"] == 3 and summary["n_feature_audits"] == 2
+    assert summary["n_feature_cards"] == 2
+    variants = storage.get_parquet(f"{summary['report']['prefix']}/variants.parquet")
+    assert sorted(zip(variants["hook"], variants["seed"])) == [("blocks.0.hook_resid_post", 0), ("blocks.1.hook_resid_post", 0),
+                                                               ("blocks.1.hook_resid_post", 1)]
+    assert set(variants["compression"]) == {"wanda:0.5"}
+    audits = pd.read_parquet(storage.local_path("metrics/feature_fidelity"))
+    assert set(audits["hook"]) == {"blocks.1.hook_resid_post"} and set(audits["compression"]) == {"wanda:0.5", "rtn:4"}
+    tokens = audits[audits["metric_name"] == "ppl_audit_tokens"]["value"]
+    assert set(tokens) == {63 * 16}  # 1,000 tokens: the first 16 windows of 64 tokens (63 predicted each)

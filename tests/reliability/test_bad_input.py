@@ -60,6 +60,12 @@ CLI_BAD_INPUTS = [
     pytest.param(["--tokens", "0"], ["activations.n_tokens", "greater than 0"], id="zero-tokens"),
     pytest.param(["--set", "pruned_sae.calibration_tokens=0"], ["pruned_sae.calibration_tokens", "greater than 0"], id="zero-calibration-tokens"),
     pytest.param(["--metrics", "core,nope"], ["unknown metric 'nope'"], id="unknown-metric"),
+    pytest.param(["--set", "layer_seeds={7: [0]}"], ["layer_seeds names layers [7]"], id="layer-seeds-unknown-layer"),
+    pytest.param(["--set", "feature_audit.layers=[0]"], ["feature_audit.layers names layers [0]"], id="audit-layer-not-run"),
+    pytest.param(["--set", "feature_audit.seeds=[4]"], ["feature_audit.seeds names seeds [4]"], id="audit-seed-not-run"),
+    pytest.param(["--set", "feature_audit.compressions=[rtn:4, rtn:4]"], ["feature_audit.compressions has duplicates: ['rtn:4']"],
+                 id="audit-compressions-duplicate"),
+    pytest.param(["--set", "feature_audit.perplexity_tokens=200000"], ["perplexity_tokens=200000 exceeds"], id="audit-perplexity-tokens"),
     pytest.param(["--storage", "gs://bucket/x"], ["'gs'"], id="unsupported-storage-scheme"),
 ]
 

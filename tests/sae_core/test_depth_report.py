@@ -49,3 +49,23 @@ def test_layer_is_read_from_the_hook_name_when_rows_lack_it_and_failed_rows_are_
     assert sorted(table["layer"].unique()) == [0, 1]
     markdown = dr.depth_markdown(rows, ["core/ce_loss_score"])
     assert "| variant | layer 0 | layer 1 |" in markdown and "| original | 0.9015 ± 0.00071 | 0.891 ± 0.001 |"  # seed 0 of layer 0 failed in markdown
+
+
+def test_per_layer_seeds_show_a_spread_where_there_are_several_and_the_value_alone_elsewhere():
+    """layer_seeds {3: [0], 12: [0]} with seeds 0-2: layer 6 has three seeds, layers 3 and 12 one each. The depth table,
+    plot and markdown and the report's spread section all render; a one-seed cell is the value without a spread."""
+    from sae_core import report, spread
+
+    rows = pd.concat([_rows(layers=(6,)), _rows(layers=(3, 12), seeds=(0,))], ignore_index=True)
+    rows["seed"] = rows["sae_prefix"].str.rsplit("-", n=1).str[1].astype(int)
+    table = dr.depth_table(rows)
+    assert dict(table.groupby("layer")["n"].max()) == {3: 1, 6: 3, 12: 1}
+    assert len(dr.depth_plots(rows)) == 1
+    markdown = dr.depth_markdown(rows, ["core/ce_loss_score"])
+    assert "| original | 0.87 | 0.841 ± 0.001 | 0.78 |" in markdown, markdown
+    section = spread.markdown_section(rows)
+    one_seed = section.split("### blocks.12.hook_resid_post")[1].split("###")[0]
+    assert "±" not in one_seed and "(n=" not in one_seed and "0.78" in one_seed and "Paired orderings" not in one_seed
+    several = section.split("### blocks.6.hook_resid_post")[1].split("###")[0]
+    assert "± 0.001 (n=3)" in several and "Paired orderings" in several
+    assert "blocks.3.hook_resid_post" in report.markdown_summary(rows, pd.DataFrame(), [], [])

@@ -176,22 +176,61 @@ def test_removing_one_direction_damages_exactly_its_readers(audit_world):
 
 def test_rounding_the_weights_harder_damages_more(toy_model, audit_world):
     """RTN-like fake quantization by hand (per output channel, symmetric): fewer bits, fewer survivors."""
-    from sae_core.models import resolve_processing, to_hooked_transformer
-
     w = audit_world
-    summaries = {}
-    for bits in (8, 3):
-        hf = copy.deepcopy(toy_model.hf_model)
-        with torch.no_grad():
-            for name, p in hf.named_parameters():
-                if p.ndim == 2 and ".h." in name:  # GPT-2 Conv1D weights [in, out]: one scale per output
-                    qmax = 2 ** (bits - 1) - 1
-                    scale = p.abs().amax(dim=0, keepdim=True).clamp(min=1e-12) / qmax
-                    p.copy_((p / scale).round().clamp(-qmax - 1, qmax) * scale)
-        hooked = to_hooked_transformer(hf, toy_model.tokenizer, toy_model.name, resolve_processing(None))
-        summaries[bits] = fa.audit_feature_fidelity(w["hooked"], hooked, w["sae"], w["tokens"], HOOK, exclude_ids=w["exclude"]).summary
+    summaries = {bits: fa.audit_feature_fidelity(w["hooked"], _rounded(toy_model, bits), w["sae"], w["tokens"], HOOK,
+                                                 exclude_ids=w["exclude"]).summary for bits in (8, 3)}
     assert summaries[8]["mean_r"] > summaries[3]["mean_r"]
     assert summaries[8]["survived_frac"] >= summaries[3]["survived_frac"] and summaries[8]["mean_r"] > 0.99
+
+
+def _rounded(toy_model, bits: int):
+    """The toy model with its block weights rounded to ``bits`` per output channel (RTN-like, by hand)."""
+    from sae_core.models import resolve_processing, to_hooked_transformer
+
+    hf = copy.deepcopy(toy_model.hf_model)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.ndim == 2 and ".h." in name:  # GPT-2 Conv1D weights [in, out]: one scale per output
+                qmax = 2 ** (bits - 1) - 1
+                scale = p.abs().amax(dim=0, keepdim=True).clamp(min=1e-12) / qmax
+                p.copy_((p / scale).round().clamp(-qmax - 1, qmax) * scale)
+    return to_hooked_transformer(hf, toy_model.tokenizer, toy_model.name, resolve_processing(None))
+
+
+def test_perplexity_on_fewer_tokens_leaves_every_feature_figure_as_it_was(toy_model, audit_world, monkeypatch):
+    """perplexity_tokens: only the first windows covering that many tokens run to the logits (one batch straddles
+    the limit and scores only its windows inside it); the rest stop at the hook. The per-feature table, the
+    subset summaries and the cards are identical to the all-tokens audit's, bit for bit; only the perplexity's
+    token count (and so its value) differs."""
+    w, compressed = audit_world, _rounded(toy_model, 4)
+    seq = w["tokens"].shape[1]
+    calls = []
+    real_forward = fa._forward
+    monkeypatch.setattr(fa, "_forward", lambda hooked, batch, hook, with_loss: calls.append((len(batch), with_loss))
+                        or real_forward(hooked, batch, hook, with_loss))
+    kwargs = dict(exclude_ids=w["exclude"], batch_sequences=4, card_top_k=3)
+    everything = fa.audit_feature_fidelity(w["hooked"], compressed, w["sae"], w["tokens"], HOOK, **kwargs)
+    assert everything.perplexity["tokens"] == w["tokens"].shape[0] * (seq - 1) and all(loss for _, loss in calls)
+    calls.clear()
+    few = fa.audit_feature_fidelity(w["hooked"], compressed, w["sae"], w["tokens"], HOOK, perplexity_tokens=5 * (seq - 1) + 10, **kwargs)
+    # 6 windows cover 5 x 63 + 10 tokens: batch 0 (windows 0-3) and batch 1 (4-7, scoring 4 and 5) run to the logits.
+    assert few.perplexity["tokens"] == few.summary["perplexity_tokens"] == 6 * (seq - 1)
+    assert [loss for _, loss in calls] == [True] * 4 + [False] * (2 * (len(calls) // 2 - 2)), calls
+    pd.testing.assert_frame_equal(few.table, everything.table, check_exact=True)
+    assert few.subset_summaries == everything.subset_summaries
+    assert {k: v for k, v in few.summary.items() if k != "perplexity_tokens"} == \
+        {k: v for k, v in everything.summary.items() if k != "perplexity_tokens"}
+    for name, state in few.cards.state.items():
+        assert torch.equal(state.nan_to_num(-7), everything.cards.state[name].nan_to_num(-7)), name
+    # The perplexity is the one of those 6 windows (computed alone, in other batches: equal up to float rounding).
+    alone = fa.audit_feature_fidelity(w["hooked"], compressed, w["sae"], w["tokens"][:6], HOOK, exclude_ids=w["exclude"])
+    assert few.perplexity["dense"] == pytest.approx(alone.perplexity["dense"], rel=1e-6)
+    assert few.perplexity["compressed"] == pytest.approx(alone.perplexity["compressed"], rel=1e-6)
+    # More tokens than the audit has: every window, as without the limit; a limit below one token is refused.
+    more = fa.audit_feature_fidelity(w["hooked"], compressed, w["sae"], w["tokens"], HOOK, perplexity_tokens=10**9, **kwargs)
+    assert more.perplexity == everything.perplexity
+    with pytest.raises(ValueError, match="perplexity_tokens must be >= 1.*got 0"):
+        fa.audit_feature_fidelity(w["hooked"], compressed, w["sae"], w["tokens"], HOOK, perplexity_tokens=0)
 
 
 def test_architecture_mismatch_fails_before_any_forward(audit_world, monkeypatch):
@@ -324,6 +363,14 @@ def test_task_writes_metric_rows_and_serves_a_second_call_from_storage(stored_wo
 
     def no_work(*args, **kwargs):
         raise AssertionError("the audit ran again")
+
+    assert values["ppl_audit_tokens"] == storage.get_json(first["summary_key"])["summary"]["perplexity_tokens"] \
+        == first["audit_perplexity"]["tokens"] == 63 * task_module.audit_windows(audit)
+    # perplexity_tokens: another audit (its settings key it), perplexity on the first 8 windows only, same feature figures.
+    capped = task_module.feature_fidelity.fn(original, dense, compressed, {**audit, "perplexity_tokens": 500}, DATASET, "test", storage.url)
+    assert capped["rows_key"] != first["rows_key"] and capped["audit_perplexity"]["tokens"] == 63 * 8
+    capped_values = dict(zip(*storage.get_parquet(capped["rows_key"])[["metric_name", "value"]].T.values))
+    assert capped_values["ppl_audit_tokens"] == 504 and capped_values["survived_frac"] == values["survived_frac"]
 
     monkeypatch.setattr(task_module, "_audit_and_store", no_work)
     assert task_module.feature_fidelity.fn(original, dense, compressed, audit, DATASET, "test", storage.url) == first

@@ -94,11 +94,17 @@ def test_the_study_preset_extends_the_gemma_preset_and_validates():
     assert data["original_sae"] == base["original_sae"] and data["retrained_sae"] == base["retrained_sae"]
     config = build_config("gemma-3-270m-study")
     assert config.layers == [3, 6, 12] and config.run_seeds() == [0, 1, 2]
-    assert [c.text for c in config.compression] == ["wanda:0.5", "sparsegpt:0.5", "magnitude:0.5", "rtn:8", "rtn:6", "rtn:4", "gptq:4"]
-    assert config.feature_audit.enabled and config.feature_audit.n_tokens >= 100_000
+    assert [config.seeds_at(layer) for layer in config.layers] == [[0], [0, 1, 2], [0]]  # 3 seeds where the spread is measured
+    assert [c.text for c in config.compression] == ["wanda:0.5"]
+    assert [v.text for v in config.variants] == ["transfer", "prune:wanda:0.5", "retrain"]  # the paper's three
     assert config.metrics == ["core", "absorption", "scr", "tpp", "sparse_probing", "ravel", "sparse_probing_sae_probes"]
-    assert [v.text for v in config.variants][:1] == ["transfer"] and "retrain" in [v.text for v in config.variants]
-    assert len(study.planned_steps(config)) == 9 + 7 + 7 * 3 * 3 * (9 * (1 + 1 + 7) + 1)
+    audit = config.feature_audit
+    assert audit.enabled and audit.n_tokens >= 100_000 and audit.perplexity_tokens == 20_000
+    assert [c.text for c in config.audit_compressions()] == ["wanda:0.5", "sparsegpt:0.5", "magnitude:0.5", "rtn:8", "rtn:6", "rtn:4", "gptq:4"]
+    assert config.audit_hooks() == ["blocks.6.hook_resid_post"] and config.audit_seeds("blocks.6.hook_resid_post") == [0]
+    # 5 (hook, seed) cells (seed 0 at layers 3 and 12, seeds 0-2 at layer 6): an original SAE each and 3 variants, each
+    # with its identity row and 7 metrics; 1 compression for the variants and 6 more for the audit; 7 audits.
+    assert len(study.planned_steps(config)) == 5 + 1 + 5 * 3 * (1 + 1 + 7) + 6 + 7 == 154
 
 
 def test_a_preset_that_extends_itself_is_an_error(monkeypatch, tmp_path):
@@ -114,3 +120,61 @@ def test_a_preset_that_extends_itself_is_an_error(monkeypatch, tmp_path):
 def test_a_layer_the_real_model_lacks_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"layers \[18\] do not exist in 'gemma-3-270m', which has 18 layers"):
         build_config("gemma-3-270m-study", {"layers": [6, 18]})
+
+
+# ------------------------------------------------------------------ per-layer seeds and the audit's selection
+def test_per_layer_seeds_and_the_audit_selection_validate_and_read_back():
+    config = _config(layers=[0, 1], seeds=[0, 1, 2], layer_seeds={0: [2, 0]},
+                     feature_audit={"compressions": ["wanda:0.5", "magnitude_row:0.5", "rtn:4"], "layers": [1], "seeds": [1],
+                                    "perplexity_tokens": 20_000})
+    assert config.seeds_at(0) == [0, 2] and config.seeds_at(1) == [0, 1, 2]  # the run's order
+    assert config.hook_seeds("blocks.0.hook_resid_post") == [0, 2]
+    assert [c.text for c in config.audit_compressions()] == ["wanda:0.5", "magnitude:0.5", "rtn:4"]
+    assert [c.text for c in config.audit_only_compressions()] == ["magnitude:0.5", "rtn:4"]
+    assert config.audit_hooks() == ["blocks.1.hook_resid_post"] and config.audit_seeds("blocks.1.hook_resid_post") == [1]
+    dumped = config.model_dump(mode="json")
+    assert dumped["feature_audit"]["compressions"] == ["wanda:0.5", "magnitude:0.5", "rtn:4"]
+    assert type(config).model_validate(dumped) == config  # canonical text (and JSON's string keys) validate back
+    # Not given: today's behaviour (every compression, layer and seed; perplexity on every audit token).
+    plain = _config(layers=[0, 1], seeds=[0, 1])
+    assert plain.seeds_at(0) == [0, 1] and plain.audit_compressions() == plain.compression and plain.audit_only_compressions() == []
+    assert plain.audit_hooks() == plain.hook_names() and plain.feature_audit.perplexity_tokens is None
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    ({"layer_seeds": {5: [0]}}, ["layer_seeds names layers [5]", "layers: [1]"]),
+    ({"seeds": [0, 1], "layer_seeds": {1: [2]}}, ["layer_seeds[1] names seeds [2]", "seeds: [0, 1]"]),
+    ({"layer_seeds": {1: []}}, ["layer_seeds[1] is empty"]),
+    ({"seeds": [0, 1], "layer_seeds": {1: [1, 1]}}, ["layer_seeds[1] has duplicates: [1]"]),
+    ({"seeds": [0, 1, 1]}, ["seeds has duplicates: [1]"]),
+    ({"feature_audit": {"compressions": ["wanda:0.5", "wanda:0.50"]}}, ["feature_audit.compressions has duplicates: ['wanda:0.5']"]),
+    ({"feature_audit": {"compressions": ["wanda:1.5"]}}, ["feature_audit.compressions", "got 1.5 in 'wanda:1.5'"]),
+    ({"feature_audit": {"compressions": ["nope:4"]}}, ["feature_audit.compressions", "'nope"]),
+    ({"feature_audit": {"compressions": []}}, ["feature_audit.compressions is empty"]),
+    ({"feature_audit": {"layers": [0]}}, ["feature_audit.layers names layers [0]", "layers: [1]"]),
+    ({"feature_audit": {"layers": []}}, ["feature_audit.layers is empty"]),
+    ({"feature_audit": {"seeds": [3]}}, ["feature_audit.seeds names seeds [3] that layer 1 does not run", "its seeds: [0]"]),
+    ({"seeds": [0, 1, 2], "layer_seeds": {1: [0]}, "feature_audit": {"seeds": [1]}}, ["feature_audit.seeds names seeds [1] that layer 1"]),
+    ({"feature_audit": {"seeds": [-1]}}, ["feature_audit.seeds must be non-negative", "[-1]"]),
+    ({"feature_audit": {"perplexity_tokens": 0}}, ["feature_audit.perplexity_tokens", "greater than 0"]),
+    ({"feature_audit": {"n_tokens": 5000, "perplexity_tokens": 6000}}, ["perplexity_tokens=6000 exceeds feature_audit.n_tokens=5000"]),
+], ids=["layer-seeds-unknown-layer", "layer-seeds-not-a-run-seed", "layer-seeds-empty", "layer-seeds-duplicate", "seeds-duplicate",
+        "audit-compressions-duplicate", "audit-compressions-bad-sparsity", "audit-compressions-unknown-method", "audit-compressions-empty",
+        "audit-layer-not-run", "audit-layers-empty", "audit-seed-not-run", "audit-seed-not-at-that-layer", "audit-seed-negative",
+        "audit-perplexity-tokens-zero", "audit-perplexity-tokens-beyond-n-tokens"])
+def test_bad_per_layer_seeds_and_audit_selections_are_refused_naming_the_value(overrides, fragments):
+    with pytest.raises(ValueError) as err:
+        _config(**overrides)
+    for fragment in fragments:
+        assert fragment in str(err.value), str(err.value)
+
+
+def test_what_the_audit_covers_and_layer_seeds_are_growable_perplexity_tokens_defines_once_set():
+    base = _config(layers=[0, 1], seeds=[0, 1])
+    grown = _config(layers=[0, 1], seeds=[0, 1], layer_seeds={0: [0]},
+                    feature_audit={"compressions": ["rtn:4"], "layers": [1], "seeds": [0]})
+    assert study.identity_hash(base) == study.identity_hash(grown)
+    assert "perplexity_tokens" not in study.identity(base)["feature_audit"]  # None: as records written before the knob
+    capped = _config(layers=[0, 1], seeds=[0, 1], feature_audit={"perplexity_tokens": 20_000})
+    assert study.differences(study.identity(base), study.identity(capped)) == [
+        "feature_audit.perplexity_tokens: '<absent>' (stored) -> 20000 (this run)"]

@@ -96,3 +96,34 @@ def build_real(out_dir: Path, seed: int, tokenizer=None, words_per_letter: int =
     write_json(out_dir / "words.json", real_word_list(seed, tokenizer, words_per_letter))
     return out_dir
 
+
+
+# --- a model that knows first letters, for tests and benchmarks of absorption ---------------------
+
+
+def build_spelling_model(tokenizer, folder: Path) -> str:
+    """A random (untrained) 2-layer GPT-2 over ``tokenizer`` with a first-letter direction planted in the
+    embedding of every alphabetic token (SAEBench's own test of "alphabetic": ``ALL_ALPHA_LETTERS``), so
+    that absorption's letter probes have something to find in seconds; saved with the tokenizer to
+    ``folder`` (returned, as text). n_ctx 128: SAEBench's absorption prompts (10 in-context examples) are
+    ~90 tokens. Seeded: the same tokenizer gives the same weights."""
+    import torch
+    from sae_bench.evals.absorption.vocab import ALL_ALPHA_LETTERS, convert_tokens_to_string
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_ctx=128, n_embd=64, n_layer=2, n_head=4,
+                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                       pad_token_id=tokenizer.pad_token_id))
+    wte = model.transformer.wte.weight
+    letter_dirs, _ = torch.linalg.qr(torch.randn(wte.shape[1], 26, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        scale = 3.0 * wte.norm(dim=-1).mean()
+        for token, token_id in tokenizer.get_vocab().items():
+            word = convert_tokens_to_string(token, tokenizer)
+            body = word[1:] if word.startswith(" ") else word
+            if body and all(c in ALL_ALPHA_LETTERS for c in body):
+                wte[token_id] += scale * letter_dirs[:, ord(body[0].lower()) - ord("a")]
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

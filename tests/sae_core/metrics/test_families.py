@@ -401,32 +401,14 @@ def test_ravel(sae, lm, hooked, artifacts):
 @pytest.fixture(scope="module")
 def spelling_lm(facts_world, tmp_path_factory):
     """A 2-layer GPT-2 over the facts world's tokenizer, with a first-letter direction planted in the
-    embedding of every alphabetic token (no training; n_ctx 128 because SAEBench's absorption prompts,
-    10 in-context examples, are ~90 tokens)."""
-    from sae_bench.evals.absorption.vocab import ALL_ALPHA_LETTERS, convert_tokens_to_string
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    embedding of every alphabetic token (no training; sae_core.datasets.standins.absorption.build_spelling_model)."""
+    from transformers import AutoTokenizer
 
+    from sae_core.datasets.standins.absorption import build_spelling_model
     from sae_core.models import load_language_model
 
-    tokenizer = AutoTokenizer.from_pretrained(facts_world)
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_ctx=128, n_embd=64, n_layer=2, n_head=4,
-                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                       pad_token_id=tokenizer.pad_token_id))
-    wte = model.transformer.wte.weight
-    generator = torch.Generator().manual_seed(0)
-    letter_dirs, _ = torch.linalg.qr(torch.randn(wte.shape[1], 26, generator=generator))
-    with torch.no_grad():
-        scale = 3.0 * wte.norm(dim=-1).mean()
-        for token, token_id in tokenizer.get_vocab().items():
-            word = convert_tokens_to_string(token, tokenizer)
-            body = word[1:] if word.startswith(" ") else word
-            if body and all(c in ALL_ALPHA_LETTERS for c in body):
-                wte[token_id] += scale * letter_dirs[:, ord(body[0].lower()) - ord("a")]
-    folder = tmp_path_factory.mktemp("spelling_model")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return load_language_model(str(folder))
+    folder = build_spelling_model(AutoTokenizer.from_pretrained(facts_world), tmp_path_factory.mktemp("spelling_model"))
+    return load_language_model(folder)
 
 
 def test_absorption_prechecks_name_missing_letters_and_split_tokens(lm):
