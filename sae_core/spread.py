@@ -88,6 +88,14 @@ def _labelled(metrics: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**{k: frame[k] for k in model_keys(frame)})
 
 
+def _natural_key(key) -> list:
+    """Sort key reading digit runs as numbers: ``blocks.3...`` before ``blocks.12...``."""
+    import re
+
+    parts = key if isinstance(key, tuple) else (key,)
+    return [[int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(part))] for part in parts]
+
+
 def _group_keys(frame: pd.DataFrame) -> list[str]:
     from sae_core.report import model_keys
 
@@ -324,7 +332,8 @@ def markdown_section(metrics: pd.DataFrame, variants: pd.DataFrame | None = None
              "\"detectable\" is the smallest paired difference the rule could separate at that n (2 × sd of the per-seed "
              "differences / √n, pooled over the pairs); with n seeds the sign condition alone passes a zero difference "
              "with probability 2 × 0.5ⁿ.", ""]
-    for key, group in summary[summary["metric"].isin(names)].groupby(keys, dropna=False):
+    groups = summary[summary["metric"].isin(names)].groupby(keys, dropna=False)
+    for key, group in sorted(groups, key=lambda item: _natural_key(item[0])):  # blocks.3 before blocks.12
         key = key if isinstance(key, tuple) else (key,)
         lines += [f"### {' · '.join(str(k) for k in key)}", ""]
         table = group.pivot_table(index="variant", columns="metric", values="mean", aggfunc="first")

@@ -148,3 +148,11 @@ def test_stored_items_read_the_metric_tasks_outputs(tmp_path):
     items = spread.stored_items(storage, manifests)
     assert sorted(items["item"]) == ["a", "b"] and set(items["sae_prefix"]) == {"saes/transfer/0"}
     assert spread.item_intervals(table, items).iloc[0]["n_items"] == 2
+
+
+def test_sections_follow_layer_order_not_text_order():
+    values = {"transfer": [0.60, 0.62, 0.61], "retrain": [0.70, 0.72, 0.71]}
+    table = pd.concat([rows(values, hook=f"blocks.{layer}.hook_resid_post") for layer in (12, 3, 6)])
+    text = spread.markdown_section(table)
+    positions = [text.index(f"### blocks.{layer}.hook_resid_post") for layer in (3, 6, 12)]
+    assert positions == sorted(positions)  # text order would put blocks.12 first
