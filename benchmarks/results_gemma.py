@@ -11,7 +11,7 @@ Reads one experiment's results (``--experiment``, default ``gemma-3-270m-study``
 
 Every figure is a mean over SAE seeds with its sd (``mean ± sd``; no spread with one seed; ``n`` = seeds).
 The doc's prose stays as written: the script replaces only what lies between the markers
-``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` (NAME: ``source``, ``variants``, ``metrics``,
+``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` (NAME: ``source``, ``saes``, ``variants``, ``metrics``,
 ``depth``, ``audit``), and writes a fresh doc with every section when ``--out`` does not exist yet. Without
 ``--out`` it prints the generated sections.
 
@@ -40,7 +40,9 @@ from sae_core import repair_report as rr  # noqa: E402
 from sae_core.report import _markdown_table, current_columns, plotted_metrics, variant_label  # noqa: E402
 from sae_core.storage import Storage  # noqa: E402
 
-SECTIONS = ("source", "variants", "metrics", "depth", "audit")
+SECTIONS = ("source", "saes", "variants", "metrics", "depth", "audit")
+# Issue 21's bar for SAEs worth judging: held-out EV (centred) and dead latents on the model each SAE is for.
+SAE_TARGET_EV, SAE_TARGET_DEAD = 0.95, 0.05
 # What the metrics table shows per family (where present), in this order; other families: their plotted metric.
 DOC_METRICS = ["core/ce_loss_score", "core/kl_div_score", "core/cossim", "core/l0",
                "absorption/mean_absorption_fraction_score", "absorption/mean_full_absorption_score",
@@ -93,10 +95,70 @@ def load(storage_url: str, experiment: str) -> dict:
         if isinstance(prefix, str) and storage.exists(f"{prefix}/manifest.json"):
             perplexity[prefix] = storage.manifest(prefix).get("perplexity") or {}
     return {"metrics": metrics, "variants": variants, "audit_extra": audit_extra, "perplexity": perplexity, "reports": reports,
-            "storage": storage.url, "experiment": experiment}
+            "storage": storage.url, "experiment": experiment, "originals": original_quality(storage.url, variants)}
+
+
+def original_quality(storage_url: str, variants: pd.DataFrame) -> pd.DataFrame:
+    """Each original SAE (the ``transfer`` rows' SAE) on the *dense* model's held-out activations of its hook:
+    EV (centred) and dead latents, as the variant rows measure them on the compressed model
+    (``sae_core.sae_quality.reconstruction_stats``), with its training tokens and wall time from its manifest.
+    The dense held-out cache is the one the feature-identity rows read (stored when identity or the audit is on)."""
+    from sae_core.sae_quality import reconstruction_stats
+    from tasks.common import activation_batches, load_stored_sae
+
+    storage = Storage(storage_url)
+    if variants.empty or "variant_spec" not in variants:
+        return pd.DataFrame()
+    held_out = {}
+    for key in storage.list("activations"):
+        if key.endswith("/manifest.json"):
+            manifest = storage.get_json(key)
+            spec, model = manifest.get("spec") or {}, manifest.get("model") or {}
+            if model.get("dense") and spec.get("skip_sequences"):
+                held_out.setdefault(spec.get("hook_name"), {"prefix": key.removesuffix("/manifest.json"), **manifest})
+    rows = []
+    for r in variants[variants["variant_spec"] == "transfer"].drop_duplicates("sae_prefix").itertuples():
+        acts = held_out.get(r.hook)
+        manifest = storage.manifest(r.sae_prefix) if storage.exists(f"{r.sae_prefix}/manifest.json") else {}
+        row = {"hook": r.hook, "seed": r.seed, "sae_prefix": r.sae_prefix, "tokens_used": manifest.get("tokens_used"),
+               "wall_time_s": manifest.get("wall_time_s")}
+        if acts is not None and manifest:
+            stats = reconstruction_stats(load_stored_sae(storage, r.sae_prefix), activation_batches(storage, acts))
+            row.update(explained_variance_centred=float(stats["explained_variance"]),
+                       dead_latents=int(round(int(r.d_sae) * (1.0 - float(stats["alive_fraction"])))), d_sae=int(r.d_sae),
+                       held_out_tokens=int(acts.get("n_tokens") or 0))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------ tables
+def saes_markdown(originals: pd.DataFrame, variants: pd.DataFrame) -> str:
+    """The original SAE on the dense model and the retrained one on the compressed model, per hook: held-out EV and
+    dead latents (mean ± sd over seeds, and each seed), against the bar (EV >= 0.95, <= 5% dead)."""
+    if originals.empty:
+        return "_No original SAE rows (or no dense held-out activations: run with the audit or feature identity on)._"
+    retrained = _labelled(variants) if not variants.empty else variants
+    retrained = retrained[retrained["variant"] == "retrain"] if not retrained.empty else retrained
+    lines = []
+    for hook, group in originals.groupby("hook", sort=False):
+        table = []
+        for label, rows, on in (("original (dense model)", group, "dense"),
+                                ("retrain (compressed model)", retrained[retrained["hook"] == hook] if len(retrained) else retrained, "compressed")):
+            if rows is None or rows.empty or "explained_variance_centred" not in rows:
+                continue
+            ev, dead = rows["explained_variance_centred"], rows["dead_latents"]
+            d_sae = rows["d_sae"].astype(float) if "d_sae" in rows else pd.Series(np.nan, index=rows.index)
+            met = bool((ev >= SAE_TARGET_EV).all() and ((dead / d_sae) <= SAE_TARGET_DEAD).all())
+            per_seed = ", ".join(f"s{int(s)}: {e:.4f} / {int(d)}" for s, e, d in sorted(zip(rows["seed"], ev, dead)))
+            width = f" of {int(d_sae.iloc[0]):,}" if np.isfinite(d_sae.iloc[0]) else ""
+            table.append({"SAE": label, "n": int(rows["seed"].nunique()), "held-out EV (centred)": _cell(ev),
+                          "dead latents": _cell(dead, count=True) + width,
+                          "per seed (EV / dead)": per_seed, "tokens": _cell(rows["tokens_used"], count=True),
+                          "wall (s)": _cell(rows["wall_time_s"]), f"EV >= {SAE_TARGET_EV}, <= {SAE_TARGET_DEAD:.0%} dead": "met" if met else "**not met**"})
+        lines += [f"**{hook}**", "", _markdown_table(pd.DataFrame(table)), ""]
+    return "\n".join(lines)
+
+
 def _cell(values, count: bool = False, scale: float = 1.0) -> str:
     mean, sd, n = rr._mean_sd([float(v) * scale for v in values if v is not None and np.isfinite(float(v))])
     return rr._spread_text(mean, sd, n, count=count)
@@ -218,12 +280,13 @@ def source_markdown(data: dict) -> str:
 
 
 def generate(data: dict) -> dict[str, str]:
-    return {"source": source_markdown(data), "variants": variants_markdown(data["variants"]), "metrics": metrics_markdown(data["metrics"]),
+    return {"source": source_markdown(data), "saes": saes_markdown(data.get("originals", pd.DataFrame()), data["variants"]),
+            "variants": variants_markdown(data["variants"]), "metrics": metrics_markdown(data["metrics"]),
             "depth": depth_markdown(data["metrics"]), "audit": audit_markdown(data["metrics"], data["audit_extra"], data["perplexity"])}
 
 
 # ------------------------------------------------------------------ the doc
-TITLES = {"source": "Where these tables come from", "variants": "SAE variants: reconstruction and cost on the compressed model",
+TITLES = {"source": "Where these tables come from", "saes": "SAEs worth judging: held-out EV and dead latents", "variants": "SAE variants: reconstruction and cost on the compressed model",
           "metrics": "SAEBench families and feature identity, by variant", "depth": "By layer",
           "audit": "The feature audit of the original SAE on each compressed model"}
 

@@ -87,3 +87,19 @@ def test_fresh_doc_every_section_and_an_empty_root_says_so(tmp_path, capsys):
     assert "| `retrain` | 2 | 0.8990 ± 0.007071 |" in text or "| `retrain` | 2 | 0.899 ± 0.007071 |" in text
     assert script.main(["--storage", f"file://{tmp_path / 'empty'}"]) == 1
     assert "no results of experiment 'gemma-3-270m-study'" in capsys.readouterr().err
+
+
+def test_saes_section_checks_the_bar_per_seed():
+    script = _script()
+    originals = pd.DataFrame([{"hook": "blocks.6.hook_resid_post", "seed": s, "sae_prefix": f"saes/original/{s}", "tokens_used": 699904,
+                               "wall_time_s": 90.0, "explained_variance_centred": ev, "dead_latents": dead, "d_sae": 2048}
+                              for s, ev, dead in ((0, 0.955, 4), (1, 0.957, 2))])
+    variants = pd.DataFrame([{"hook": "blocks.6.hook_resid_post", "variant_spec": "retrain", "sae_variant": "retrained", "sae_scoring_rule": "", "sae_sparsity": 0.0, "seed": s, "explained_variance_centred": ev,
+                              "dead_latents": dead, "d_sae": 2048, "tokens_used": 699904, "wall_time_s": 100.0, "compression": "wanda:0.5"}
+                             for s, ev, dead in ((0, 0.951, 3), (1, 0.948, 200))])
+    text = script.saes_markdown(originals, variants)
+    original_line = next(line for line in text.splitlines() if line.startswith("| original"))
+    retrain_line = next(line for line in text.splitlines() if line.startswith("| retrain"))
+    assert "| met |" in original_line and "s0: 0.9550 / 4, s1: 0.9570 / 2" in original_line
+    assert "**not met**" in retrain_line  # seed 1 misses both: EV 0.948 < 0.95 and 200 of 2,048 dead (9.8%)
+    assert "of 2,048" in original_line
