@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sae_core import repair_report as rr  # noqa: E402
@@ -31,7 +33,8 @@ def load(storage_url: str):
     storage = Storage(storage_url)
     variants = current_columns(storage.read_parquet_prefix("variants"))
     identity = current_columns(storage.read_parquet_prefix("metrics/feature_identity"))
-    return variants, identity
+    core = current_columns(storage.read_parquet_prefix("metrics/core"))  # the KL score joined as a quality measure
+    return variants, rr.identity_rows(pd.concat([identity, core], ignore_index=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     table = rr.frontier_table(variants, identity)
-    print(rr.frontier_markdown(table, rr.finetune_budget(variants)))
+    print(rr.frontier_markdown(table, rr.finetune_budget(variants, identity)))
     if args.plot:
         png = rr.frontier_plot(variants, identity)
         if png:

@@ -37,7 +37,13 @@ import pandas as pd
 from sae_core.report import _figure_to_png, _markdown_table, current_columns
 
 # measure column -> (short name in the table's columns, display name, +1 when higher is better)
-QUALITY = {"explained_variance_centred": ("ev", "EV (centred)", +1), "ce_delta": ("ce_delta", "ΔCE (nats)", -1)}
+QUALITY = {"explained_variance_centred": ("ev", "EV (centred)", +1), "ce_delta": ("ce_delta", "ΔCE (nats)", -1),
+           "kl_div_score": ("kl", "KL score (SAEBench core)", +1)}
+# Quality measures that are not columns of the variant rows but metric rows, joined on sae_prefix + model_prefix:
+# (family, metric) -> column. Why KL beside ΔCE: an SAE trained on the dense model can *lower* the compressed model's
+# CE when spliced in (it pulls the activations back towards the dense model's: docs/results-repair.md, gemma-3-270m),
+# so ΔCE rewards undoing the compression; the KL score measures faithfulness to the compressed model's own outputs.
+JOINED_QUALITY = {("core", "kl_div_score"): "kl_div_score"}
 COSTS = ("tokens_used", "wall_time_s", "gradient_steps")
 IDENTITY_FAMILY = "feature_identity"
 IDENTITY_METRICS = ("identity_kept_fraction", "decoder_cosine_kept_fraction", "matched_fraction", "survived_pct", "mean_r")
@@ -67,10 +73,28 @@ def has_variant_spec(variants: pd.DataFrame | None) -> bool:
 
 
 def identity_rows(metrics: pd.DataFrame | None) -> pd.DataFrame:
-    """The ``feature_identity`` family's metric rows out of a tidy metrics table (empty when none)."""
+    """The metric rows the frontier joins onto the variant rows, out of a tidy metrics table (empty when none):
+    the ``feature_identity`` family's, and the :data:`JOINED_QUALITY` measures (SAEBench core's KL score)."""
     if metrics is None or metrics.empty or "metric_family" not in metrics:
         return pd.DataFrame()
-    return metrics[metrics["metric_family"] == IDENTITY_FAMILY].reset_index(drop=True)
+    joined = pd.Series(list(zip(metrics["metric_family"], metrics.get("metric_name", pd.Series("", index=metrics.index)))),
+                       index=metrics.index).isin(list(JOINED_QUALITY))
+    return metrics[(metrics["metric_family"] == IDENTITY_FAMILY) | joined].reset_index(drop=True)
+
+
+def _joined_quality_wide(rows: pd.DataFrame | None) -> pd.DataFrame | None:
+    """(sae_prefix, model_prefix) -> the :data:`JOINED_QUALITY` columns, from tidy metric rows."""
+    if rows is None or rows.empty or not {"sae_prefix", "model_prefix", "metric_family", "metric_name"} <= set(rows.columns):
+        return None
+    keys = pd.Series(list(zip(rows["metric_family"], rows["metric_name"])), index=rows.index)
+    rows = rows[keys.isin(list(JOINED_QUALITY))]
+    if "status" in rows:
+        rows = rows[rows["status"].fillna("ok") == "ok"]
+    if rows.empty:
+        return None
+    rows = rows.assign(column=[JOINED_QUALITY[(f, m)] for f, m in zip(rows["metric_family"], rows["metric_name"])],
+                       value=pd.to_numeric(rows["value"], errors="coerce")).dropna(subset=["value"])
+    return rows.pivot_table(index=["sae_prefix", "model_prefix"], columns="column", values="value", aggfunc="mean").reset_index()
 
 
 def _identity_wide(identity: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -106,6 +130,10 @@ def _prepared(variants: pd.DataFrame | None, identity: pd.DataFrame | None = Non
     if "variant_method" not in frame:
         frame["variant_method"] = frame["variant_spec"].str.split(":").str[0]
     frame["variant_method"] = frame["variant_method"].fillna(frame["variant_spec"].str.split(":").str[0]).astype(str)
+    joined = _joined_quality_wide(identity)
+    if joined is not None and {"sae_prefix", "model_prefix"} <= set(frame.columns):
+        frame = frame.drop(columns=[c for c in joined.columns if c in frame and c not in ("sae_prefix", "model_prefix")])
+        frame = frame.merge(joined, on=["sae_prefix", "model_prefix"], how="left")
     for column in [*QUALITY, *COSTS]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else np.nan
     wide = _identity_wide(identity)
@@ -264,7 +292,7 @@ def _paired(spec: str, fix: pd.Series, transfer, retrain, resolved: str, short: 
 
 
 # ------------------------------------------------------------------ fine-tune budget
-def finetune_budget(variants: pd.DataFrame) -> pd.DataFrame:
+def finetune_budget(variants: pd.DataFrame, identity: pd.DataFrame | None = None) -> pd.DataFrame:
     """The token budget at which fine-tuning from the original closes 50% and 90% of the gap.
 
     Per (hook, compression) and quality measure, the curve runs through transfer (0 tokens, 0 closed)
@@ -276,7 +304,7 @@ def finetune_budget(variants: pd.DataFrame) -> pd.DataFrame:
     (``retrain_tokens``) that budgets are expressed against (``fraction_of_retrain_*``), not a point
     to interpolate towards. A gap that is not resolved gives ``"gap not resolved"``.
     """
-    table = frontier_table(variants)
+    table = frontier_table(variants, identity)
     if table.empty:
         return pd.DataFrame()
     out = []
@@ -285,6 +313,8 @@ def finetune_budget(variants: pd.DataFrame) -> pd.DataFrame:
         retrain_tokens = float(retrain["tokens_used_mean"].iloc[0]) if not retrain.empty else float("nan")
         finetunes = group[group["variant_method"] == "finetune"].sort_values("tokens_used_mean")
         for column, (short, display, _) in QUALITY.items():
+            if group[f"{short}_mean"].isna().all():  # not measured in this run (e.g. no SAEBench core rows for the KL score)
+                continue
             resolved = group[f"{short}_gap_resolved"].iloc[0]
             points = [(float(tok), float(c)) for tok, c in zip(finetunes["tokens_used_mean"], finetunes[f"{short}_gap_closed"])
                       if np.isfinite(tok) and np.isfinite(c)]
@@ -477,7 +507,9 @@ def frontier_markdown(table: pd.DataFrame, budget: pd.DataFrame | None = None) -
     lines = ["## What it costs to fix the SAE", "",
              "Each way of getting an SAE for the compressed model, from `transfer` (the original SAE, unchanged, free) to "
              "`retrain` (a fresh SAE): quality on the compressed model's held-out activations (EV centred, higher is better; "
-             "ΔCE = CE with the SAE spliced in − clean CE, nats, lower is better) and what the fix cost (tokens consumed, "
+             "ΔCE = CE with the SAE spliced in − clean CE, nats, lower is better; KL score = SAEBench core's `kl_div_score`, "
+             "1 when the spliced model's next-token distribution equals the compressed model's own, higher is better: "
+             "unlike ΔCE it does not reward an SAE that undoes the compression) and what the fix cost (tokens consumed, "
              "wall seconds to build it, gradient steps), mean ± sd over seeds (n = seeds; one seed: no spread). "
              "**Gap closed** = (q_fix − q_transfer) / (q_retrain − q_transfer), per seed and then averaged "
              "(0 = no better than transfer, 1 = as good as retrain, for both measures). **Identity kept** is the share "
@@ -518,5 +550,5 @@ def report_section(variants: pd.DataFrame, metrics: pd.DataFrame | None) -> tupl
     table = frontier_table(variants, identity_rows(metrics))
     if table.empty:
         return None
-    budget = finetune_budget(variants)
+    budget = finetune_budget(variants, identity_rows(metrics))
     return table, budget, frontier_markdown(table, budget)

@@ -299,3 +299,25 @@ def test_a_gap_pointing_the_wrong_way_is_named_not_turned_into_ratios():
     assert affine["ce_delta_gap_closed_text"] == "retrain worse than transfer" and np.isnan(affine["ce_delta_gap_closed"])
     markdown = rr.frontier_markdown(table, rr.finetune_budget(pd.DataFrame(rows)))
     assert "retrain is worse than transfer (no gap to close); better than transfer, separated: `affine`" in markdown
+
+
+def test_kl_score_is_joined_from_core_rows_as_a_third_quality_measure():
+    """SAEBench core's KL score per (SAE, model) becomes the frontier's ``kl`` columns, paired per seed like EV:
+    transfer 0.97, retrain 0.99, refit_decoder 0.985 in every seed -> 75% of the KL gap closed. A join on the SAE alone
+    would mix in the row of another compressed model (0.0 here) and a join that ignored the metric name would read
+    the explained-variance row (0.5)."""
+    variants = _rows({s: HAND[s] for s in ("transfer", "retrain", "refit_decoder")}, HAND_TOKENS)
+    kl = {"transfer": 0.97, "retrain": 0.99, "refit_decoder": 0.985}
+    core = [{"metric_family": "core", "metric_name": name, "value": value, "status": "ok", "sae_prefix": r.sae_prefix, "model_prefix": model}
+            for r in variants.itertuples()
+            for name, value, model in (("kl_div_score", kl[r.variant_spec], r.model_prefix), ("explained_variance", 0.5, r.model_prefix),
+                                       ("kl_div_score", 0.0, "compressed_models/other"))]
+    joined = rr.identity_rows(pd.DataFrame(core))
+    assert set(joined["metric_name"]) == {"kl_div_score"}  # the other core metrics are not joined
+    table = rr.frontier_table(variants, joined)
+    assert _one(table, "refit_decoder")["kl_mean"] == pytest.approx(0.985)
+    assert _one(table, "refit_decoder")["kl_gap_closed"] == pytest.approx(0.75)
+    assert "KL gap closed" in rr.frontier_markdown(table)
+    without = rr.frontier_table(variants)  # no core rows: the KL columns are NaN and the budget skips the measure
+    assert without["kl_mean"].isna().all()
+    assert "kl_div_score" not in set(rr.finetune_budget(variants)["measure"]) if len(rr.finetune_budget(variants)) else True
