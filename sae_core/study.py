@@ -84,6 +84,9 @@ class MixedStorageError(ValueError):
     """A run whose experiment identity differs from the one recorded under its name on this root."""
 
 
+_WARNED_MIXED: set[tuple[str, str]] = set()  # (record URI, configuration hash) already warned about in this process
+
+
 def check_experiment(storage, config, allow_mixed: bool = False, command: str | None = None) -> dict[str, Any]:
     """Refuse a run whose experiment differs from the one recorded under its name on this root (or record it).
 
@@ -101,7 +104,10 @@ def check_experiment(storage, config, allow_mixed: bool = False, command: str | 
                     f"refusing to mix their results ({len(changed)} field(s) differ):\n  " + "\n  ".join(changed)
                     + "\nUse a fresh storage root, another experiment name (--set name=NEW), or pass --allow-mixed-storage "
                       "to run anyway (nothing stored is changed or removed).")
-            _log.warning("experiment %r: mixing configurations on one root (--allow-mixed-storage): %s", config.name, "; ".join(changed))
+            once = (storage.uri(key), config_hash(mine))
+            if once not in _WARNED_MIXED:  # the CLI checks before Prefect starts and the flow again: say it once
+                _WARNED_MIXED.add(once)
+                _log.warning("experiment %r: mixing configurations on one root (--allow-mixed-storage): %s", config.name, "; ".join(changed))
         return record
     record = {"name": config.name, "model": config.model, "dataset": config.dataset, "identity_hash": config_hash(mine),
               "identity": mine, "created": dt.datetime.now(dt.timezone.utc).isoformat(), "command": command,

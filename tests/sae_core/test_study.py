@@ -3,6 +3,8 @@ preset inheritance (``extends``) and the study preset."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from sae_core import study
@@ -25,7 +27,7 @@ def test_identity_leaves_out_what_a_study_grows_and_keeps_what_defines_it():
         "activations.n_tokens: 120000 (stored) -> 5000 (this run)"]
 
 
-def test_a_second_configuration_under_one_name_is_refused_naming_the_difference(tmp_path):
+def test_a_second_configuration_under_one_name_is_refused_naming_the_difference(tmp_path, caplog):
     storage = Storage(f"file://{tmp_path}")
     first = _config()
     record = study.check_experiment(storage, first, command="python -m flows.full")
@@ -41,7 +43,10 @@ def test_a_second_configuration_under_one_name_is_refused_naming_the_difference(
     assert "toy_world.vocab_size: 1024 (stored) -> 512 (this run)" in message
     assert "quality.n_tokens: 20000 (stored) -> 1000 (this run)" in message
     assert "--allow-mixed-storage" in message
-    study.check_experiment(storage, other, allow_mixed=True)  # explicit: runs, the first record stays
+    with caplog.at_level(logging.WARNING, logger=study.__name__):
+        study.check_experiment(storage, other, allow_mixed=True)  # explicit: runs, the first record stays
+        study.check_experiment(storage, other, allow_mixed=True)  # the flow checks again after the CLI: warned once
+    assert sum("mixing configurations" in r.getMessage() for r in caplog.records) == 1
     assert storage.get_bytes(key) == before
     # Another experiment name on the same root is another experiment (one root, several presets).
     study.check_experiment(storage, _config(name="toy-other", toy_world={"vocab_size": 512}))
