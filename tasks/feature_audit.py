@@ -23,9 +23,11 @@ from sae_core.datasets import token_batch
 from sae_core.hashing import config_hash
 from sae_core.metrics.rows import metric_rows
 from sae_core.model_ref import compression_label, compression_of, model_identity, model_key
+from sae_core.progress import Progress
 from sae_core.storage import Storage
 from tasks.common import (ARTIFACT_TASK_OPTIONS, activation_batches, code_fingerprint, compute_lock, flow_run_id, load_model_ref,
                           load_stored_sae, ml_stack)
+from tasks.progress import report_progress
 
 FAMILY = "feature_fidelity"
 # (summary key, metric name, higher is better); None: neither direction is "better".
@@ -92,10 +94,12 @@ def _audit_and_store(storage, original, dense, compressed, audit, dataset, exper
     with compute_lock():
         if storage.exists(rows_key):  # the same audit, submitted twice, finished while this one waited
             return
-        result = audit_feature_fidelity(dense_model.hooked(processing), compressed_model.hooked(processing), sae, tokens,
-                                        original["hook"], exclude_ids=special_token_ids(dense_model.tokenizer),
-                                        batch_sequences=audit["batch_sequences"], n_subsets=audit["subsets"], card_top_k=CARD_TOP_K,
-                                        perplexity_tokens=audit.get("perplexity_tokens"))
+        # two forward passes per window batch: minutes on the real model, so it shows a bar (console and UI)
+        with report_progress(), Progress(len(tokens), f"feature audit {original['hook']}", unit="win") as bar:
+            result = audit_feature_fidelity(dense_model.hooked(processing), compressed_model.hooked(processing), sae, tokens,
+                                            original["hook"], exclude_ids=special_token_ids(dense_model.tokenizer),
+                                            batch_sequences=audit["batch_sequences"], n_subsets=audit["subsets"], card_top_k=CARD_TOP_K,
+                                            perplexity_tokens=audit.get("perplexity_tokens"), on_batch=bar.update)
     auc = survival_auc(result.table)
     storage.put_parquet(topk_key(key), result.cards.topk_table())
     storage.put_parquet(histogram_key(key), result.cards.histogram_table())
