@@ -20,9 +20,11 @@ This module keeps SAEBench's code doing all the computing and changes only the b
   at a time (``tasks.common.compute_lock``), so swapping module attributes is safe (as
   :func:`~sae_core.metrics.base.reseeded_calls`).
 * :class:`LlmCache` -- one entry folder per key, ``<root>/<family>/<hash of key>/entry/`` with
-  ``manifest.json`` (the full key; every file's size, SHA-256 and format). A cold run hands SAEBench a
-  private staging folder and, when the family succeeds, writes the manifest last and renames the
-  folder into place (all or nothing); a crash leaves only a staging folder, removed by the next run.
+  ``manifest.json`` (the full key; every file's size, SHA-256 and format). A cold run lets SAEBench
+  write into the entry folder (the same path SAEBench records in its output, cold or warm) and, when
+  the family succeeds, commits it by writing the manifest last (temporary file + rename: all or
+  nothing); a folder without a manifest (a run that crashed) is deleted by the next run. Single files
+  are written the same way (temporary file + rename).
   A warm run checks every file's size and SHA-256 *before* SAEBench reads any of it; an entry with a
   missing, truncated or altered file (or another key) is deleted and recomputed, never trusted.
   Across processes an exclusive ``flock`` on ``<hash>/.lock`` serialises users of one entry.
@@ -41,9 +43,7 @@ import importlib
 import json
 import logging
 import os
-import shutil
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,13 @@ MODULES: dict[str, Any] = {
     "sae_bench.evals.absorption.probing.LinearProbe":
         lambda m: {"input_dim": m.fc.in_features, "num_outputs": m.fc.out_features},
 }
+
+
+#: What an entry may hold: this module's safetensors, JSON (RAVEL's prompt sets, manifests), and what
+#: absorption's SAEBench code writes and reads itself -- ``data.npz`` (read by ``np.load``, whose default
+#: ``allow_pickle=False`` refuses object arrays), ``*_df.csv`` (pandas) and ``*.dat`` (raw float32
+#: memmaps, not read back once the probe exists). A cold run that leaves any other file commits nothing.
+SAFE_FORMATS = ("safetensors", "json", "npz", "csv", "dat")
 
 
 class NotSafeCacheFile(ValueError):
@@ -127,11 +134,28 @@ def file_format(path: Path) -> str:
                     return "safetensors"
                 except ValueError:
                     pass
+    suffix = Path(path).suffix.lstrip(".") or "bytes"
     try:
-        json.loads(Path(path).read_text())
-        return "json"
-    except (ValueError, UnicodeDecodeError):
-        return Path(path).suffix.lstrip(".") or "bytes"
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        try:
+            json.loads(text)
+            return "json"
+        except ValueError:
+            return "csv" if suffix == "csv" else suffix
+    if suffix == "npz":  # numeric arrays only: np.load without allow_pickle refuses object arrays
+        import numpy as np
+
+        try:
+            with np.load(path) as archive:
+                for name in archive.files:
+                    archive[name]
+            return "npz"
+        except Exception:  # noqa: BLE001 - anything numpy cannot read safely is not an npz we keep
+            return "npz-unsafe"
+    return suffix if suffix in ("dat",) else f"{suffix}-binary"
 
 
 def _encode(obj: Any, tensors: dict[str, Any], storages: set[int]) -> Any:
@@ -375,7 +399,8 @@ class LlmCache:
     LLM-side files for ``key``: the checked entry (warm) or a staging folder committed on success
     (cold); inside the block ``modules`` (SAEBench module names) save and load safely
     (:func:`safe_serialisation`). ``status`` afterwards: "warm", "cold" (no entry), "recomputed"
-    (an entry failed its check and was deleted) or "failed" (the block raised; nothing committed)."""
+    (an entry failed its check and was deleted), "failed" (the block raised; nothing committed) or
+    "not_kept" (SAEBench wrote a file outside :data:`SAFE_FORMATS`; nothing committed)."""
 
     def __init__(self, parent: str | Path, key: dict[str, Any], modules: Iterable[str] = ()) -> None:
         self.parent, self.key, self.modules = Path(parent), key, tuple(modules)
@@ -392,10 +417,14 @@ class LlmCache:
         if not self.entry.exists():
             return None
         try:
+            if not (self.entry / MANIFEST).exists():
+                raise ValueError("no manifest (a run that stopped before committing)")
             manifest = json.loads((self.entry / MANIFEST).read_text())
             if manifest.get("format") != FORMAT or manifest.get("key") != self.key:
                 raise ValueError("manifest key or format differs")
             for name, meta in manifest["files"].items():
+                if meta["format"] not in SAFE_FORMATS:
+                    raise ValueError(f"{name}: format {meta['format']!r} is not one kept across runs")
                 path = self.entry / name
                 if path.stat().st_size != meta["bytes"]:
                     raise ValueError(f"{name}: size differs (truncated?)")
@@ -428,15 +457,13 @@ class LlmCache:
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(self._locked())
         try:
-            for stale in self.parent.glob(f".{ENTRY}.tmp-*"):  # a crashed cold run's (we hold the lock)
-                shutil.rmtree(stale, ignore_errors=True)
             self.manifest = self._check()
             if self.manifest is not None:
-                self.status, folder = "warm", self.entry
+                self.status = "warm"
             else:
                 self.status = "recomputed" if self.problem else "cold"
-                folder = Path(tempfile.mkdtemp(prefix=f".{ENTRY}.tmp-", dir=self.parent))
-            self.folder = folder
+                self.entry.mkdir()
+            self.folder = folder = self.entry
             self._stack.enter_context(safe_serialisation(self.modules))
         except BaseException:
             self._stack.close()
@@ -445,17 +472,24 @@ class LlmCache:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
-            if self.manifest is None:  # cold: commit the staging folder, or drop it
-                if exc_type is None:
-                    _write_manifest(self.folder, self.key, _describe(self.folder, _listing(self.folder)))
-                    self.folder.rename(self.entry)
+            if self.manifest is None:  # cold: commit the folder (manifest last), or drop it
+                files = _describe(self.folder, _listing(self.folder)) if exc_type is None else {}
+                unsafe = {name: meta["format"] for name, meta in files.items() if meta["format"] not in SAFE_FORMATS}
+                if unsafe:
+                    log.warning("SAEBench wrote %s into %s: not kept across runs", unsafe, self.folder)
+                    self.problem, self.status = f"unsafe files {unsafe}", "not_kept"
+                if exc_type is None and not unsafe:
+                    _write_manifest(self.folder, self.key, files)  # the commit
                 else:
-                    shutil.rmtree(self.folder, ignore_errors=True)
-                    self.status = "failed"
+                    from sae_core.metrics.shared_work import discard
+
+                    discard(self.folder)
+                    self.status = "failed" if exc_type is not None else self.status
             else:  # warm: SAEBench may have added files (unexpected); keep them only if the run succeeded
                 new = sorted(set(_listing(self.folder)) - set(self.manifest["files"]))
-                if new and exc_type is None:
-                    _write_manifest(self.folder, self.key, {**self.manifest["files"], **_describe(self.folder, new)})
+                added = _describe(self.folder, new) if new and exc_type is None else {}
+                if added and all(meta["format"] in SAFE_FORMATS for meta in added.values()):
+                    _write_manifest(self.folder, self.key, {**self.manifest["files"], **added})
                 elif new:
                     for name in new:
                         (self.folder / name).unlink(missing_ok=True)

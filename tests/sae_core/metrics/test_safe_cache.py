@@ -134,7 +134,7 @@ def test_nothing_in_the_cache_is_a_pickle(two_runs):
         loaded = safe_cache.loads(probes[0].read_bytes())
         probe = next(iter(loaded["llm_probes"].values()))
         assert type(probe).__name__ == "Probe" and probe.net.weight.requires_grad
-    assert not list((root / "llm" / name).glob(".entry.tmp-*"))  # no staging folder left behind
+    assert (entries[0] / safe_cache.MANIFEST).exists()  # committed
 
 
 def test_changed_weights_get_a_new_entry(two_runs, hooked, sae, toy_model, tmp_path):
@@ -193,3 +193,62 @@ def test_what_cannot_be_made_safe_is_refused_and_pickles_are_never_read(tmp_path
         safe_cache.SafeTorch(torch).load(path)
     with pytest.raises(safe_cache.NotSafeCacheFile):
         safe_cache.loads(pickle.dumps({"x": 1}))
+
+
+# --------------------------------------------------------------------------- absorption and RAVEL
+from tests.sae_core.metrics.test_families import facts_world, lm, sampled_sae, spelling_lm  # noqa: E402,F401 (fixtures)
+
+
+def test_absorption_and_ravel_reuse_their_llm_side_across_runs(spelling_lm, lm, tmp_path):
+    """Absorption's first-letter probe (once ``torch.save`` of the module, read with ``weights_only=False``)
+    and RAVEL's filtered prompt set: a second run reads them from the safe cache, with the same output."""
+    from sae_core.metrics.registry import get_metric
+
+    spelling = spelling_lm.hooked()
+    facts = lm.hooked()
+    cases = [("absorption", spelling_lm, spelling, sampled_sae(spelling, d_sae=256, seed=1),
+              dict(settings=get_metric("absorption").toy_defaults, profile="hub")),
+             ("ravel", lm, facts, sampled_sae(facts), dict(profile="toy"))]
+    for name, loaded, model, sae_, kwargs in cases:
+        outputs, statuses = [], []
+        for i, patched in enumerate((False, True)):
+            with pytest.MonkeyPatch.context() as patch:
+                if patched:
+                    for target, attr in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
+                        patch.setattr(target, attr, lambda *a, **k: (_ for _ in ()).throw(AssertionError("unpickled")))
+                result = run_metric(name, sae_, model, loaded.hf_model, loaded.tokenizer, artifacts_dir=tmp_path / f"{name}{i}",
+                                    llm_cache_dir=tmp_path / "llm", **kwargs)
+            assert result.status == "ok", result.reason
+            outputs.append(comparable(result))
+            statuses.append(get_metric(name).last_llm_cache.status)
+        assert statuses == ["cold", "warm"] and outputs[0] == outputs[1], name
+        (entry,) = (tmp_path / "llm" / name).glob(f"*/{safe_cache.ENTRY}")
+        formats = {p.name: safe_cache.file_format(p) for p in entry.rglob("*") if p.is_file()}
+        assert set(formats.values()) <= set(safe_cache.SAFE_FORMATS), formats
+        if name == "absorption":
+            assert formats["probe.pth"] == "safetensors"
+
+
+def test_an_entry_is_committed_only_whole_and_only_in_safe_formats(tmp_path):
+    key = {"k": 1}
+    with pytest.raises(RuntimeError), safe_cache.LlmCache(tmp_path, key) as folder:
+        safe_cache.SafeTorch(torch).save({"x": torch.ones(2)}, folder / "a.pt")
+        raise RuntimeError("SAEBench failed half-way")
+    assert not (tmp_path / safe_cache.ENTRY).exists()  # nothing half-written is kept
+    (tmp_path / safe_cache.ENTRY).mkdir()
+    (tmp_path / safe_cache.ENTRY / "a.pt").write_bytes(b"half")  # a crashed process's folder: no manifest
+    cache = safe_cache.LlmCache(tmp_path, key)
+    with cache as folder:
+        assert not (folder / "a.pt").exists()
+        safe_cache.SafeTorch(torch).save({"x": torch.ones(2)}, folder / "a.pt")
+    assert cache.status == "recomputed" and "no manifest" in cache.problem
+    with safe_cache.LlmCache(tmp_path, key) as folder:
+        assert torch.equal(safe_cache.SafeTorch(torch).load(folder / "a.pt")["x"], torch.ones(2))
+    other = safe_cache.LlmCache(tmp_path / "other", key)
+    with other as folder:
+        torch.save({"x": 1}, folder / "b.pt")  # a real pickle (a SAEBench path not made safe)
+    assert other.status == "not_kept" and not (tmp_path / "other" / safe_cache.ENTRY).exists()
+    changed = safe_cache.LlmCache(tmp_path, {"k": 2})  # same folder, another key: not trusted
+    with changed:
+        pass
+    assert changed.status == "recomputed" and "key" in changed.problem
