@@ -32,8 +32,11 @@ here is plumbing:
 * :func:`model_fingerprint` / :func:`cache_dir` -- SAEBench caches LLM-side artefacts (activations,
   LLM probes, RAVEL's model-filtered prompt set) by file names that contain only the dataset or the
   model *name*. A pruned model has the same name as its dense parent, so the adapters put those
-  caches in ``artifacts_dir/<metric>/<hash of weights + settings + hook>/``: SAE variants evaluated
-  on the same model share the cache, a different (e.g. pruned) model never reads a stale one.
+  caches in folders keyed on a hash of the weights + settings + hook: SAE variants evaluated on the
+  same model share the cache, a different (e.g. pruned) model never reads a stale one. Sparse
+  probing, SCR/TPP, absorption and RAVEL use :meth:`~MetricFamily.llm_cache`
+  (:mod:`sae_core.metrics.safe_cache`: safetensors / JSON only, checked, kept across runs under
+  ``llm_cache_dir``); the other families' caches stay under the run's ``artifacts_dir``.
 * :func:`sae_bench_context` -- SAEBench reseeds ``random``/``torch`` and flips
   ``torch.set_grad_enabled`` globally; adapters restore all of that on exit. It also switches off
   jaxtyping's *runtime shape checks* while SAEBench runs: SAEBench 0.6.0 annotates
