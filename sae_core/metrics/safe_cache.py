@@ -233,11 +233,19 @@ def _decode(node: dict[str, Any], tensors: dict[str, Any], device: str | None) -
         items = [_decode(v, tensors, device) for v in node[kind]]
         return items if kind == "list" else tuple(items)
     if kind == "np":
-        return np.dtype(node["np"]).type(node["value"])
+        dtype = np.dtype(node["np"])
+        if dtype.kind not in "biuf":
+            raise NotSafeCacheFile(f"numpy scalar of dtype {dtype} is not stored here")
+        return dtype.type(node["value"])
     if kind == "ndarray":
         return tensors[node["ndarray"]["tensor"]].numpy()
     if kind == "dtype":
-        return getattr(torch, node["dtype"])
+        dtype = getattr(torch, node["dtype"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise NotSafeCacheFile(f"{node['dtype']!r} is not a torch dtype")
+        return dtype
+    if node["module"] not in MODULES:  # never import or call anything a file names, beyond the known probes
+        raise NotSafeCacheFile(f"module class {node['module']!r} is not one the cache rebuilds")
     module = _build_module(node["module"], _decode(node["kwargs"], tensors, None))
     state = {k: tensors[t["tensor"]].to(device or t["device"]) for k, t in node["state"].items()}
     module.load_state_dict(state, assign=True)

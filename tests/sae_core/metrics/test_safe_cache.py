@@ -252,3 +252,18 @@ def test_an_entry_is_committed_only_whole_and_only_in_safe_formats(tmp_path):
     with changed:
         pass
     assert changed.status == "recomputed" and "key" in changed.problem
+
+
+def test_a_file_naming_another_class_is_refused_not_imported():
+    """The structure in a file says which class to rebuild: only the known probe classes are ever built."""
+    import json as _json
+
+    from safetensors.torch import save
+
+    tree = {"module": "subprocess.Popen", "kwargs": {"dict": [[{"py": "args"}, {"py": ["true"]}]]}, "state": {},
+            "training": {}}
+    data = save({"t0": torch.ones(1)}, metadata={"sae_transfer_tree": _json.dumps(tree), "format": "1"})
+    with pytest.raises(safe_cache.NotSafeCacheFile, match="not one the cache rebuilds"):
+        safe_cache.loads(data)
+    with pytest.raises(safe_cache.NotSafeCacheFile, match="not a torch dtype"):
+        safe_cache.loads(save({}, metadata={"sae_transfer_tree": _json.dumps({"dtype": "load"}), "format": "1"}))
