@@ -38,6 +38,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
 
     from sae_core.metrics import run_metric
     from sae_core.metrics.registry import METRIC_NAMES, get_metric, settings_for

@@ -91,7 +91,7 @@ def comparable(result):
     return {k: v for k, v in result.raw.items() if k not in VOLATILE}, result.headline
 
 
-@pytest.fixture(scope="module", params=["tpp", "sparse_probing"])
+@pytest.fixture(scope="module", params=["tpp", "scr", "sparse_probing"])
 def two_runs(request, sae, hooked, toy_model, tmp_path_factory):
     """The family in a first run (cold cache), then in a second "run" (fresh run folder, so freshly built
     stand-in datasets; the same LLM cache) with every unpickling entry point raising."""
@@ -129,7 +129,7 @@ def test_nothing_in_the_cache_is_a_pickle(two_runs):
     for path in files:
         head = path.read_bytes()[:2]
         assert head[:1] != b"\x80" and head != b"PK", path  # no pickle protocol header, no torch zip archive
-    if name == "tpp":  # the LLM probes, once pickle.dump'ed: state_dict tensors + constructor arguments
+    if name in ("tpp", "scr"):  # the LLM probes, once pickle.dump'ed: state_dict tensors + constructor arguments
         probes = [p for p in files if p.name.endswith("_probes.pkl")]
         loaded = safe_cache.loads(probes[0].read_bytes())
         probe = next(iter(loaded["llm_probes"].values()))
