@@ -15,6 +15,7 @@ How a wrong variant would be caught:
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 import torch
 
 from sae_core.metrics import run_metric, safe_cache
+from sae_core.metrics.base import model_fingerprint
 from sae_core.metrics.registry import get_metric
 
 HOOK = "blocks.1.hook_resid_post"
@@ -150,8 +152,7 @@ def test_changed_weights_get_a_new_entry(two_runs, hooked, sae, toy_model, tmp_p
 def test_a_truncated_cache_file_is_recomputed(two_runs, hooked, sae, toy_model, tmp_path):
     name, root, (r1, *_), _ = two_runs
     (entry,) = [e for e in (root / "llm" / name).glob(f"*/{safe_cache.ENTRY}")
-                if safe_cache.json.loads((e / safe_cache.MANIFEST).read_text())["key"]["model_fingerprint"]
-                == __import__("sae_core.metrics.base", fromlist=["x"]).model_fingerprint(hooked)]
+                if json.loads((e / safe_cache.MANIFEST).read_text())["key"]["model_fingerprint"] == model_fingerprint(hooked)]
     victim = next(p for p in entry.rglob("*.pt"))
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     result, counted, cache, _ = run(name, sae, hooked, toy_model, tmp_path / "run4", root / "llm")
@@ -256,14 +257,12 @@ def test_an_entry_is_committed_only_whole_and_only_in_safe_formats(tmp_path):
 
 def test_a_file_naming_another_class_is_refused_not_imported():
     """The structure in a file says which class to rebuild: only the known probe classes are ever built."""
-    import json as _json
-
     from safetensors.torch import save
 
     tree = {"module": "subprocess.Popen", "kwargs": {"dict": [[{"py": "args"}, {"py": ["true"]}]]}, "state": {},
             "training": {}}
-    data = save({"t0": torch.ones(1)}, metadata={"sae_transfer_tree": _json.dumps(tree), "format": "1"})
+    data = save({"t0": torch.ones(1)}, metadata={"sae_transfer_tree": json.dumps(tree), "format": "1"})
     with pytest.raises(safe_cache.NotSafeCacheFile, match="not one the cache rebuilds"):
         safe_cache.loads(data)
     with pytest.raises(safe_cache.NotSafeCacheFile, match="not a torch dtype"):
-        safe_cache.loads(save({}, metadata={"sae_transfer_tree": _json.dumps({"dtype": "load"}), "format": "1"}))
+        safe_cache.loads(save({}, metadata={"sae_transfer_tree": json.dumps({"dtype": "load"}), "format": "1"}))
