@@ -53,7 +53,8 @@ def run_settings(storage_url: str, runner: str):
     try:
         with task_runner(runner) as started, context.model_copy(update={"task_runner": started, "result_store": store}):
             yield
-    finally:  # SAEBench's caches are this run's alone (see tasks.metrics.sae_bench_run_cache)
+    finally:  # SAEBench's per-run caches are this run's alone (tasks.metrics.sae_bench_run_cache);
+        # its safe LLM-side caches outlive the run (tasks.metrics.sae_bench_llm_cache)
         discard_sae_bench_run_cache(storage_url, str(context.flow_run.id))
 
 

@@ -47,18 +47,33 @@ def _cache_root() -> Path:
 
 
 def sae_bench_run_cache(storage_url: str, run_id: str | None = None) -> Path:
-    """Where SAEBench keeps its own caches during one flow run: LLM activations, LLM probes (pickles),
-    RAVEL prompt sets, the toy stand-in datasets.
+    """Where SAEBench keeps the caches of one flow run that are not kept safe across runs: the toy
+    stand-in datasets, core's shared work, sae-probes' and autointerp's activations (``torch.save``).
 
     Keyed by storage root *and* flow run, and deleted when the run ends (``discard_sae_bench_run_cache``):
     SAE variants of one run on the same compressed model share it, but no run ever reads (unpickles) a file
-    another run wrote, and a run against new storage starts cold. Finished metric rows are reused across
-    runs through storage and Prefect's cache instead, which never unpickle anything.
+    another run wrote. The LLM-side caches that are written in safe formats live beside it in
+    :func:`sae_bench_llm_cache` and outlive the run. Finished metric rows are reused across runs through
+    storage and Prefect's cache, which never unpickle anything.
     """
     run_id = run_id or flow_run_id()
     if run_id == "local":  # outside a flow run: private to this process
         run_id = f"local-{os.getpid()}"
     return _cache_root() / "sae_bench" / config_hash(Storage(storage_url).url, length=10) / run_id
+
+
+def sae_bench_llm_cache(storage_url: str) -> Path:
+    """Where the SAE-independent LLM-side caches of sparse probing, SCR/TPP, absorption and RAVEL live
+    across runs on one storage root (:mod:`sae_core.metrics.safe_cache`: safetensors + JSON only, every
+    file checked by size and SHA-256 before it is read, keyed by model weights, tokenizer, settings, hook,
+    datasets and library versions), so a new or resumed run on the same compressed model skips their
+    LLM forwards and LLM probe training.
+
+    Local, not under the storage root: SAEBench reads and writes these files by local path, and storage
+    may be s3. Keyed by the storage URL (one cache per study, removed with ``rm -rf``; an s3 study keeps one
+    such cache per machine that runs its metrics); the entry keys make sharing between runs safe.
+    """
+    return _cache_root() / "sae_bench" / config_hash(Storage(storage_url).url, length=10) / "llm-cache"
 
 
 def discard_sae_bench_run_cache(storage_url: str, run_id: str | None = None) -> None:
@@ -88,6 +103,7 @@ def evaluate_metric(metric: str, variant: dict, settings: dict, profile: str, ex
             result = registry.run_metric(
                 metric, sae=sae, hooked_model=hooked, hf_model=model.hf_model, tokenizer=model.tokenizer,
                 settings=settings, profile=profile, artifacts_dir=sae_bench_run_cache(storage.url) / metric, scratch_dir=Path(scratch),
+                llm_cache_dir=sae_bench_llm_cache(storage.url),
                 device=device, seed=seed,
             )
             whole.update(1)

@@ -27,7 +27,9 @@ profile, ``run``) and one entry in ``registry.FAMILIES`` (plus its "real" sizes 
 ``registry.REAL_OVERRIDES``, if any). ``run(inputs, config)`` holds only the family's own SAEBench
 calls and its headline numbers; the plumbing is the base class's: ``self.llm_dtype``,
 ``self.llm_batch_size``, ``with self.saebench(inputs, dtype, seed=...) as sae`` (global state kept,
-the prepared SAE copy), ``self.model_cache_dir``, ``self.eval_output_raw`` and ``self.result`` /
+the prepared SAE copy), ``self.model_cache_dir`` / ``with self.llm_cache(...) as folder`` (SAEBench's
+LLM-side caches, kept across runs in safe formats: :mod:`~sae_core.metrics.safe_cache`),
+``self.eval_output_raw`` and ``self.result`` /
 ``self.skipped``; :func:`~sae_core.metrics.registry.run_metric` builds the inputs, resolves the
 profile's settings and datasets and times the run, and :func:`~sae_core.metrics.rows.metric_rows`
 turns the result into the metrics table's rows.

@@ -14,8 +14,9 @@ Differences from ``run_eval`` (all about where files go, none about numbers):
 
 * probe and experiment folders are passed explicitly (SAEBench's defaults are inside the installed
   package and cache the first-letter probe by ``model.cfg.model_name``, which a pruned model
-  shares with its parent): the LLM probe goes to
-  ``artifacts_dir/absorption/<hash of model weights + template + seed>/probes``, per-SAE results to
+  shares with its parent): the LLM probe goes to ``<llm cache>/absorption/<hash of model weights +
+  template + seed + words + versions>/entry/probes`` (:mod:`sae_core.metrics.safe_cache`: the probe
+  module as safetensors, never ``torch.load(weights_only=False)``; kept across runs), per-SAE results to
   a temporary folder that is removed afterwards (``force=True``, as SAE-specific caches keyed by
   SAE name would be stale);
 * ``random`` / ``torch`` are seeded with ``random_seed`` first (``run_eval`` doesn't seed the
@@ -282,16 +283,19 @@ class Absorption(MetricFamily):
         # as SAEBench's run_eval: grad on, random / torch seeded
         with self.saebench(inputs, llm_dtype, seed=config.random_seed, grad=True, reseed=True) as sae:
             layer = sae.cfg.hook_layer
-            llm_folder = self.model_cache_dir(
+            # the first-letter probe (torch.save of the module, once): safetensors, kept across runs (safe_cache)
+            llm_cache = self.llm_cache(
                 inputs, layer, config.prompt_template, config.prompt_token_pos, config.random_seed, llm_dtype, words,
+                modules=("sae_bench.evals.absorption.probing", "sae_bench.evals.absorption.common"),
             )
-            probes_dir = llm_folder / "probes"
             sae_name = "custom_sae"
             # reseeded_calls: the same draws whether the LLM probe was cached or not
-            with tempfile.TemporaryDirectory(dir=inputs.scratch_dir or llm_folder, prefix="absorption-run-") as run_dir, \
+            with llm_cache as llm_folder, \
+                    tempfile.TemporaryDirectory(dir=inputs.scratch_dir, prefix="absorption-run-") as run_dir, \
                     _forward_stops_after(hooked_model, layer), \
                     reseeded_calls(config.random_seed, (k_sparse_probing, "train_k_sparse_probes")), \
                     self._shared_calls(inputs, config, llm_dtype, layer, words) as hooked_model:
+                probes_dir = llm_folder / "probes"
                 k_sparse_dir = Path(run_dir) / "k_sparse_probing"
                 try:
                     k_sparse = run_k_sparse_probing_experiment(

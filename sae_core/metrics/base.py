@@ -32,8 +32,11 @@ here is plumbing:
 * :func:`model_fingerprint` / :func:`cache_dir` -- SAEBench caches LLM-side artefacts (activations,
   LLM probes, RAVEL's model-filtered prompt set) by file names that contain only the dataset or the
   model *name*. A pruned model has the same name as its dense parent, so the adapters put those
-  caches in ``artifacts_dir/<metric>/<hash of weights + settings + hook>/``: SAE variants evaluated
-  on the same model share the cache, a different (e.g. pruned) model never reads a stale one.
+  caches in folders keyed on a hash of the weights + settings + hook: SAE variants evaluated on the
+  same model share the cache, a different (e.g. pruned) model never reads a stale one. Sparse
+  probing, SCR/TPP, absorption and RAVEL use :meth:`~MetricFamily.llm_cache`
+  (:mod:`sae_core.metrics.safe_cache`: safetensors / JSON only, checked, kept across runs under
+  ``llm_cache_dir``); the other families' caches stay under the run's ``artifacts_dir``.
 * :func:`sae_bench_context` -- SAEBench reseeds ``random``/``torch`` and flips
   ``torch.set_grad_enabled`` globally; adapters restore all of that on exit. It also switches off
   jaxtyping's *runtime shape checks* while SAEBench runs: SAEBench 0.6.0 annotates
@@ -129,7 +132,9 @@ class MetricInputs:
     ``hooked_model``; it is copied, never modified. ``hooked_model``: ``HookedTransformer``;
     ``hf_model``: ``transformers.PreTrainedModel`` with the same weights; ``tokenizer``: the HF
     tokenizer (families read what ``model_kind`` says; models must already be on ``device``).
-    ``artifacts_dir``: where SAEBench may cache LLM-side artefacts; ``scratch_dir``: throw-away outputs.
+    ``artifacts_dir``: where SAEBench may cache LLM-side artefacts for this run; ``llm_cache_dir``: where
+    the safe LLM-side caches (:mod:`sae_core.metrics.safe_cache`) persist across runs (None: under
+    ``artifacts_dir``); ``scratch_dir``: throw-away outputs.
     """
 
     sae: Any
@@ -139,6 +144,7 @@ class MetricInputs:
     artifacts_dir: str | Path = "artifacts"
     device: str = "cpu"
     scratch_dir: str | Path | None = None
+    llm_cache_dir: str | Path | None = None
 
     @property
     def model_name(self) -> str:
@@ -185,6 +191,8 @@ class MetricFamily(abc.ABC):
     hub_defaults: ClassVar[MetricSettings]
     model_kind: ClassVar[str] = "hooked"
     needs_pad_token: ClassVar[bool] = False
+    #: the last :meth:`llm_cache` opened (tests and benchmarks read its ``status``)
+    last_llm_cache: Any = None
 
     def __init__(self, real_overrides: Mapping[str, Any] | None = None, reliability: Reliability | None = None) -> None:
         self.real_overrides: dict[str, Any] | None = dict(real_overrides) if real_overrides else None
@@ -295,6 +303,23 @@ class MetricFamily(abc.ABC):
         """:meth:`cache_dir` keyed first on :func:`model_fingerprint` of :meth:`model` (a pruned model
         shares its parent's name, never its caches)."""
         return self.cache_dir(inputs, model_fingerprint(self.model(inputs)), *key_parts)
+
+    def llm_cache(self, inputs: MetricInputs, *key_parts: Any, modules: tuple[str, ...] = (),
+                  datasets: tuple[str, ...] = ()) -> Any:
+        """The :class:`~sae_core.metrics.safe_cache.LlmCache` of this family for :meth:`model` and
+        ``key_parts`` (plus the tokenizer, device, the served ``datasets``' content and the library
+        versions), under ``inputs.llm_cache_dir`` (else ``artifacts_dir``)``/<name>/<hash>/``: ``with`` it
+        to get the folder to hand SAEBench, with ``modules``' pickle / torch.save made safe. The last
+        one opened is ``self.last_llm_cache`` (its ``status``: "warm", "cold", "recomputed")."""
+        from sae_core.metrics import safe_cache
+
+        model = self.model(inputs)
+        tokenizer = getattr(model, "tokenizer", None) or inputs.tokenizer
+        key = safe_cache.llm_cache_key(family=self.name, model_fingerprint=model_fingerprint(model), tokenizer=tokenizer,
+                                       device=inputs.device, parts=[_key(p) for p in key_parts], datasets=datasets)
+        root = Path(inputs.llm_cache_dir if inputs.llm_cache_dir is not None else inputs.artifacts_dir)
+        self.last_llm_cache = safe_cache.LlmCache(root / self.name / safe_cache.key_hash(key), key, modules)
+        return self.last_llm_cache
 
     @staticmethod
     def eval_output_raw(output_cls: type, sae: Any, **fields: Any) -> dict[str, Any]:

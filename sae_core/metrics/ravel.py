@@ -33,7 +33,8 @@ Data: RAVEL's prompt/attribute json files (``adamkarvonen/ravel_prompts`` on the
 ``snapshot_download`` into ``<artifact_dir>/base``), served offline by
 :func:`~sae_core.datasets.mirror.dataset_overrides`. SAEBench then generates the model's
 completions, keeps only prompts the model answers correctly, and caches that model-specific
-prompt set in ``artifacts_dir/ravel/<hash of HF weights + settings + hook>/``.
+prompt set (JSON) in ``<llm cache>/ravel/<hash of HF weights + tokenizer + settings + hook + prompt
+files + versions>/entry/`` (:mod:`sae_core.metrics.safe_cache`: checked, kept across runs).
 """
 
 from __future__ import annotations
@@ -277,6 +278,8 @@ class Ravel(MetricFamily):
         from sae_bench.evals.ravel.eval_config import RAVELEvalConfig
         from sae_bench.evals.ravel.eval_output import RAVELEvalOutput, RAVELMetricCategories, RAVELMetricResults
 
+        from sae_core.datasets.standins.common import RAVEL_PROMPTS
+
         hooked_model, hf_model, tokenizer, device = inputs.hooked_model, inputs.hf_model, inputs.tokenizer, inputs.device
         llm_dtype = self.llm_dtype(inputs, config)
         batch_size = config.llm_batch_size or max(1, self.llm_batch_size(inputs, None) // 4)  # SAEBench: default // 4
@@ -291,10 +294,12 @@ class Ravel(MetricFamily):
         # each attribute's MDBM training draws from the seed whether the prompt set was built or read from the cache
         with self.saebench(inputs, llm_dtype, seed=config.random_seed) as sae, \
                 reseeded_calls(config.random_seed, (ravel_main, "run_eval_single_cause_attribute")), \
-                ravel_model_compat(hf_model, tokenizer, center=view == "centered"):
+                ravel_model_compat(hf_model, tokenizer, center=view == "centered"), contextlib.ExitStack() as stack:
             sae.requires_grad_(False)
-            folder = self.model_cache_dir(inputs, sae.cfg.hook_name,
-                                          config.model_dump(exclude={"learning_rate", "num_epochs", "train_mdas"}))
+            # the prompt files and the model-filtered prompt set (JSON): one checked entry kept across runs (safe_cache)
+            folder = stack.enter_context(self.llm_cache(
+                inputs, sae.cfg.hook_name, config.model_dump(exclude={"learning_rate", "num_epochs", "train_mdas"}),
+                llm_dtype, batch_size, datasets=(RAVEL_PROMPTS,)))
             eval_config = RAVELEvalConfig(
                 entity_attribute_selection={k: list(v) for k, v in config.entity_attribute_selection.items()},
                 top_n_entities=config.top_n_entities,

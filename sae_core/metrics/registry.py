@@ -203,6 +203,7 @@ def run_metric(
     scratch_dir: str | Path | None = None,
     seed: int = 0,
     dataset_paths: dict[str, str | Path] | None = None,
+    llm_cache_dir: str | Path | None = None,
 ) -> MetricResult:
     """Run metric ``name`` on ``sae`` and the given model objects.
 
@@ -214,7 +215,9 @@ def run_metric(
     :func:`~sae_core.datasets.mirror.dataset_overrides`. ``dataset_paths`` (hub id ->
     local folder) adds or replaces stand-ins under either profile.
     ``artifacts_dir``: SAEBench caches (LLM activations, probes, RAVEL prompt sets), keyed by model
-    weights so base and pruned models never share them. ``scratch_dir``: throw-away outputs
+    weights so base and pruned models never share them. ``llm_cache_dir``: where the SAE-independent
+    LLM-side caches of sparse probing, SCR/TPP, absorption and RAVEL persist, in safe formats only
+    (:mod:`sae_core.metrics.safe_cache`; None: under ``artifacts_dir``). ``scratch_dir``: throw-away outputs
     (default: a temporary folder). ``device``: where the models already are.
     """
     from sae_core.datasets.mirror import dataset_overrides
@@ -234,5 +237,6 @@ def run_metric(
             scratch_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"sae-bench-{name}-"))
         stack.enter_context(dataset_overrides(overrides))
         inputs = MetricInputs(sae=sae, hooked_model=hooked_model, hf_model=hf_model, tokenizer=tokenizer,
-                              artifacts_dir=artifacts_dir, device=device, scratch_dir=scratch_dir)
+                              artifacts_dir=artifacts_dir, device=device, scratch_dir=scratch_dir,
+                              llm_cache_dir=llm_cache_dir)
         return family.evaluate(inputs, config)

@@ -3,8 +3,9 @@ model, via ``sae_bench.evals.scr_and_tpp.main.run_eval_single_sae`` (takes the S
 ``HookedTransformer``); ``perform_scr`` selects the metric, as in SAEBench.
 
 ``ScrEvalOutput`` / ``TppEvalOutput`` are assembled as SAEBench's ``run_eval`` does and become
-``MetricResult.raw``. LLM activations and LLM probes are cached by SAEBench under
-``artifacts_dir/<scr|tpp>/<hash of model weights, settings, hook>/``.
+``MetricResult.raw``. LLM activations and LLM probes are cached by SAEBench, written as safetensors
+(:mod:`sae_core.metrics.safe_cache`, never pickled) under ``<llm cache>/<scr|tpp>/<hash of model
+weights, tokenizer, settings, hook, datasets, versions>/entry/`` and reused across runs.
 
 Data: ``LabHC/bias_in_bios`` (``..._class_set1``; SAEBench only defines SCR/TPP column-2 values
 for class_set1 and amazon reviews). Offline it is served by
@@ -131,16 +132,18 @@ class ScrTpp(MetricFamily):
         )
         # the SAE-side draws start from the seed whether the LLM side was computed or read from SAEBench's cache;
         # the ablation loop encodes each cached test batch once, not once per (class x threshold): encode_memo
+        # the LLM activations and probes: safetensors in a cache kept across runs (safe_cache)
         with self.saebench(inputs, llm_dtype, seed=config.random_seed, context_size=config.context_length) as sae, \
                 reseeded_calls(config.random_seed, (st_main, "get_all_node_effects_for_one_sae")), \
                 memoised_feature_ablations(st_main) as memos:
             too_many = [n for n in config.n_values if n > sae.cfg.d_sae]
             if too_many:
                 raise ValueError(f"{metric}: n_values {too_many} exceed the SAE width d_sae={sae.cfg.d_sae}")
-            folder = self.model_cache_dir(inputs, sae.cfg.hook_name, config)
-            results, per_dataset_class = st_main.run_eval_single_sae(
-                eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
-            )
+            with self.llm_cache(inputs, sae.cfg.hook_name, config, llm_dtype, eval_config.llm_batch_size,
+                                modules=(st_main.__name__,), datasets=tuple(config.dataset_names)) as folder:
+                results, per_dataset_class = st_main.run_eval_single_sae(
+                    eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
+                )
             self.last_encode_memo = {name: sum(getattr(m, name) for m in memos)
                                      for name in ("encode_hits", "encode_misses", "decode_hits", "bytes")}
             scalars = {k: v for k, v in results.items() if not isinstance(v, dict)}

@@ -14,7 +14,8 @@ a manifest with sizes and SHA-256, written all or nothing, a broken entry delete
   Where the other families stand (measured, docs/benchmarks.md
   section 11): sparse probing, SCR and TPP already reuse their LLM activations and LLM probes through
   SAEBench's own ``save_activations`` (no model forward for a further SAE), and RAVEL its filtered
-  prompt set; their per-SAE time is SAE encode/decode and probe / mask training, SAE-dependent.
+  prompt set -- kept across runs as safetensors / JSON by :mod:`sae_core.metrics.safe_cache`; their
+  per-SAE time is SAE encode/decode and probe / mask training, SAE-dependent.
 * **core**, below: ``run_evals`` needs more than ``run_with_cache`` (token draws from the
   ``ActivationsStore``, the clean forward, the zero-ablated ``run_with_hooks``), so it has its own
   stand-ins, :class:`RecordingModel` / :class:`ReplayModel` and the store twins, on the same entry

@@ -2,9 +2,10 @@
 (which takes the SAE and the ``HookedTransformer``).
 
 The ``SparseProbingEvalOutput`` is assembled exactly as SAEBench's ``run_eval`` does and becomes
-``MetricResult.raw``. LLM activations and the LLM-baseline probe accuracies are cached by SAEBench in
-``artifacts_dir/sparse_probing/<hash of model weights, settings, hook>/`` (see
-:func:`sae_core.metrics.base.cache_dir`).
+``MetricResult.raw``. LLM activations and the LLM-baseline probe accuracies are cached by SAEBench,
+written as safetensors (:mod:`sae_core.metrics.safe_cache`, never pickled) under
+``<llm cache>/sparse_probing/<hash of model weights, tokenizer, settings, hook, datasets, versions>/entry/``
+and reused across runs.
 
 Data: the bias-in-bios class sets come from ``LabHC/bias_in_bios`` (served offline by
 :func:`~sae_core.datasets.mirror.dataset_overrides`); the other SAEBench datasets
@@ -95,10 +96,12 @@ class SparseProbing(MetricFamily):
         # the SAE-side draws start from the seed whether the LLM side was computed or read from SAEBench's cache
         with self.saebench(inputs, llm_dtype, seed=config.random_seed, context_size=config.context_length) as sae, \
                 reseeded_calls(config.random_seed, (sp_main.activation_collection, "get_sae_meaned_activations")):
-            folder = self.model_cache_dir(inputs, sae.cfg.hook_name, config)
-            results, per_class = sp_main.run_eval_single_sae(
-                eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
-            )
+            # LLM activations and LLM-probe accuracies: safetensors, kept across runs (safe_cache)
+            with self.llm_cache(inputs, sae.cfg.hook_name, config, llm_dtype, eval_config.llm_batch_size,
+                                modules=(sp_main.__name__,), datasets=tuple(config.dataset_names)) as folder:
+                results, per_class = sp_main.run_eval_single_sae(
+                    eval_config, sae, hooked_model, device, str(folder), save_activations=config.save_activations
+                )
             raw = self.eval_output_raw(
                 SparseProbingEvalOutput, sae,
                 eval_config=eval_config,

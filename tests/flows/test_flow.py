@@ -176,15 +176,22 @@ def test_reevaluation_is_cached_until_a_setting_changes(first_run):
 
 
 def test_sae_bench_caches_belong_to_one_run_and_storage(first_run, tmp_path):
-    """SAEBench pickles its LLM probes: they must never be read by another run or another storage."""
-    from tasks.metrics import sae_bench_run_cache
+    """What SAEBench may still pickle is never read by another run or another storage; only the safe
+    LLM-side caches (safetensors + JSON) outlive a run."""
+    from sae_core.metrics import safe_cache
+    from tasks.metrics import sae_bench_llm_cache, sae_bench_run_cache
 
     storage_url, _ = first_run
     here = sae_bench_run_cache(storage_url, "some-run")
     assert here != sae_bench_run_cache(f"file://{tmp_path}/other", "some-run")  # other storage: cold
     assert here != sae_bench_run_cache(storage_url, "another-run")  # other run: cold
-    # Every finished run removed its own folder.
-    assert not (here.parent.exists() and any(here.parent.iterdir())), list(here.parent.iterdir())
+    assert sae_bench_llm_cache(storage_url) != sae_bench_llm_cache(f"file://{tmp_path}/other")
+    # Every finished run removed its own folder; what is left is the safe cache, holding no pickle.
+    left = sorted(p.name for p in here.parent.iterdir()) if here.parent.exists() else []
+    assert left in ([], [sae_bench_llm_cache(storage_url).name]), left
+    for path in sae_bench_llm_cache(storage_url).rglob("*"):
+        if path.is_file() and path.name != safe_cache.LOCK:
+            assert safe_cache.file_format(path) in safe_cache.SAFE_FORMATS, path
 
 
 def test_another_seed_trains_new_saes_on_the_same_model_and_activations(first_run, tmp_path):
