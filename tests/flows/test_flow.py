@@ -91,9 +91,9 @@ def test_long_tasks_show_progress_artifacts(first_run):
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             type=ArtifactFilterType(any_=["progress"]), task_run_id=ArtifactFilterTaskRunId(any_=first_run_task_ids)))
     final = {a.description.split(" ")[0]: a.data for a in artifacts}
-    # toy LM training, activation caching, WANDA (block by block), SAE training: each reached 100%;
-    # every SAEBench metric too (a whole-metric bar; SAEBench's own tqdm bars where it draws them).
-    assert set(final) == {"toy", "caching", "wanda", "Training", "SAEBench"}, final
+    # toy LM training, activation caching, WANDA (block by block), SAE training, the feature audit's window batches:
+    # each reached 100%; every SAEBench metric too (a whole-metric bar; SAEBench's own tqdm bars where it draws them).
+    assert set(final) == {"toy", "caching", "wanda", "Training", "feature", "SAEBench"}, final
     assert all(value == 100.0 for value in final.values()), final
 
 
