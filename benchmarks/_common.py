@@ -42,6 +42,34 @@ def ensure_repo_on_path() -> None:
         sys.path.insert(0, str(REPO))
 
 
+# The SAEBench benchmarks' toy world (bench_eval_shared, bench_marginal_variant, bench_llm_cache): built in seconds.
+EVAL_TOY_WORLD = {"seed": 0, "n_documents": 3000, "vocab_size": 1024, "n_layer": 2, "d_model": 64, "n_head": 4,
+                  "n_ctx": 64, "train_steps": 150, "batch_size": 16}
+
+
+def model_dir_or_toy_world(model: str | None, work: Path) -> str:
+    """``model`` (an HF folder) if given, else the :data:`EVAL_TOY_WORLD` model, built once under ``work``."""
+    if model:
+        return model
+    from sae_core.toy.world import ToyWorldConfig, build_toy_world
+
+    marker = work / "toy_world.txt"
+    if not marker.exists():
+        marker.write_text(str(build_toy_world(work / "toy_world", ToyWorldConfig(**EVAL_TOY_WORLD), progress=False).model_dir))
+    return marker.read_text()
+
+
+def metric_families(text: str) -> list[str]:
+    """A comma-separated family list, checked against the registry (exits naming the unknown ones)."""
+    from sae_core.metrics.registry import METRIC_NAMES
+
+    families = [f for f in text.split(",") if f]
+    unknown = sorted(set(families) - set(METRIC_NAMES))
+    if unknown:
+        raise SystemExit(f"unknown families {unknown}; known: {sorted(METRIC_NAMES)}")
+    return families
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

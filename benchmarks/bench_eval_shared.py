@@ -35,8 +35,6 @@ import _common as C  # noqa: E402
 
 C.ensure_repo_on_path()
 
-TOY_WORLD = {"seed": 0, "n_documents": 3000, "vocab_size": 1024, "n_layer": 2, "d_model": 64, "n_head": 4,
-             "n_ctx": 64, "train_steps": 150, "batch_size": 16}
 VOLATILE = {"eval_id", "datetime_epoch_millis"}
 
 
@@ -180,15 +178,7 @@ def main(argv=None) -> None:
     C.set_threads(args.threads)
     C.print_machine(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-eval-shared-"))
-    if args.model:
-        model_dir = args.model
-    else:
-        from sae_core.toy.world import ToyWorldConfig, build_toy_world
-
-        marker = work / "toy_world.txt"
-        if not marker.exists():
-            marker.write_text(str(build_toy_world(work / "toy_world", ToyWorldConfig(**TOY_WORLD), progress=False).model_dir))
-        model_dir = marker.read_text()
+    model_dir = C.model_dir_or_toy_world(args.model, work)
     lm = load_language_model(model_dir)
     hooked = lm.hooked()
     settings = settings_for("core", args.profile, json.loads(args.settings))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from bench_marginal_variant import TOY_WORLD, VOLATILE, sampled_topk_sae  # noqa: E402
+from bench_marginal_variant import VOLATILE, sampled_topk_sae  # noqa: E402
 
 C.ensure_repo_on_path()
 
@@ -42,21 +42,14 @@ def main(argv=None) -> None:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
 
     from sae_core.metrics import run_metric
-    from sae_core.metrics.registry import METRIC_NAMES, get_metric, settings_for
+    from sae_core.metrics.registry import get_metric, settings_for
     from sae_core.models import load_language_model
-    from sae_core.toy.world import ToyWorldConfig, build_toy_world
 
-    families = [f for f in args.families.split(",") if f]
-    unknown = sorted(set(families) - set(METRIC_NAMES))
-    if unknown:
-        raise SystemExit(f"unknown families {unknown}; known: {sorted(METRIC_NAMES)}")
+    families = C.metric_families(args.families)
     C.set_threads(args.threads)
     C.print_machine(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-llm-cache-"))
-    marker = work / "toy_world.txt"
-    if not marker.exists():
-        marker.write_text(str(build_toy_world(work / "toy_world", ToyWorldConfig(**TOY_WORLD), progress=False).model_dir))
-    lm = load_language_model(marker.read_text())
+    lm = load_language_model(C.model_dir_or_toy_world(None, work))
     hooked = lm.hooked()
     sae = sampled_topk_sae(hooked, args.hook, 0, args.d_sae, args.k, settings_for("core", "toy")["context_size"])
 

@@ -37,8 +37,6 @@ import _common as C  # noqa: E402
 C.ensure_repo_on_path()
 
 VOLATILE = {"eval_id", "datetime_epoch_millis"}
-TOY_WORLD = {"seed": 0, "n_documents": 3000, "vocab_size": 1024, "n_layer": 2, "d_model": 64, "n_head": 4,
-             "n_ctx": 64, "train_steps": 150, "batch_size": 16}
 
 
 def sampled_topk_sae(hooked_model, hook: str, seed: int, d_sae: int, k: int, context_size: int):
@@ -99,25 +97,14 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     from sae_core.metrics import run_metric
-    from sae_core.metrics.registry import METRIC_NAMES, settings_for
+    from sae_core.metrics.registry import settings_for
     from sae_core.models import load_language_model
 
-    families = [f for f in args.families.split(",") if f]
-    unknown = sorted(set(families) - set(METRIC_NAMES))
-    if unknown:
-        raise SystemExit(f"unknown families {unknown}; known: {sorted(METRIC_NAMES)}")
+    families = C.metric_families(args.families)
     C.set_threads(args.threads)
     C.print_machine(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-marginal-variant-"))
-    if args.model:
-        model_dir = args.model
-    else:
-        from sae_core.toy.world import ToyWorldConfig, build_toy_world
-
-        marker = work / "toy_world.txt"
-        if not marker.exists():
-            marker.write_text(str(build_toy_world(work / "toy_world", ToyWorldConfig(**TOY_WORLD), progress=False).model_dir))
-        model_dir = marker.read_text()
+    model_dir = C.model_dir_or_toy_world(args.model, work)
     lm = load_language_model(model_dir)
     hooked = lm.hooked()
     context = settings_for("core", args.profile)["context_size"]
