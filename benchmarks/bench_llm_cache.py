@@ -7,8 +7,10 @@ caches outlived a run); "warm" -- a fresh run folder (stand-in datasets rebuilt,
 the LLM cache an earlier run left. Every warm output must equal the cold one (the script exits non-zero
 otherwise) and every warm run must have found its entry ("warm").
 
-Example:
+Examples:
     .venv/bin/python benchmarks/bench_llm_cache.py --families sparse_probing,scr,tpp --repeats 3 --threads 1
+    flock /tmp/gemma.lock .venv/bin/python benchmarks/bench_llm_cache.py --model <storage>/compressed_models/<hash> \
+        --hook blocks.6.hook_resid_post --profile real --d-sae 2048 --k 32 --repeats 1 --threads 2
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ C.ensure_repo_on_path()
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default="sparse_probing,scr,tpp")
+    p.add_argument("--model", default=None, help="HF model folder (default: build the toy world)")
     p.add_argument("--hook", default="blocks.1.hook_resid_post")
+    p.add_argument("--profile", default="toy", choices=["toy", "real"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--d-sae", type=int, default=512)
     p.add_argument("--k", type=int, default=16)
@@ -49,9 +53,9 @@ def main(argv=None) -> None:
     C.set_threads(args.threads)
     C.print_machine(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-llm-cache-"))
-    lm = load_language_model(C.model_dir_or_toy_world(None, work))
+    lm = load_language_model(C.model_dir_or_toy_world(args.model, work))
     hooked = lm.hooked()
-    sae = sampled_topk_sae(hooked, args.hook, 0, args.d_sae, args.k, settings_for("core", "toy")["context_size"])
+    sae = sampled_topk_sae(hooked, args.hook, 0, args.d_sae, args.k, settings_for("core", args.profile)["context_size"])
 
     runs = iter(range(10**6))
     results, ok = {}, True
@@ -59,7 +63,7 @@ def main(argv=None) -> None:
         def first_variant(llm_cache: Path):
             run = work / f"run-{next(runs)}"
             start = time.perf_counter()
-            result = run_metric(family, sae, hooked, lm.hf_model, lm.tokenizer, profile="toy", artifacts_dir=run / "artifacts",
+            result = run_metric(family, sae, hooked, lm.hf_model, lm.tokenizer, profile=args.profile, artifacts_dir=run / "artifacts",
                                 scratch_dir=run / "scratch", llm_cache_dir=llm_cache)
             seconds = time.perf_counter() - start
             if result.status != "ok":
