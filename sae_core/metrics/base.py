@@ -607,13 +607,23 @@ def reseeded_calls(seed: int, *targets: tuple[Any, str]) -> Iterator[None]:
 
         return reseeded
 
-    for module, name, function in originals:
-        setattr(module, name, wrap(function))
+    with swapped_attributes([(module, name, wrap(function)) for module, name, function in originals]):
+        yield
+
+
+@contextlib.contextmanager
+def swapped_attributes(replacements: list[tuple[Any, str, Any]]) -> Iterator[None]:
+    """While open, each ``(owner, name, value)`` is set as ``owner.name``; the old values come back on exit.
+    The one way the adapters hook into SAEBench's module globals (reseeding, the encode memo, the safe caches):
+    metric tasks run one at a time (``tasks.common.compute_lock``), so swapping them is safe."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in replacements]
+    for owner, name, value in replacements:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        for module, name, function in originals:
-            setattr(module, name, function)
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
 
 
 @contextlib.contextmanager

@@ -135,8 +135,7 @@ def memoised_feature_ablations(module) -> Iterator[list[EncodeMemo]]:
             memos.append(memo)
             return original(probes, sae, *args, **kwargs)
 
-    module.perform_feature_ablations = wrapped
-    try:
+    from sae_core.metrics.base import swapped_attributes
+
+    with swapped_attributes([(module, "perform_feature_ablations", wrapped)]):
         yield memos
-    finally:
-        module.perform_feature_ablations = original

@@ -315,18 +315,16 @@ def safe_serialisation(module_names: Iterable[str]) -> Iterator[None]:
 
     import torch
 
-    swapped = []
+    from sae_core.metrics.base import swapped_attributes
+
+    replacements = []
     for name in module_names:
         module = importlib.import_module(name)
         for attr, real, proxy in (("torch", torch, SafeTorch), ("pickle", pickle, SafePickle)):
             if getattr(module, attr, None) is real:
-                swapped.append((module, attr, real))
-                setattr(module, attr, proxy(real))
-    try:
+                replacements.append((module, attr, proxy(real)))
+    with swapped_attributes(replacements):
         yield
-    finally:
-        for module, attr, real in swapped:
-            setattr(module, attr, real)
 
 
 # --------------------------------------------------------------------------- key
