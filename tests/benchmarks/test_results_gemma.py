@@ -103,3 +103,68 @@ def test_saes_section_checks_the_bar_per_seed():
     assert "| met |" in original_line and "s0: 0.9550 / 4, s1: 0.9570 / 2" in original_line
     assert "**not met**" in retrain_line  # seed 1 misses both: EV 0.948 < 0.95 and 200 of 2,048 dead (9.8%)
     assert "of 2,048" in original_line
+
+
+def _audit_rows(hook, specs):
+    model = "compressed_models/m1"
+    rows = []
+    for spec, survived, sd, mean_r in specs:
+        rows += [_metric("gemma-3-270m-study", hook, 6, spec, "transfer", "original", "feature_fidelity", name, value, "saes/o", f"cm/{spec}")
+                 for name, value in (("survived_frac", survived), ("survived_frac_subset_std", sd), ("mean_r", mean_r))]
+    del model
+    return pd.DataFrame(rows)
+
+
+def test_literature_verdicts_follow_the_numbers_and_their_subset_spread():
+    """Duan's monotone fall with bits and Borobia's WANDA > magnitude, each with a verdict that a wrong
+    comparison would flip: a reversed ladder reads 'does not hold', WANDA below magnitude 'reversed', a gap
+    inside twice the combined subset sd 'not separated'."""
+    script = _script()
+    hook = "blocks.6.hook_resid_post"
+    good = _audit_rows(hook, [("rtn:8", 0.99, 0.002, 0.99), ("rtn:6", 0.80, 0.01, 0.95), ("rtn:4", 0.10, 0.01, 0.6),
+                              ("gptq:4", 0.2, 0.01, 0.7), ("wanda:0.5", 0.30, 0.01, 0.85), ("magnitude:0.5", 0.10, 0.01, 0.7)])
+    text = script.literature_markdown(good, {("saes/o", "cm/rtn:8"): {"auc": {"auc_mean": 0.95}}})
+    assert "| INT8 | 99.0% ± 0.2 | — | 98.3% | 99.1% |" in text and "| INT7 | — | — | 86.3% | 81.3% |" in text
+    assert "monotonically with bits: **holds**" in text and "every step beyond" in text
+    assert "0.95–0.95 over 1 audits (inside their range)" in text
+    assert "magnitude at equal sparsity: **holds**" in text
+    reversed_ = _audit_rows(hook, [("rtn:8", 0.5, 0.01, 0.9), ("rtn:4", 0.6, 0.01, 0.9), ("wanda:0.5", 0.10, 0.01, 0.7),
+                                   ("magnitude:0.5", 0.30, 0.01, 0.8)])
+    text = script.literature_markdown(reversed_, {})
+    assert "**does not hold**" in text and "equal sparsity: **reversed**" in text
+    close = _audit_rows(hook, [("wanda:0.5", 0.30, 0.02, 0.8), ("magnitude:0.5", 0.28, 0.02, 0.8)])
+    assert "**not separated**" in script.literature_markdown(close, {})  # 2 pp < 2 × √(2² + 2²) ≈ 5.7 pp
+
+
+def test_spread_reliability_epochs_and_plots_from_storage(tmp_path):
+    script = _script()
+    storage = _toy_storage(tmp_path / "store")
+    # SCR rows carry the low-reliability mark; a stored per-item output gives a bootstrap interval.
+    for spec, variant, sae, base in (("transfer", "original", "saes/transfer/6-0", 0.1), ("retrain", "retrained", "saes/retrain/6-0", 0.2)):
+        rows = [_metric("gemma-3-270m-study", "blocks.6.hook_resid_post", 6, "wanda:0.5", spec, variant, "scr", "scr_metric_threshold_20",
+                        base, sae, "compressed_models/m1")]
+        storage.put_parquet(f"metrics/scr/{spec}.parquet", pd.DataFrame(rows))
+    # An SAE trained 7 epochs over a 100k-token cache.
+    storage.put_json("activations/a1/manifest.json", {"kind": "activations", "n_tokens": 100000})
+    for layer in (3, 6):
+        for seed in (0, 1):
+            storage.put_json(f"saes/retrain/{layer}-{seed}/manifest.json", {"kind": "sae", "tokens_used": 700000,
+                                                                              "source": {"trained_on": "activations/a1"}})
+    report = "reports/gemma-3-270m-study-0123456789"
+    storage.put_bytes(f"{report}/training_curves.png", b"\x89PNG curves")
+    storage.put_bytes(f"{report}/depth_resid_post_wanda_0.5.png", b"\x89PNG depth")
+    storage.put_bytes(f"{report}/cost_per_variant.png", b"\x89PNG not in the doc")
+    storage.put_json(f"{report}/plots.json", {"plots": ["cost_per_variant.png", "depth_resid_post_wanda_0.5.png", "training_curves.png"]})
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    out = docs / "results.md"
+    assert script.main(["--storage", storage.url, "--out", str(out), "--plots-dir", str(docs / "img")]) == 0
+    text = out.read_text()
+    assert "scr/scr_metric_threshold_20 [low reliability]" in text and "arXiv 2605.18229" in text
+    assert "Paired orderings" in text and "not separated" in text  # seeds 0, 1 of every variant, paired
+    assert "Smallest detectable paired difference" in text
+    assert "| 1 × 100,000 |" in text  # the retrained SAEs: 99,840 tokens over a 100k-token cache: one epoch
+    assert (docs / "img" / "gemma-3-270m-study-training_curves.png").read_bytes() == b"\x89PNG curves"
+    assert not (docs / "img" / "gemma-3-270m-study-cost_per_variant.png").exists()
+    assert text.index("img/gemma-3-270m-study-training_curves.png") < text.index("img/gemma-3-270m-study-depth_resid_post_wanda_0.5.png")
+    assert not list(docs.glob(".*.tmp")) and not list((docs / "img").glob(".*.tmp"))
