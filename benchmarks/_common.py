@@ -47,6 +47,35 @@ EVAL_TOY_WORLD = {"seed": 0, "n_documents": 3000, "vocab_size": 1024, "n_layer":
                   "n_ctx": 64, "train_steps": 150, "batch_size": 16}
 
 
+def sampled_topk_sae(hooked_model, hook: str, seed: int, d_sae: int, k: int, context_size: int, *,
+                     relative_noise: bool = True):
+    """An untrained sae-lens TopK SAE whose directions are the hook's own (centred) activations plus noise: live
+    latents on any model without training, for timing SAEBench. ``relative_noise``: the noise scales with
+    each direction's norm (bench_marginal_variant, bench_llm_cache); off, a fixed 0.01 (bench_eval_shared's
+    recorded figures were measured so)."""
+    import torch
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    gen = torch.Generator().manual_seed(seed)
+    d_in = hooked_model.cfg.d_model
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=SAEMetadata(
+        hook_name=hook, model_name=hooked_model.cfg.model_name, context_size=context_size, prepend_bos=True)))
+    tokens = torch.randint(0, hooked_model.cfg.d_vocab, (8, 32), generator=gen)
+    with torch.no_grad():
+        _, cache = hooked_model.run_with_cache(tokens, names_filter=[hook], stop_at_layer=int(hook.split(".")[1]) + 1)
+        acts = cache[hook].reshape(-1, d_in).float()
+        mean = acts.mean(0)
+        directions = acts[torch.randint(0, len(acts), (d_sae,), generator=gen)] - mean
+        scale = directions.norm(dim=-1, keepdim=True) if relative_noise else 1.0
+        directions = directions + 0.01 * scale * torch.randn(d_sae, d_in, generator=gen)
+        directions = directions / directions.norm(dim=-1, keepdim=True)
+        sae.W_dec.data = directions.clone()
+        sae.W_enc.data = directions.T.clone()
+        sae.b_dec.data = mean.clone()
+    return sae
+
+
 def model_dir_or_toy_world(model: str | None, work: Path) -> str:
     """``model`` (an HF folder) if given, else the :data:`EVAL_TOY_WORLD` model, built once under ``work``."""
     if model:

@@ -38,29 +38,6 @@ C.ensure_repo_on_path()
 VOLATILE = {"eval_id", "datetime_epoch_millis"}
 
 
-def make_sae(hooked_model, hook: str, seed: int, d_sae: int, context_size: int):
-    import torch
-    from sae_lens import TopKSAE, TopKSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    gen = torch.Generator().manual_seed(seed)
-    d_in = hooked_model.cfg.d_model
-    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=16, metadata=SAEMetadata(
-        hook_name=hook, model_name=hooked_model.cfg.model_name, context_size=context_size, prepend_bos=True)))
-    tokens = torch.randint(0, hooked_model.cfg.d_vocab, (8, 32), generator=gen)
-    with torch.no_grad():
-        _, cache = hooked_model.run_with_cache(tokens, names_filter=[hook], stop_at_layer=int(hook.split(".")[1]) + 1)
-        acts = cache[hook].reshape(-1, d_in).float()
-        mean = acts.mean(0)
-        idx = torch.randint(0, len(acts), (d_sae,), generator=gen)
-        directions = acts[idx] - mean + 0.01 * torch.randn(d_sae, d_in, generator=gen)
-        directions = directions / directions.norm(dim=-1, keepdim=True)
-        sae.W_dec.data = directions.clone()
-        sae.W_enc.data = directions.T.clone()
-        sae.b_dec.data = mean.clone()
-    return sae
-
-
 @contextlib.contextmanager
 def timed_passes(model):
     """Seconds spent in the real model's forward passes, by kind, and in the store's token draws."""
@@ -185,7 +162,7 @@ def main(argv=None) -> None:
     print(f"model {model_dir} hook {args.hook} profile {args.profile}; core settings: "
           + ", ".join(f"{k}={settings[k]}" for k in ("context_size", "batch_size_prompts", "n_eval_reconstruction_batches",
                                                         "n_eval_sparsity_variance_batches")))
-    saes = [make_sae(hooked, args.hook, seed, args.d_sae, settings["context_size"]) for seed in range(args.variants)]
+    saes = [C.sampled_topk_sae(hooked, args.hook, seed, args.d_sae, 16, settings["context_size"], relative_noise=False) for seed in range(args.variants)]
     family = METRICS["core"]
 
     def evaluate(sae, artifacts: Path, share: bool):
@@ -244,7 +221,7 @@ def main(argv=None) -> None:
             build_spelling_model(folder)
         spelling = load_language_model(str(folder))
         spelling_hooked = spelling.hooked()
-        abs_saes = [make_sae(spelling_hooked, args.hook, seed, 256, 128) for seed in range(args.variants)]
+        abs_saes = [C.sampled_topk_sae(spelling_hooked, args.hook, seed, 256, 16, 128, relative_noise=False) for seed in range(args.variants)]
         families["absorption"] = bench_family("absorption", spelling, spelling_hooked, abs_saes,
                                               _METRICS["absorption"].toy_defaults, "hub", work)
     without = sum(f["marginal"]["without"] for f in families.values())

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from bench_marginal_variant import VOLATILE, sampled_topk_sae  # noqa: E402
+from bench_marginal_variant import VOLATILE  # noqa: E402
 
 C.ensure_repo_on_path()
 
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-llm-cache-"))
     lm = load_language_model(C.model_dir_or_toy_world(args.model, work))
     hooked = lm.hooked()
-    sae = sampled_topk_sae(hooked, args.hook, 0, args.d_sae, args.k, settings_for("core", args.profile)["context_size"])
+    sae = C.sampled_topk_sae(hooked, args.hook, 0, args.d_sae, args.k, settings_for("core", args.profile)["context_size"])
 
     runs = iter(range(10**6))
     results, ok = {}, True

@@ -39,29 +39,6 @@ C.ensure_repo_on_path()
 VOLATILE = {"eval_id", "datetime_epoch_millis"}
 
 
-def sampled_topk_sae(hooked_model, hook: str, seed: int, d_sae: int, k: int, context_size: int):
-    import torch
-    from sae_lens import TopKSAE, TopKSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    gen = torch.Generator().manual_seed(seed)
-    d_in = hooked_model.cfg.d_model
-    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=SAEMetadata(
-        hook_name=hook, model_name=hooked_model.cfg.model_name, context_size=context_size, prepend_bos=True)))
-    tokens = torch.randint(0, hooked_model.cfg.d_vocab, (8, 32), generator=gen)
-    with torch.no_grad():
-        _, cache = hooked_model.run_with_cache(tokens, names_filter=[hook], stop_at_layer=int(hook.split(".")[1]) + 1)
-        acts = cache[hook].reshape(-1, d_in).float()
-        mean = acts.mean(0)
-        directions = acts[torch.randint(0, len(acts), (d_sae,), generator=gen)] - mean
-        directions = directions + 0.01 * directions.norm(dim=-1, keepdim=True) * torch.randn(d_sae, d_in, generator=gen)
-        directions = directions / directions.norm(dim=-1, keepdim=True)
-        sae.W_dec.data = directions.clone()
-        sae.W_enc.data = directions.T.clone()
-        sae.b_dec.data = mean.clone()
-    return sae
-
-
 @contextlib.contextmanager
 def mode(name: str):
     """``before``: core's shared work and the SCR / TPP encode memo off; ``after``: the shipped defaults."""
@@ -108,7 +85,7 @@ def main(argv=None) -> None:
     lm = load_language_model(model_dir)
     hooked = lm.hooked()
     context = settings_for("core", args.profile)["context_size"]
-    saes = [sampled_topk_sae(hooked, args.hook, seed, args.d_sae, args.k, context) for seed in range(args.variants + 1)]
+    saes = [C.sampled_topk_sae(hooked, args.hook, seed, args.d_sae, args.k, context) for seed in range(args.variants + 1)]
     print(f"model {model_dir}, hook {args.hook}, profile {args.profile}, {args.variants} timed variants per mode "
           f"(TopK d_sae {args.d_sae}, k {args.k})")
 
